@@ -1,0 +1,21 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+# Each one installs what it needs first (scripts/bootstrap.sh).
+.PHONY: bootstrap demo test test-fast test-synapse bench
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+demo: bootstrap
+	.venv/bin/referral-bot demo
+
+test: bootstrap
+	.venv/bin/python -m pytest -q
+
+test-fast: bootstrap
+	.venv/bin/python -m pytest -q -m "not synapse"
+
+test-synapse: bootstrap
+	.venv/bin/python -m pytest -q -m synapse
+
+bench: bootstrap
+	.venv/bin/python bench/bench_sanitize.py
