@@ -1,0 +1,170 @@
+"""Actions: what the workflow asks a transport to do (the outbox contents).
+
+Every action is a frozen, keyword-only dataclass with:
+
+* ``key``: a string unique across all actions ever emitted (``"<event_id>/<n>"``).
+  Transports should use it as their idempotency key (Matrix ``txn_id``) so
+  re-running an unfinished action after a crash does not post twice, and put it
+  in the feedback event (``ActionFailed.action_key``).
+* ``to_dict()`` -> JSON-able dict with a ``"type"`` tag; ``action_from_dict(d)``
+  rebuilds the action. The store keeps this dict in the outbox.
+
+Actions never carry image bytes: ``PostImage`` names the vault item
+(``image_id``); the transport reads it with ``store.vault_get(image_id)``.
+
+After executing an action the transport reports the outcome as a domain event
+(see handlers/events.py) where one is listed below, then calls
+``store.complete_action(outbox_id)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from handlers.events import DirectChat, Place, SpecialtyThread
+from handlers.serial import from_jsonable, to_jsonable
+
+__all__ = [
+    "Action",
+    "Reply",
+    "Notify",
+    "PostThreadRoot",
+    "PostImage",
+    "PostedImageRef",
+    "RedactOriginalUpload",
+    "RemoveImages",
+    "ExportReferral",
+    "action_from_dict",
+    "ACTION_TYPES",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Action:
+    """Base class. ``key`` is stamped by the workflow (unique, stable)."""
+
+    key: str = ""
+
+    #: name of the feedback event the transport reports afterwards (None = just complete it)
+    feedback: ClassVar[str | None] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self, tag=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Action":
+        return action_from_dict(data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reply(Action):
+    """Send ``text`` (plain, short) to a place: a direct chat, a referral thread, or a
+    specialty room's main timeline."""
+
+    to: Place
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notify(Action):
+    """Send ``text`` to ``user_id`` in the bot's direct chat with them (opens one if needed)."""
+
+    user_id: str
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostThreadRoot(Action):
+    """Post the root message of the referral's thread in the specialty room.
+    Feedback: ``ThreadRootPosted(referral_id, room_event_id)``.
+    The transport must refuse (``ActionFailed(permanent=True)``) if the room is not
+    end-to-end encrypted or has a member outside the clinician directory."""
+
+    feedback: ClassVar[str | None] = "ThreadRootPosted"
+    referral_id: str
+    specialty: str
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostImage(Action):
+    """Upload the vault item ``image_id`` (encrypted attachment) and post it in the
+    referral's thread (``thread_root_event_id``) as ``filename``.
+    Feedback: ``ImagePosted(referral_id, image_id, room_event_id, media_uri)``.
+    Same room checks as ``PostThreadRoot``."""
+
+    feedback: ClassVar[str | None] = "ImagePosted"
+    referral_id: str
+    specialty: str
+    thread_root_event_id: str
+    image_id: str
+    filename: str
+    media_type: str
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostedImageRef:
+    """Where a posted image lives in the chat."""
+
+    image_id: str
+    room_event_id: str
+    media_uri: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedactOriginalUpload(Action):
+    """Redact the GP's original upload (``ImageReceived.upload_ref``) and delete its
+    media where allowed. No feedback event."""
+
+    upload_ref: str
+    reason: str = "Replaced by a cleaned copy"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoveImages(Action):
+    """Redact each posted image event, delete its media from the homeserver where the
+    bot is allowed, and post ``placeholder`` in the referral thread.
+    Feedback: ``ImagesRemoved(referral_id, image_ids, media_deleted)``."""
+
+    feedback: ClassVar[str | None] = "ImagesRemoved"
+    referral_id: str
+    specialty: str
+    thread_root_event_id: str | None
+    images: tuple[PostedImageRef, ...]
+    placeholder: str
+    reason: str = "Image removed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportReferral(Action):
+    """Export the referral as a FHIR R4 bundle (storage's exporter), and tell
+    ``reply_to`` where it went. Feedback: ``ExportCompleted(referral_id)``, after
+    which the workflow crypto-shreds the vault copies of its images."""
+
+    feedback: ClassVar[str | None] = "ExportCompleted"
+    referral_id: str
+    requested_by: str
+    reply_to: Place
+
+
+ACTION_TYPES: dict[str, type[Action]] = {
+    cls.__name__: cls
+    for cls in (Reply, Notify, PostThreadRoot, PostImage, RedactOriginalUpload, RemoveImages, ExportReferral)
+}
+
+
+def action_from_dict(data: dict[str, Any]) -> Action:
+    """Rebuild an action from ``Action.to_dict()`` output. Raises ValueError if unknown."""
+    name = data.get("type")
+    cls = ACTION_TYPES.get(name)  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"unknown action type {name!r}")
+    body = {k: v for k, v in data.items() if k != "type"}
+    return from_jsonable(cls, body)
+
+
+# re-exported for convenience of transports
+DirectChat = DirectChat
+SpecialtyThread = SpecialtyThread

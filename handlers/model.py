@@ -1,0 +1,298 @@
+"""Domain model of the referral bot (pure data, no I/O).
+
+Everything here is a frozen dataclass or an Enum. State changes are made with
+``dataclasses.replace`` by the pure rule modules (``handlers/consent.py``,
+``handlers/lifecycle.py``); the store persists whole objects.
+
+Persistence contract (for storage/): ``ConsentRecord`` and ``Referral`` have
+``to_dict()`` / ``from_dict()`` producing/consuming plain JSON (see
+``handlers/serial.py``). A store may keep the JSON as a blob and index the few
+columns it queries by: ``consent_id``; ``referral_id``, ``consent_id``,
+``referrer``, ``thread_root_event_id``, ``next_due_at()`` for referrals.
+
+Privacy contract: ``ConsentRecord.patient_ref`` is already a keyed hash
+(``handlers.patientref.PatientRefHasher``); ``best_interests_statement`` and
+``Referral.question`` / ``Referral.opinion`` are clinical free text: they may be
+stored (encrypted at rest where the store can) but never logged or audited.
+
+All datetimes are timezone-aware UTC.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from handlers.serial import from_jsonable, to_jsonable
+
+__all__ = [
+    "Actor",
+    "Purpose",
+    "ConsentBasis",
+    "ConsentRecord",
+    "ReferralState",
+    "CloseReason",
+    "ImageState",
+    "ImageItem",
+    "Referral",
+    "AuditEntry",
+    "BOT_ACTOR",
+]
+
+#: user id used in audit entries for things the bot does on its own (timers).
+BOT_ACTOR = "@referral-bot"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A person talking to the bot, already resolved by the transport from the
+    configured clinician directory.
+
+    ``user_id``: the transport's stable user id (Matrix ``@gp:example.org``).
+    ``practice``: the practice / organisation the clinician belongs to (None if
+    the directory lists none; such a user cannot record consent or refer).
+    ``display_name``: for replies only, never required.
+    """
+
+    user_id: str
+    practice: str | None = None
+    display_name: str = ""
+
+
+class Purpose(str, enum.Enum):
+    """What the image may be used for. A referral for an opinion is ``CARE``."""
+
+    CARE = "care"  # the patient's own care, including a second opinion
+    TEACHING = "teaching"
+    RESEARCH = "research"
+    PUBLICATION = "publication"
+
+
+class ConsentBasis(str, enum.Enum):
+    """Who gave the consent (DESIGN.md, "who consented")."""
+
+    PATIENT = "patient"  # the patient themself (an adult, or a Gillick-competent child)
+    PARENT = "parent"  # parent/guardian of a child who is not Gillick competent
+    ATTORNEY = "attorney"  # LPA (health & welfare) attorney for an adult without capacity
+    DEPUTY = "deputy"  # court-appointed deputy for an adult without capacity
+    BEST_INTERESTS = "best-interests"  # best-interests decision, nobody holds authority
+    DECEASED_WISHES = "deceased-wishes"  # known wishes of a deceased patient
+    EXECUTOR = "executor"  # executor of a deceased patient
+    FAMILY = "family"  # family of a deceased patient
+
+    @property
+    def on_behalf(self) -> bool:
+        """True when someone other than the patient decided.
+
+        ``DECEASED_WISHES`` is the patient's own (earlier) decision, so it is not
+        "on behalf"; everything except ``PATIENT`` and ``DECEASED_WISHES`` is.
+        """
+        return self not in (ConsentBasis.PATIENT, ConsentBasis.DECEASED_WISHES)
+
+    @property
+    def deceased(self) -> bool:
+        return self in (ConsentBasis.DECEASED_WISHES, ConsentBasis.EXECUTOR, ConsentBasis.FAMILY)
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    """A recorded consent (id ``C-…``).
+
+    ``patient_ref``: keyed hash of the patient reference, never the reference itself.
+    ``practice``: the practice of the clinician who recorded it; only clinicians of
+    the same practice may refer under it.
+    ``purposes``: each purpose was named explicitly.
+    ``identifiable``: whether identifiable images (e.g. a face) are covered.
+    ``recorded_in_notes``: the clinician confirmed it is recorded in the patient's notes.
+    ``retention``: how long the bot keeps the vault copy of each image taken under
+    this consent, counted from when the image was received.
+    ``age_out_at``: for a parent's consent, when the child reaches the configured
+    age; from then on the consent no longer covers NEW sharing (the date of birth
+    itself is not stored).
+    ``gillick_competent``: as stated by the clinician (None = not stated).
+    ``best_interests_statement``: free text, required in some cases (see consent.py).
+    ``expires_at``: optional end of the consent (None = until withdrawn).
+    """
+
+    consent_id: str
+    patient_ref: str
+    practice: str
+    recorded_by: str
+    recorded_at: datetime
+    basis: ConsentBasis
+    purposes: frozenset[Purpose]
+    identifiable: bool
+    recorded_in_notes: bool
+    retention: timedelta
+    age_out_at: datetime | None = None
+    gillick_competent: bool | None = None
+    best_interests_statement: str | None = None
+    expires_at: datetime | None = None
+    withdrawn_at: datetime | None = None
+    withdrawn_by: str | None = None
+
+    @property
+    def withdrawn(self) -> bool:
+        return self.withdrawn_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ConsentRecord":
+        return from_jsonable(cls, data)
+
+
+class ReferralState(str, enum.Enum):
+    """Lifecycle states (see handlers/lifecycle.py for the transition table)."""
+
+    OPENED = "opened"  # waiting for images
+    IMAGES_RECEIVED = "images_received"  # at least one clean image accepted, not yet posted
+    POSTED = "posted"  # at least one image is in the specialty thread
+    DISCUSSED = "discussed"  # someone wrote in the thread
+    OPINION_GIVEN = "opinion_given"  # opinion relayed; images removed after the grace period
+    IMAGES_EXPIRED = "images_expired"  # removal of posted images requested, waiting for confirmation
+    CLOSED = "closed"  # nothing of the referral left in any chat
+
+
+class CloseReason(str, enum.Enum):
+    OPINION = "opinion"
+    CANCELLED = "cancelled"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"  # max lifetime reached without an opinion
+
+
+class ImageState(str, enum.Enum):
+    HELD = "held"  # faces found, consent does not cover identifiable: waiting for the GP
+    WAITING = "waiting"  # accepted, waiting for the thread root to be posted
+    POSTING = "posting"  # PostImage is in the outbox
+    POSTED = "posted"  # in the specialty thread (room_event_id/media_uri known)
+    REMOVING = "removing"  # RemoveImages is in the outbox
+    REMOVED = "removed"  # redacted / media deleted
+    DISCARDED = "discarded"  # never posted, dropped
+
+    @property
+    def in_chat(self) -> bool:
+        """The image is (or may be about to be) visible in a chat."""
+        return self in (ImageState.POSTING, ImageState.POSTED, ImageState.REMOVING)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One clean image of a referral. The bytes live in the vault under ``image_id``."""
+
+    image_id: str
+    referral_id: str
+    filename: str  # renamed after the referral, e.g. "R-7K3QX9-1.jpg"
+    media_type: str
+    received_at: datetime
+    retention_until: datetime
+    upload_ref: str  # transport's reference to the GP's original upload (to redact it)
+    state: ImageState = ImageState.WAITING
+    faces: int = 0
+    faces_blurred: bool = False
+    removed_metadata: tuple[str, ...] = ()
+    room_event_id: str | None = None
+    media_uri: str | None = None
+    shredded: bool = False  # the vault copy is destroyed
+
+
+@dataclass(frozen=True)
+class Referral:
+    """A referral (id ``R-…``) and its whole state. Changed only by handlers/lifecycle.py."""
+
+    referral_id: str
+    consent_id: str
+    referrer: str  # GP user id
+    practice: str
+    specialty: str
+    question: str  # clinical free text: never logged or audited
+    opened_at: datetime
+    expires_at: datetime  # max lifetime without opinion
+    reminder_at: datetime  # when the "no opinion yet" reminder goes out
+    state: ReferralState = ReferralState.OPENED
+    images: tuple[ImageItem, ...] = ()
+    root_requested: bool = False  # PostThreadRoot is in the outbox (or done)
+    thread_root_event_id: str | None = None
+    reminder_sent: bool = False
+    opinion: str | None = None  # clinical free text: never logged or audited
+    opinion_by: str | None = None
+    opinion_at: datetime | None = None
+    remove_images_at: datetime | None = None  # end of the grace period after the opinion
+    close_reason: CloseReason | None = None
+    closed_at: datetime | None = None
+    exported_at: datetime | None = None
+
+    def image(self, image_id: str) -> ImageItem | None:
+        for item in self.images:
+            if item.image_id == image_id:
+                return item
+        return None
+
+    def with_image(self, item: ImageItem) -> "Referral":
+        """Return a copy with *item* replacing the image of the same id (or appended)."""
+        images = list(self.images)
+        for i, old in enumerate(images):
+            if old.image_id == item.image_id:
+                images[i] = item
+                break
+        else:
+            images.append(item)
+        return dataclasses.replace(self, images=tuple(images))
+
+    @property
+    def is_open(self) -> bool:
+        """Still waiting for an opinion (images may be added)."""
+        return self.state in (
+            ReferralState.OPENED,
+            ReferralState.IMAGES_RECEIVED,
+            ReferralState.POSTED,
+            ReferralState.DISCUSSED,
+        )
+
+    def next_due_at(self) -> datetime | None:
+        """Earliest time a ``Tick`` has work to do for this referral (None = never).
+
+        Stores index this value; ``Transaction.due_referrals(at)`` returns the
+        referrals whose ``next_due_at() <= at``.
+        """
+        candidates: list[datetime] = []
+        if self.is_open:
+            if not self.reminder_sent:
+                candidates.append(self.reminder_at)
+            candidates.append(self.expires_at)
+        if self.state is ReferralState.OPINION_GIVEN and self.remove_images_at is not None:
+            candidates.append(self.remove_images_at)
+        for item in self.images:
+            if not item.shredded:
+                candidates.append(item.retention_until)
+        return min(candidates) if candidates else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Referral":
+        return from_jsonable(cls, data)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audit record. ``details`` holds short codes and counts only: never a
+    patient reference, consent free text, clinical question/opinion or image bytes.
+
+    ``actor`` is a user id or ``BOT_ACTOR``; ``action`` a short verb code such as
+    ``consent.recorded``, ``referral.opened``, ``image.accepted``, ``image.removed``.
+    """
+
+    actor: str
+    action: str
+    at: datetime
+    referral_id: str | None = None
+    consent_id: str | None = None
+    details: dict[str, str | int | bool] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)

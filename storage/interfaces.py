@@ -1,0 +1,158 @@
+"""What the workflow needs from storage (Protocols only; no SQL here).
+
+Implementations: ``storage/memory.py`` (in-memory, the reference semantics and
+fast tests) and the SQLite store (aiosqlite). ``handlers/`` imports only this
+module from ``storage``.
+
+Usage by the workflow (one transaction per handled event)::
+
+    async with store.transaction() as tx:
+        if not await tx.mark_processed(event.event_id, event.at):
+            return []                       # already handled
+        consent = await tx.get_consent("C-…")
+        ...
+        await tx.save_referral(referral)
+        await tx.append_audit(AuditEntry(...))
+        await tx.vault_put(image_id, clean_bytes, "image/jpeg")
+        await tx.enqueue(actions)
+    # leaving the block normally commits everything; an exception rolls ALL of it back
+    # (processed mark, saves, audit, vault puts/shreds, outbox rows).
+
+Usage by a transport (outside any handler transaction)::
+
+    for entry in await store.pending_actions():
+        ... execute entry.action (PostImage: data = await store.vault_get(image_id)) ...
+        await workflow.handle(<feedback event>)       # if the action has feedback
+        await store.complete_action(entry.outbox_id)
+
+Serialisation: ``ConsentRecord.to_dict/from_dict``, ``Referral.to_dict/from_dict``,
+``Action.to_dict`` / ``handlers.actions.action_from_dict``, ``AuditEntry.to_dict``
+give plain JSON; stores may keep those as blobs plus indexed columns.
+
+Semantics every implementation must keep (tests in tests/handlers/ run against
+the memory store; storage tests should run the same contract against SQLite):
+
+* ``mark_processed`` is atomic with the rest of the transaction: if the
+  transaction rolls back, the event is not marked.
+* Objects returned by ``get_*`` are immutable snapshots; changes are made only by
+  ``save_*``. ``save_*`` is an upsert keyed by the id.
+* ``enqueue`` keeps order: ``pending_actions`` returns actions in enqueue order
+  (outbox ids increase). ``complete_action`` is idempotent.
+* Vault: ``vault_put`` encrypts (AES-256-GCM, per-item data key) and
+  ``vault_shred`` destroys the data key so the item can never be decrypted again;
+  ``vault_get`` returns None for a shredded or unknown id. Shredding an unknown or
+  already-shredded id returns False, never raises.
+* Audit: append-only. The store adds the hash chain; the entry has no patient data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import AsyncContextManager, Protocol, Sequence, runtime_checkable
+
+from handlers.actions import Action
+from handlers.model import AuditEntry, ConsentRecord, Referral
+
+__all__ = ["OutboxEntry", "Transaction", "Store", "StoreError"]
+
+
+class StoreError(Exception):
+    """Raised by a store for a failure the workflow cannot fix (disk full, corrupt row...)."""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A pending action. ``outbox_id`` increases with enqueue order."""
+
+    outbox_id: int
+    action: Action
+    enqueued_at: datetime | None = None
+
+
+@runtime_checkable
+class Transaction(Protocol):
+    """One atomic unit of work (see module docstring)."""
+
+    async def mark_processed(self, event_id: str, at: datetime) -> bool:
+        """Record *event_id* as handled. True if it was new, False if already handled."""
+        ...
+
+    # consents ---------------------------------------------------------------
+    async def get_consent(self, consent_id: str) -> ConsentRecord | None:
+        """The consent with this id (ids compare case-sensitively; the workflow
+        upper-cases user input), or None."""
+        ...
+
+    async def save_consent(self, consent: ConsentRecord) -> None:
+        """Insert or replace the consent with ``consent.consent_id``."""
+        ...
+
+    # referrals --------------------------------------------------------------
+    async def get_referral(self, referral_id: str) -> Referral | None:
+        ...
+
+    async def save_referral(self, referral: Referral) -> None:
+        """Insert or replace the referral with ``referral.referral_id``; re-index
+        ``consent_id``, ``referrer``, ``thread_root_event_id`` and ``next_due_at()``."""
+        ...
+
+    async def referrals_by_consent(self, consent_id: str) -> list[Referral]:
+        """All referrals (any state) opened under this consent, oldest first."""
+        ...
+
+    async def referrals_by_referrer(self, user_id: str) -> list[Referral]:
+        """All referrals (any state) opened by this GP, oldest first."""
+        ...
+
+    async def referral_by_thread(self, thread_root_event_id: str) -> Referral | None:
+        """The referral whose ``thread_root_event_id`` is this event id, or None."""
+        ...
+
+    async def due_referrals(self, at: datetime) -> list[Referral]:
+        """Referrals with ``next_due_at() is not None and next_due_at() <= at``,
+        earliest first."""
+        ...
+
+    # vault -----------------------------------------------------------------
+    async def vault_put(self, image_id: str, data: bytes, media_type: str) -> None:
+        """Encrypt and keep *data* under *image_id* (a new, unused id)."""
+        ...
+
+    async def vault_get(self, image_id: str) -> bytes | None:
+        """Decrypted bytes, or None if unknown or shredded."""
+        ...
+
+    async def vault_shred(self, image_id: str) -> bool:
+        """Destroy the data key of *image_id*. True if something was destroyed."""
+        ...
+
+    # audit & outbox --------------------------------------------------------
+    async def append_audit(self, entry: AuditEntry) -> None:
+        """Append one audit entry (the store chains it)."""
+        ...
+
+    async def enqueue(self, actions: Sequence[Action]) -> list[int]:
+        """Append actions to the outbox in order; returns their outbox ids."""
+        ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The persistent store the workflow and transports share."""
+
+    def transaction(self) -> AsyncContextManager[Transaction]:
+        """``async with store.transaction() as tx:`` — commit on normal exit, roll back
+        on exception. Transactions are serialised (one at a time)."""
+        ...
+
+    async def pending_actions(self, limit: int = 100) -> list[OutboxEntry]:
+        """Not-yet-completed actions, in enqueue order."""
+        ...
+
+    async def complete_action(self, outbox_id: int) -> None:
+        """Mark an outbox entry done (idempotent)."""
+        ...
+
+    async def vault_get(self, image_id: str) -> bytes | None:
+        """Read a vault item outside a transaction (for ``PostImage``); None if shredded."""
+        ...

@@ -1,0 +1,174 @@
+"""In-memory implementation of ``storage.interfaces.Store`` (the reference semantics).
+
+Real logic, no persistence: a transaction works on a copy of the state and
+swaps it in on commit, so a rollback (exception inside ``async with``) leaves
+nothing behind — including processed marks, vault puts/shreds and outbox rows.
+The vault keeps bytes in memory; "shredding" drops them (the SQLite store does
+real envelope encryption). Used by tests/handlers/ and as a fast default for demos.
+"""
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import AsyncIterator, Sequence
+
+from handlers.actions import Action
+from handlers.model import AuditEntry, ConsentRecord, Referral
+from storage.interfaces import OutboxEntry
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass
+class _State:
+    processed: dict[str, datetime] = field(default_factory=dict)
+    consents: dict[str, ConsentRecord] = field(default_factory=dict)
+    referrals: dict[str, Referral] = field(default_factory=dict)
+    vault: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    shredded: set[str] = field(default_factory=set)
+    audit: list[AuditEntry] = field(default_factory=list)
+    outbox: list[OutboxEntry] = field(default_factory=list)
+    next_outbox_id: int = 1
+
+    def clone(self) -> "_State":
+        # model objects are frozen: shallow copies of the containers are enough
+        return _State(
+            processed=dict(self.processed),
+            consents=dict(self.consents),
+            referrals=dict(self.referrals),
+            vault=dict(self.vault),
+            shredded=set(self.shredded),
+            audit=list(self.audit),
+            outbox=list(self.outbox),
+            next_outbox_id=self.next_outbox_id,
+        )
+
+
+class _MemoryTransaction:
+    def __init__(self, state: _State):
+        self._s = state
+
+    async def mark_processed(self, event_id: str, at: datetime) -> bool:
+        if event_id in self._s.processed:
+            return False
+        self._s.processed[event_id] = at
+        return True
+
+    async def get_consent(self, consent_id: str) -> ConsentRecord | None:
+        return self._s.consents.get(consent_id)
+
+    async def save_consent(self, consent: ConsentRecord) -> None:
+        self._s.consents[consent.consent_id] = consent
+
+    async def get_referral(self, referral_id: str) -> Referral | None:
+        return self._s.referrals.get(referral_id)
+
+    async def save_referral(self, referral: Referral) -> None:
+        self._s.referrals[referral.referral_id] = referral
+
+    def _sorted(self, items: list[Referral]) -> list[Referral]:
+        return sorted(items, key=lambda r: (r.opened_at, r.referral_id))
+
+    async def referrals_by_consent(self, consent_id: str) -> list[Referral]:
+        return self._sorted([r for r in self._s.referrals.values() if r.consent_id == consent_id])
+
+    async def referrals_by_referrer(self, user_id: str) -> list[Referral]:
+        return self._sorted([r for r in self._s.referrals.values() if r.referrer == user_id])
+
+    async def referral_by_thread(self, thread_root_event_id: str) -> Referral | None:
+        for r in self._s.referrals.values():
+            if r.thread_root_event_id == thread_root_event_id:
+                return r
+        return None
+
+    async def due_referrals(self, at: datetime) -> list[Referral]:
+        due = []
+        for r in self._s.referrals.values():
+            nd = r.next_due_at()
+            if nd is not None and nd <= at:
+                due.append((nd, r.referral_id, r))
+        due.sort(key=lambda t: (t[0], t[1]))
+        return [r for _, _, r in due]
+
+    async def vault_put(self, image_id: str, data: bytes, media_type: str) -> None:
+        if image_id in self._s.vault or image_id in self._s.shredded:
+            raise ValueError(f"vault id {image_id} already used")
+        self._s.vault[image_id] = (bytes(data), media_type)
+
+    async def vault_get(self, image_id: str) -> bytes | None:
+        item = self._s.vault.get(image_id)
+        return item[0] if item else None
+
+    async def vault_shred(self, image_id: str) -> bool:
+        if image_id in self._s.vault:
+            del self._s.vault[image_id]
+            self._s.shredded.add(image_id)
+            return True
+        return False
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        self._s.audit.append(entry)
+
+    async def enqueue(self, actions: Sequence[Action]) -> list[int]:
+        ids = []
+        for action in actions:
+            oid = self._s.next_outbox_id
+            self._s.next_outbox_id += 1
+            # round-trip through the JSON form, as a real outbox would
+            stored = Action.from_dict(action.to_dict())
+            self._s.outbox.append(OutboxEntry(outbox_id=oid, action=stored))
+            ids.append(oid)
+        return ids
+
+
+class MemoryStore:
+    """``Store`` kept in memory. Transactions are serialised with an asyncio lock."""
+
+    def __init__(self) -> None:
+        self._state = _State()
+        self._lock = asyncio.Lock()
+        # completion is store-level (not rolled back with a handler transaction)
+        self._completed: set[int] = set()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
+        async with self._lock:
+            work = self._state.clone()
+            yield _MemoryTransaction(work)
+            self._state = work  # only reached when the block did not raise
+
+    async def pending_actions(self, limit: int = 100) -> list[OutboxEntry]:
+        return [e for e in self._state.outbox if e.outbox_id not in self._completed][:limit]
+
+    async def complete_action(self, outbox_id: int) -> None:
+        self._completed.add(outbox_id)
+
+    async def vault_get(self, image_id: str) -> bytes | None:
+        item = self._state.vault.get(image_id)
+        return item[0] if item else None
+
+    # --- inspection helpers for tests and the demo (not part of the Protocol) ---
+    @property
+    def audit(self) -> list[AuditEntry]:
+        return list(self._state.audit)
+
+    @property
+    def all_actions(self) -> list[OutboxEntry]:
+        return list(self._state.outbox)
+
+    def consent(self, consent_id: str) -> ConsentRecord | None:
+        return self._state.consents.get(consent_id)
+
+    def referral(self, referral_id: str) -> Referral | None:
+        return self._state.referrals.get(referral_id)
+
+    def referrals(self) -> list[Referral]:
+        return list(self._state.referrals.values())
+
+    def vault_ids(self) -> set[str]:
+        return set(self._state.vault)
+
+    def is_processed(self, event_id: str) -> bool:
+        return event_id in self._state.processed
