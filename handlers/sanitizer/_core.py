@@ -1,0 +1,48 @@
+"""Entry point: size checks, format sniffing, dispatch, face detection."""
+from __future__ import annotations
+
+from ._sniff import sniff
+from ._types import ImageRefused, Limits, SanitizedImage
+
+_DEFAULT_LIMITS = Limits()
+
+
+def sanitize(
+    data: bytes,
+    *,
+    limits: Limits = _DEFAULT_LIMITS,
+    blur_faces: bool = False,
+    detect_faces: bool = True,
+) -> SanitizedImage:
+    """Strip everything but the pixels from an image.
+
+    Raises ImageRefused (one plain sentence, ``.reason`` a short code) for
+    anything we will not pass on. Never raises anything else for bad input.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError("sanitize() takes bytes")
+    data = bytes(data)
+    if not data:
+        raise ImageRefused("empty", "That file is empty; please send the photo again.")
+    if len(data) > limits.max_bytes:
+        raise ImageRefused(
+            "too_large",
+            f"That file is too big ({len(data) / 1e6:.1f} MB, limit {limits.max_bytes / 1e6:.0f} MB); please send a smaller photo.",
+        )
+    kind = sniff(data)
+    try:
+        if kind == "jpeg":
+            from ._jpeg_path import sanitize_jpeg_image
+
+            result = sanitize_jpeg_image(data, limits, detect_faces or blur_faces, blur_faces)
+        else:
+            from ._reencode import sanitize_other
+
+            result = sanitize_other(data, kind, limits, detect_faces or blur_faces, blur_faces)
+    except ImageRefused:
+        raise
+    except MemoryError:
+        raise ImageRefused("too_many_pixels", "That image is too large to process; please send a smaller photo.") from None
+    except Exception:  # a decoder choked on something our checks let through
+        raise ImageRefused("corrupt", "That image is damaged and cannot be read; please send it again or send a different photo.") from None
+    return result

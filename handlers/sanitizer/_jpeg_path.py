@@ -1,0 +1,55 @@
+"""JPEG: lossless filter, then (optionally) faces on a small draft decode."""
+from __future__ import annotations
+
+from io import BytesIO
+
+from . import _types as L
+from ._types import Limits, SanitizedImage
+from .jpeg import sanitize_jpeg
+
+
+def sanitize_jpeg_image(data: bytes, limits: Limits, detect: bool, blur: bool) -> SanitizedImage:
+    clean, info, labels = sanitize_jpeg(data, limits)
+    w, h = info.width, info.height
+    if info.orientation >= 5:
+        w, h = h, w
+    faces: list = []
+    lossless = True
+    blurred = False
+    if detect:
+        from PIL import Image
+
+        from . import _faces
+        from ._orient import upright
+
+        im = Image.open(BytesIO(clean))
+        # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale: only a fraction of the IDCT work.
+        im.draft("L", (max(1, info.width // 8), max(1, info.height // 8)))
+        im = upright(im.convert("L"), info.orientation)
+        faces = _faces.detect(im)
+        if blur and faces:
+            from ._jpeg_icc import icc_profile_of
+
+            full = Image.open(BytesIO(clean))
+            full.load()
+            mode = "RGB" if full.mode not in ("L",) else "L"
+            full = upright(full.convert(mode), info.orientation)
+            _faces.blur(full, faces)
+            out = BytesIO()
+            icc = icc_profile_of(clean)
+            full.save(out, "JPEG", quality=92, optimize=False, **({"icc_profile": icc} if icc else {}))
+            clean = out.getvalue()
+            lossless, blurred = False, True
+            labels.append(L.FACES_BLURRED)
+    return SanitizedImage(
+        data=clean,
+        media_type="image/jpeg",
+        extension="jpg",
+        width=w,
+        height=h,
+        removed=L.ordered(labels),
+        faces=len(faces),
+        faces_blurred=blurred,
+        faces_checked=detect,
+        lossless=lossless,
+    )

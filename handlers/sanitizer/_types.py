@@ -1,0 +1,98 @@
+"""Public value types of the sanitizer: limits, result and refusal."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the sanitizer accepts. Both limits are checked before any pixel is decoded."""
+
+    max_bytes: int = 40 * 1024 * 1024
+    max_pixels: int = 60_000_000
+
+
+class ImageRefused(ValueError):
+    """The input is not something we will pass on.
+
+    ``str(exc)`` is one plain sentence meant for the person who sent the file;
+    ``exc.reason`` is a short machine code (``not_image``, ``truncated``,
+    ``too_large``, ``too_many_pixels``, ``corrupt``, ``empty``,
+    ``unsupported_format``).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SanitizedImage:
+    data: bytes
+    media_type: str
+    extension: str
+    width: int
+    height: int
+    removed: list[str] = field(default_factory=list)
+    faces: int = 0
+    faces_blurred: bool = False
+    faces_checked: bool = False
+    lossless: bool = True
+
+    def report(self) -> dict:
+        """A JSON-able summary (what `referral-bot sanitize --report` prints)."""
+        return {
+            "media_type": self.media_type,
+            "extension": self.extension,
+            "width": self.width,
+            "height": self.height,
+            "bytes": len(self.data),
+            "lossless": self.lossless,
+            "removed": list(self.removed),
+            "faces_checked": self.faces_checked,
+            "faces": self.faces,
+            "faces_blurred": self.faces_blurred,
+        }
+
+    def __repr__(self) -> str:  # never dump image bytes into a log line
+        return (
+            f"SanitizedImage(media_type={self.media_type!r}, {self.width}x{self.height}, "
+            f"{len(self.data)} bytes, removed={self.removed!r}, faces={self.faces}, "
+            f"faces_blurred={self.faces_blurred})"
+        )
+
+
+# Labels used in SanitizedImage.removed (the chat reply shows them as they are).
+GPS = "GPS location"
+DEVICE = "device make/model"
+SERIAL = "camera serial number"
+CAPTURE_TIME = "capture time"
+AUTHOR = "author/owner name"
+COMMENTS = "comments and descriptions"
+MAKER_NOTES = "maker notes"
+SOFTWARE = "software name"
+UNIQUE_ID = "unique image ID"
+THUMBNAIL = "embedded thumbnail"
+OTHER_EXIF = "other EXIF camera data"
+XMP = "XMP metadata (authorship, edit history)"
+IPTC = "IPTC/Photoshop metadata (captions, authorship)"
+MPF = "extra embedded images (MPF)"
+TRAILER = "trailing data after the image (e.g. motion-photo video)"
+APP_SEGMENTS = "other application data segments"
+ICC_TEXT = "colour profile text (colours kept)"
+ICC_DROPPED = "unusable colour profile"
+TEXT_CHUNKS = "text notes embedded in the file"
+EXTRA_IMAGES = "extra images in the file (depth map, burst or preview)"
+STRAY = "stray bytes between segments"
+TIFF_TAGS = "other TIFF tags"
+FACES_BLURRED = "faces (blurred)"
+
+_ORDER = [GPS, CAPTURE_TIME, DEVICE, SERIAL, AUTHOR, UNIQUE_ID, COMMENTS, THUMBNAIL, XMP, IPTC, MAKER_NOTES,
+          SOFTWARE, MPF, EXTRA_IMAGES, TRAILER, TEXT_CHUNKS, ICC_TEXT, ICC_DROPPED, TIFF_TAGS, APP_SEGMENTS,
+          OTHER_EXIF, STRAY, FACES_BLURRED]
+_RANK = {label: i for i, label in enumerate(_ORDER)}
+
+
+def ordered(labels: list[str]) -> list[str]:
+    """Unique labels, most sensitive first."""
+    return sorted(dict.fromkeys(labels), key=lambda s: _RANK.get(s, len(_ORDER)))
