@@ -1,0 +1,259 @@
+"""The append-only, hash-chained audit trail.
+
+Each entry is ``(seq, at, actor, action, referral_id, consent_id, details)``.
+Its hash is ``SHA-256(prev_hash || canonical_json(entry))`` in lowercase hex,
+where ``prev_hash`` is the previous entry's hash (64 zeros for entry 1) and
+``canonical_json`` is JSON with sorted keys, no insignificant whitespace,
+UTF-8. Changing, inserting or deleting any entry breaks the chain at that
+entry (or, if the attacker recomputed that entry's own hash, at the next one).
+
+What may go in: who (a clinician's chat id or ``bot``), what (an action name),
+when, and which referral / consent id. ``details`` takes only whitelisted keys
+with short scalar values: never patient identifiers, consent free text, the
+clinical question, the opinion or image bytes. Anything else is refused with a
+:class:`AuditRefused` naming the key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+from storage import queries as Q
+from storage.db import StorageError, Tx, from_text, to_text
+
+GENESIS_HASH = "0" * 64
+MAX_TEXT = 200
+MAX_LIST = 50
+
+# The only keys ``details`` may carry. Values are ids, counts, states, rule names.
+ALLOWED_DETAIL_KEYS = frozenset(
+    {
+        "action_id",
+        "bytes",
+        "count",
+        "consenter",
+        "content_type",
+        "event_id",
+        "expires_at",
+        "format",
+        "from_state",
+        "grace_seconds",
+        "height",
+        "identifiable",
+        "image_id",
+        "image_ids",
+        "kind",
+        "media_deleted",
+        "outcome",
+        "purpose",
+        "purposes",
+        "reason",
+        "redacted",
+        "retention_days",
+        "role",
+        "room",
+        "rule",
+        "shred_reason",
+        "specialty",
+        "state",
+        "to_state",
+        "transport",
+        "warnings",
+        "width",
+    }
+)
+# Only used to give a sharper message for keys that are refused anyway.
+_PHI_LOOKING = re.compile(
+    r"patient|nhs|name|dob|birth|address|postcode|phone|email|text|question|opinion|note|"
+    r"image(?!_ids?$)|photo|pixel|data|content(?!_type$)|body|caption|free",
+    re.IGNORECASE,
+)
+
+
+class AuditRefused(StorageError):
+    """An audit entry was refused because it could carry patient data."""
+
+
+class AuditError(StorageError):
+    pass
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    referral_id: str | None
+    consent_id: str | None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    prev_hash: str = GENESIS_HASH
+    hash: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    entries: int
+    first_broken: int | None
+    problem: str | None
+    head_hash: str
+
+    @property
+    def intact(self) -> bool:
+        return self.first_broken is None
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def _body(seq: int, at_text: str, actor: str, action: str, referral_id: str | None, consent_id: str | None,
+          details: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "at": at_text,
+        "actor": actor,
+        "action": action,
+        "referral_id": referral_id,
+        "consent_id": consent_id,
+        "details": dict(details),
+    }
+
+
+def entry_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical_json(body)).hexdigest()
+
+
+def check_details(details: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate ``details`` against the whitelist; returns a plain dict copy."""
+    if details is None:
+        return {}
+    if not isinstance(details, Mapping):
+        raise AuditRefused("audit details must be a mapping")
+    clean: dict[str, Any] = {}
+    for key, value in details.items():
+        if not isinstance(key, str) or key not in ALLOWED_DETAIL_KEYS:
+            if isinstance(key, str) and _PHI_LOOKING.search(key):
+                raise AuditRefused(
+                    f"audit details key {key!r} looks like patient data; the audit trail never stores that"
+                )
+            raise AuditRefused(f"audit details key {key!r} is not on the audit whitelist")
+        clean[key] = _check_value(key, value)
+    return clean
+
+
+def _check_value(key: str, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise AuditRefused(f"audit details {key!r} must be a finite number")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT or "\n" in value:
+            raise AuditRefused(f"audit details {key!r} must be a short single-line value (at most {MAX_TEXT} chars)")
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise AuditRefused(f"audit details {key!r} is binary; image bytes never go in the audit trail")
+    if isinstance(value, (list, tuple, frozenset, set)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+        if len(items) > MAX_LIST:
+            raise AuditRefused(f"audit details {key!r} has more than {MAX_LIST} items")
+        out = []
+        for item in items:
+            if isinstance(item, (list, tuple, set, frozenset, dict)):
+                raise AuditRefused(f"audit details {key!r} must be a flat list")
+            out.append(_check_value(key, item))
+        return out
+    raise AuditRefused(f"audit details {key!r} has an unsupported type {type(value).__name__}")
+
+
+def _check_field(name: str, value: str | None, required: bool) -> None:
+    if value is None:
+        if required:
+            raise AuditRefused(f"audit {name} is required")
+        return
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT or "\n" in value:
+        raise AuditRefused(f"audit {name} must be a short single-line string")
+
+
+async def append(
+    tx: Tx,
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    referral_id: str | None = None,
+    consent_id: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> AuditEntry:
+    """Append one entry inside the caller's transaction (BEGIN IMMEDIATE serialises writers)."""
+    _check_field("actor", actor, True)
+    _check_field("action", action, True)
+    _check_field("referral_id", referral_id, False)
+    _check_field("consent_id", consent_id, False)
+    clean = check_details(details)
+    head = await tx.fetchone(Q.AUDIT_HEAD)
+    seq, prev = (1, GENESIS_HASH) if head is None else (int(head["seq"]) + 1, head["hash"])
+    at_text = to_text(at)
+    body = _body(seq, at_text, actor, action, referral_id, consent_id, clean)
+    digest = entry_hash(prev, body)
+    await tx.execute(
+        Q.AUDIT_APPEND,
+        (seq, at_text, actor, action, referral_id, consent_id, canonical_json(clean).decode("utf-8"), prev, digest),
+    )
+    return AuditEntry(seq, from_text(at_text), actor, action, referral_id, consent_id, clean, prev, digest)
+
+
+def _row_entry(row: Any) -> AuditEntry:
+    return AuditEntry(
+        seq=int(row["seq"]),
+        at=from_text(row["at"]),
+        actor=row["actor"],
+        action=row["action"],
+        referral_id=row["referral_id"],
+        consent_id=row["consent_id"],
+        details=json.loads(row["details"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+async def entries(tx: Tx, referral_id: str | None = None) -> list[AuditEntry]:
+    rows = await (tx.fetchall(Q.AUDIT_ALL) if referral_id is None else tx.fetchall(Q.AUDIT_FOR_REFERRAL, (referral_id,)))
+    return [_row_entry(r) for r in rows]
+
+
+async def verify(tx: Tx) -> VerifyResult:
+    """Walk the whole chain; report the first entry whose link or hash does not hold."""
+    prev = GENESIS_HASH
+    expected_seq = 1
+    count = 0
+    for row in await tx.fetchall(Q.AUDIT_ALL):
+        count += 1
+        seq = row["seq"]
+        if not isinstance(seq, int) or seq != expected_seq:
+            if isinstance(seq, int) and seq > expected_seq:
+                return VerifyResult(count, expected_seq, f"entry {expected_seq} is missing", prev)
+            return VerifyResult(count, expected_seq, f"entry {expected_seq} has a wrong sequence number", prev)
+        if row["prev_hash"] != prev:
+            return VerifyResult(count, seq, "its link to the previous entry does not match", prev)
+        try:
+            details = json.loads(row["details"])
+            if not isinstance(details, dict):
+                raise ValueError
+            body = _body(seq, row["at"], row["actor"], row["action"], row["referral_id"], row["consent_id"], details)
+            digest = entry_hash(prev, body)
+        except (ValueError, TypeError, AttributeError):
+            return VerifyResult(count, seq, "its stored fields cannot be read", prev)
+        if digest != row["hash"]:
+            return VerifyResult(count, seq, "its contents do not match its hash", prev)
+        prev = digest
+        expected_seq += 1
+    return VerifyResult(count, None, None, prev)

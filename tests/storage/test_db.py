@@ -1,0 +1,165 @@
+"""The database layer: pragmas, numbered migrations, transactions."""
+from __future__ import annotations
+
+import sqlite3
+import stat
+
+import pytest
+
+from storage import queries as Q
+from storage.db import (
+    Database,
+    SchemaTooNew,
+    StorageError,
+    discover_migrations,
+    latest_version,
+    render,
+    split_statements,
+)
+
+from .conftest import T0
+
+
+async def test_fresh_database_is_at_latest_version_with_safe_pragmas(db, db_path):
+    assert await db.schema_version() == latest_version() >= 2
+    async with db.read() as tx:
+        assert (await tx.scalar("PRAGMA journal_mode")).lower() == "wal"
+        assert await tx.scalar("PRAGMA foreign_keys") == 1
+        assert await tx.scalar("PRAGMA secure_delete") == 1
+        rows = await tx.fetchall("SELECT version, name FROM schema_version ORDER BY version")
+    assert [r["version"] for r in rows] == list(range(1, latest_version() + 1))
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+
+
+async def test_reopening_applies_nothing_twice(db_path):
+    first = await Database.open(db_path)
+    await first.close()
+    again = await Database.open(db_path)
+    try:
+        assert await again.migrate() == []
+        assert await again.schema_version() == latest_version()
+    finally:
+        await again.close()
+
+
+@pytest.mark.parametrize("start", range(0, latest_version()))
+async def test_migrating_from_each_earlier_version_preserves_data(db_path, start):
+    old = await Database.open(db_path, target_version=start)
+    assert await old.schema_version() == start
+    if start >= 1:  # version 1 has processed_events and outbox
+        async with old.transaction() as tx:
+            await tx.execute(Q.MARK_PROCESSED, ("$ev1", "2026-03-01T09:00:00+00:00"))
+            await tx.execute(Q.ENQUEUE_ACTION, (1, "2026-03-01T09:00:00+00:00", "Reply", '{"type":"Reply"}'))
+    await old.close()
+
+    new = await Database.open(db_path)
+    try:
+        assert await new.schema_version() == latest_version()
+        if start >= 1:
+            async with new.read() as tx:
+                assert await tx.scalar(Q.IS_PROCESSED, ("$ev1",)) == 1
+                rows = await tx.fetchall(Q.PENDING_ACTIONS)
+            assert [(r["id"], r["kind"]) for r in rows] == [(1, "Reply")]
+    finally:
+        await new.close()
+
+
+async def test_a_failing_migration_leaves_the_previous_version_intact(db_path, tmp_path):
+    mig = tmp_path / "migs"
+    mig.mkdir()
+    (mig / "001_a.sql").write_text("CREATE TABLE a (x INTEGER);\n")
+    (mig / "002_b.sql").write_text("CREATE TABLE b (x INTEGER);\nCREATE TABLE a (x INTEGER);\n")  # 2nd fails
+    with pytest.raises(StorageError, match="migration 002_b failed and was rolled back"):
+        await Database.open(db_path, migrations_dir=mig)
+    db = await Database.open(db_path, migrate=False)
+    try:
+        assert await db.schema_version() == 1
+        async with db.read() as tx:
+            names = {r[0] for r in await tx.fetchall("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "a" in names and "b" not in names  # 002 rolled back whole
+    finally:
+        await db.close()
+
+
+async def test_a_database_newer_than_the_program_is_refused(db_path, tmp_path):
+    db = await Database.open(db_path)
+    async with db.transaction() as tx:
+        await tx.execute(Q.RECORD_VERSION, (999, "future", "2030-01-01T00:00:00+00:00"))
+    await db.close()
+    with pytest.raises(SchemaTooNew, match="newer than this program"):
+        await Database.open(db_path)
+
+
+async def test_not_a_database_gets_a_clear_message(tmp_path):
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StorageError, match="not a usable referral-bot database"):
+        await Database.open(junk)
+
+
+async def test_missing_database_not_created_when_asked(tmp_path):
+    with pytest.raises(StorageError, match="no database at"):
+        await Database.open(tmp_path / "nope.sqlite3", create=False)
+    assert not (tmp_path / "nope.sqlite3").exists()
+
+
+async def test_transaction_rolls_back_everything_on_error(db):
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as tx:
+            await tx.execute(Q.MARK_PROCESSED, ("$ev", "t"))
+            await tx.execute(Q.ENQUEUE_ACTION, (1, "t", "Reply", "{}"))
+            raise RuntimeError("crash between steps")
+    async with db.read() as tx:
+        assert await tx.scalar(Q.IS_PROCESSED, ("$ev",)) is None
+        assert await tx.fetchall(Q.PENDING_ACTIONS) == []
+
+
+def test_migration_files_are_numbered_without_gaps():
+    migs = discover_migrations()
+    assert [m.version for m in migs] == list(range(1, len(migs) + 1))
+    pg = discover_migrations(dialect="postgres")
+    assert [m.version for m in pg] == [m.version for m in migs]
+
+
+def test_gap_in_numbering_is_refused(tmp_path):
+    (tmp_path / "001_a.sql").write_text("CREATE TABLE a (x INTEGER);")
+    (tmp_path / "003_c.sql").write_text("CREATE TABLE c (x INTEGER);")
+    with pytest.raises(StorageError, match="without gaps"):
+        discover_migrations(tmp_path)
+
+
+def test_statement_splitter_keeps_triggers_whole():
+    script = (
+        "-- comment\nCREATE TABLE t (x INTEGER);\n"
+        "CREATE TRIGGER tr BEFORE DELETE ON t\nBEGIN\n  SELECT RAISE(ABORT, 'no; really');\nEND;\n"
+    )
+    parts = split_statements(script)
+    assert len(parts) == 2
+    assert parts[1].startswith("CREATE TRIGGER") and parts[1].endswith("END;")
+    conn = sqlite3.connect(":memory:")
+    for p in parts:
+        conn.execute(p)
+
+
+def test_placeholders_render_for_postgres():
+    assert render(Q.ENQUEUE_ACTION, "postgres").endswith("VALUES ($1, $2, $3, $4)")
+    assert render("SELECT '?' , ?", "postgres") == "SELECT '?' , $1"
+    assert render(Q.ENQUEUE_ACTION) == Q.ENQUEUE_ACTION
+
+
+def test_every_query_renders_with_matching_parameter_count():
+    for name in dir(Q):
+        sql = getattr(Q, name)
+        if isinstance(sql, str) and name.isupper():
+            n = sql.count("?")
+            assert render(sql, "postgres").count("$") == n, name
+
+
+def test_timestamps_must_be_aware():
+    from datetime import datetime
+
+    from storage.db import from_text, to_text
+
+    assert from_text(to_text(T0)) == T0
+    with pytest.raises(ValueError):
+        to_text(datetime(2026, 1, 1))
