@@ -22,7 +22,11 @@ for _tags, _label in (
     ((0x013B, 0x8298, 0xA430, 0x9C9D), L.AUTHOR),  # Artist, Copyright, CameraOwnerName, XPAuthor
     ((0x010E, 0x9286, 0x9C9B, 0x9C9C, 0x9C9E, 0x9C9F), L.COMMENTS),  # ImageDescription, UserComment, XP*
     ((0x927C,), L.MAKER_NOTES),
-    ((0x0131, 0x000B), L.SOFTWARE),  # Software, ProcessingSoftware
+    ((0x0131, 0x000B), L.SOFTWARE),
+    ((0x010D, 0x011D), L.COMMENTS),  # DocumentName, PageName
+    ((0x013C,), L.DEVICE),  # HostComputer
+    ((0x02BC,), L.XMP),  # XMP packet inside TIFF
+    ((0x83BB, 0x8649, 0x935C), L.IPTC),  # IPTC, Photoshop, ImageSourceData  # Software, ProcessingSoftware
     ((0xA420,), L.UNIQUE_ID),
     ((0x0201, 0x0202), L.THUMBNAIL),
 ):
@@ -38,8 +42,17 @@ def tag_label(tag: int) -> str:
     return _TAG_LABELS.get(tag, L.OTHER_EXIF)
 
 
-def inspect_tiff(buf: bytes) -> tuple[list[str], int]:
-    """Labels of what a TIFF-structured EXIF block holds, and its Orientation (1 if none)."""
+# Tags that describe the pixels of a TIFF file itself (not metadata worth reporting).
+TIFF_STRUCTURE = frozenset({254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 282, 283,
+                            284, 296, 305, 317, 318, 319, 320, 322, 323, 324, 325, 338, 339, 340, 341, 530, 531,
+                            532, 0x8773})
+
+
+def inspect_tiff(buf: bytes, skip: frozenset[int] = frozenset()) -> tuple[list[str], int]:
+    """Labels of what a TIFF-structured EXIF block holds, and its Orientation (1 if none).
+
+    ``skip`` lists IFD0 tags not to report (the image structure of a TIFF file).
+    """
     labels: list[str] = []
     orientation = 1
     try:
@@ -77,6 +90,8 @@ def inspect_tiff(buf: bytes) -> tuple[list[str], int]:
                         continue
                     if tag == ORIENTATION and kind == "ifd0" and typ == 3 and n == 1:
                         orientation = u16(buf, e + 8)[0]
+                        continue
+                    if kind == "ifd0" and tag in skip:
                         continue
                     labels.append(tag_label(tag))
             if kind == "ifd0":

@@ -6,6 +6,7 @@ from io import BytesIO
 from . import _types as L
 from ._types import Limits, SanitizedImage
 from .jpeg import sanitize_jpeg
+from .jpeg import too_many_pixels as too_many_pixels_error  # noqa: F401 (shared message)
 
 
 def sanitize_jpeg_image(data: bytes, limits: Limits, detect: bool, blur: bool) -> SanitizedImage:

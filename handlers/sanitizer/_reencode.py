@@ -1,0 +1,240 @@
+"""PNG, GIF, WebP, TIFF, HEIC/HEIF: decode the pixels, write them into a fresh file.
+
+The output is built from raw pixel bytes (Image.frombytes), so no Pillow
+``info``/EXIF state can leak into the encoder. Output formats:
+
+* PNG  -> PNG (lossless)          * GIF  -> PNG (lossless, first and only frame)
+* TIFF -> PNG (lossless; chat clients do not show TIFF)
+* WebP -> WebP lossless (no second generation of lossy compression)
+* HEIC/HEIF -> JPEG quality 92 (what every chat client can show); PNG if it has alpha.
+
+Animated GIF/WebP are refused. Metadata is listed (for the report) by a
+cheap walk over the container's chunks/boxes before decoding.
+"""
+from __future__ import annotations
+
+import struct
+import warnings
+from io import BytesIO
+
+from . import _types as L
+from ._exif import TIFF_STRUCTURE, inspect_tiff
+from ._icc import sanitize_icc
+from ._jpeg_path import too_many_pixels_error
+from ._types import ImageRefused, Limits, SanitizedImage
+
+_heif_registered = False
+
+
+def _register_heif() -> None:
+    global _heif_registered
+    if not _heif_registered:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        _heif_registered = True
+
+
+def _exif_labels(raw: bytes | None) -> tuple[list[str], int]:
+    if not raw:
+        return [], 1
+    if raw[:6] == b"Exif\x00\x00":
+        raw = raw[6:]
+    elif raw[4:10] == b"Exif\x00\x00":  # HEIF-style 4-byte offset prefix
+        raw = raw[10:]
+    return inspect_tiff(raw)
+
+
+def _png_labels(data: bytes) -> list[str]:
+    labels: list[str] = []
+    pos = 8
+    n = len(data)
+    while pos + 8 <= n:
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        body = data[pos + 8:pos + 8 + length]
+        if ctype in (b"tEXt", b"zTXt", b"iTXt"):
+            labels.append(L.XMP if body.startswith(b"XML:com.adobe.xmp") else L.TEXT_CHUNKS)
+        elif ctype == b"eXIf":
+            labels.extend(_exif_labels(body)[0])
+        elif ctype == b"tIME":
+            labels.append(L.CAPTURE_TIME)
+        elif ctype == b"iCCP":
+            labels.append(L.ICC_TEXT)
+        elif ctype == b"IEND":
+            if pos + 12 < n:
+                labels.append(L.TRAILER)
+            break
+        elif ctype not in (b"IHDR", b"PLTE", b"IDAT", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs",
+                           b"bKGD", b"hIST", b"sPLT", b"acTL", b"fcTL", b"fdAT", b"cICP"):
+            labels.append(L.APP_SEGMENTS)
+        pos += 12 + length
+    return labels
+
+
+def _webp_labels(data: bytes) -> list[str]:
+    labels: list[str] = []
+    riff_end = 8 + int.from_bytes(data[4:8], "little")
+    pos = 12
+    while pos + 8 <= min(riff_end, len(data)):
+        ctype = data[pos:pos + 4]
+        length = int.from_bytes(data[pos + 4:pos + 8], "little")
+        body = data[pos + 8:pos + 8 + length]
+        if ctype == b"EXIF":
+            labels.extend(_exif_labels(body)[0])
+        elif ctype == b"XMP ":
+            labels.append(L.XMP)
+        elif ctype == b"ICCP":
+            labels.append(L.ICC_TEXT)
+        elif ctype not in (b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF"):
+            labels.append(L.APP_SEGMENTS)
+        pos += 8 + length + (length & 1)
+    if len(data) > riff_end:
+        labels.append(L.TRAILER)
+    return labels
+
+
+def _refuse_decode(exc: BaseException) -> ImageRefused:
+    text = str(exc).lower()
+    if "truncated" in text or isinstance(exc, EOFError):
+        return ImageRefused("truncated", "That image is incomplete (the file was cut short); please send it again.")
+    return ImageRefused("corrupt", "That image is damaged and cannot be read; please send it again or send a different photo.")
+
+
+_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}
+
+
+def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: bool) -> SanitizedImage:
+    from PIL import Image
+
+    if kind == "heif":
+        _register_heif()
+    labels: list[str] = []
+    if kind == "png":
+        labels += _png_labels(data)
+    elif kind == "webp":
+        labels += _webp_labels(data)
+    elif kind == "tiff":
+        labels += inspect_tiff(data, skip=TIFF_STRUCTURE)[0]
+
+    expected = {"png": "PNG", "gif": "GIF", "webp": "WEBP", "tiff": "TIFF", "heif": "HEIF"}[kind]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(BytesIO(data), formats=[expected])
+    except Image.DecompressionBombError:
+        raise ImageRefused("too_many_pixels", f"That image is too large to process (limit {limits.max_pixels // 1_000_000} megapixels).") from None
+    except Exception as exc:
+        raise _refuse_decode(exc) from None
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise _refuse_decode(ValueError("no size"))
+    if w * h > limits.max_pixels:
+        raise too_many_pixels_error(w, h, limits)
+
+    info = dict(im.info)
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        if kind in ("gif", "webp"):
+            raise ImageRefused("unsupported_format", "Animated images are not supported; please send a still photo.")
+        labels.append(L.EXTRA_IMAGES)  # extra TIFF pages / HEIF images: only the primary image is kept
+    if kind == "heif":
+        labels += _exif_labels(info.get("exif"))[0]
+        if info.get("xmp"):
+            labels.append(L.XMP)
+        if info.get("thumbnails"):
+            labels.append(L.THUMBNAIL)
+        if info.get("depth_images") or info.get("aux"):
+            labels.append(L.EXTRA_IMAGES)
+        if info.get("metadata"):
+            labels.append(L.APP_SEGMENTS)
+        if info.get("icc_profile"):
+            labels.append(L.ICC_TEXT)
+    elif kind == "gif":
+        if info.get("comment"):
+            labels.append(L.COMMENTS)
+        if info.get("xmp"):
+            labels.append(L.XMP)
+        if info.get("extension"):
+            labels.append(L.APP_SEGMENTS)
+    elif kind == "tiff" and info.get("icc_profile"):
+        labels.append(L.ICC_TEXT)
+
+    orientation = 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im.load()
+            orientation = im.getexif().get(0x0112, 1) if kind != "heif" else 1
+    except Exception as exc:
+        raise _refuse_decode(exc) from None
+    if not isinstance(orientation, int) or orientation not in range(1, 9):
+        orientation = 1
+
+    # Normalise the mode to something every output format can hold.
+    transparency = info.get("transparency")
+    if im.mode == "P":
+        if kind == "heif":
+            im = im.convert("RGBA")
+    elif im.mode not in _PNG_MODES:
+        has_alpha = "A" in im.getbands() or transparency is not None
+        im = im.convert("RGBA" if has_alpha else "RGB")
+        transparency = None
+    if kind == "heif" and im.mode not in ("RGB", "RGBA", "L"):
+        im = im.convert("RGB")
+
+    from ._orient import upright
+
+    im = upright(im, orientation)
+    # Build the clean image from raw pixels only.
+    clean = Image.frombytes(im.mode, im.size, im.tobytes())
+    if im.mode == "P":
+        clean.putpalette(im.getpalette(rawmode="RGBA") or [], rawmode="RGBA")
+        if isinstance(transparency, int):
+            clean.info["transparency"] = transparency
+    elif im.mode in ("L", "RGB") and isinstance(transparency, (int, tuple)):
+        clean.info["transparency"] = transparency
+    del im
+
+    faces: list = []
+    blurred = False
+    if detect:
+        from . import _faces
+
+        faces = _faces.detect(clean.convert("L"))
+        if blur and faces:
+            if clean.mode not in ("RGB", "RGBA", "L"):
+                clean = clean.convert("RGBA" if clean.mode in ("P", "LA") else "RGB")
+            _faces.blur(clean, faces)
+            blurred = True
+            labels.append(L.FACES_BLURRED)
+
+    icc = sanitize_icc(info["icc_profile"]) if info.get("icc_profile") else None
+    if info.get("icc_profile") and icc is None:
+        labels.append(L.ICC_DROPPED)
+    extra = {"icc_profile": icc} if icc else {}
+    out = BytesIO()
+    if kind == "heif" and clean.mode in ("RGB", "L"):
+        clean.save(out, "JPEG", quality=92, **extra)
+        media, ext, lossless = "image/jpeg", "jpg", False
+    elif kind == "webp":
+        if clean.mode not in ("RGB", "RGBA"):
+            clean = clean.convert("RGBA")
+        clean.save(out, "WEBP", lossless=True, quality=0, method=0, exact=True, **extra)
+        media, ext, lossless = "image/webp", "webp", True
+    else:
+        if "transparency" in clean.info:
+            extra["transparency"] = clean.info["transparency"]
+        clean.save(out, "PNG", compress_level=6, **extra)
+        media, ext, lossless = "image/png", "png", kind != "heif"
+    return SanitizedImage(
+        data=out.getvalue(),
+        media_type=media,
+        extension=ext,
+        width=clean.size[0],
+        height=clean.size[1],
+        removed=L.ordered(labels),
+        faces=len(faces),
+        faces_blurred=blurred,
+        faces_checked=detect,
+        lossless=lossless and not blurred,
+    )
