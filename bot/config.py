@@ -1,0 +1,290 @@
+"""The bot's TOML configuration (stdlib ``tomllib``), with secrets from files or env vars.
+
+Layout (see ``referral-bot init`` for a commented example, deploy/config.example.toml
+for a production one)::
+
+    [matrix]       homeserver, user_id, password/admin token/pickle key (secrets), store_dir
+    [storage]      backend, sqlite_path / dsn, key_file, deployment_secret
+    [policy]       grace period, max lifetime, reminder, retention, adult age
+    [directory]    allowed_users / allowed_servers + [[directory.clinicians]]
+    [specialties.<key>]  room, title, aliases, roster
+    [telegram]     (parsed by the Telegram transport itself from ``Config.raw``)
+
+A secret named ``X`` (``password``, ``access_token``, ``admin_token``, ``pickle_key``,
+``deployment_secret``) is read, first match wins, from: ``X_env`` (name of an
+environment variable), ``X_file`` (a file path), the environment variable
+``REFERRAL_BOT_<SECTION>_<X>`` (e.g. ``REFERRAL_BOT_MATRIX_PASSWORD``), or ``X`` written
+inline (discouraged; allowed for the throwaway demo). Secrets never appear in
+``repr()`` or in error messages.
+
+Durations are given with their unit in the key name: ``grace_period_seconds``,
+``grace_period_minutes``, ``..._hours`` or ``..._days``.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "Clinician", "MatrixConfig", "StorageConfig", "Config", "load_config",
+           "parse_config"]
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; str() is one plain sentence naming the setting."""
+
+
+class Secret(str):
+    """A string that does not show itself in repr()."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+@dataclass(frozen=True)
+class Clinician:
+    user_id: str
+    role: str = "referrer"  # referrer | specialist | both
+    practice: str | None = None
+    name: str = ""
+    specialties: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    homeserver: str
+    user_id: str
+    store_dir: Path
+    password: Secret | None = field(default=None, repr=False)
+    access_token: Secret | None = field(default=None, repr=False)
+    device_id: str | None = None
+    device_name: str = "referral-bot"
+    pickle_key: Secret | None = field(default=None, repr=False)
+    admin_token: Secret | None = field(default=None, repr=False)
+    admin_is_bot: bool = False  # the bot account itself is a server admin
+    decrypt_grace_seconds: float = 60.0
+    tick_seconds: float = 1.0
+    sync_timeout_ms: int = 30000
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = "sqlite"
+    sqlite_path: Path = Path("var/referral-bot.sqlite3")
+    dsn: str | None = None
+    key_file: Path = Path("var/referral-bot.key")
+    deployment_secret: Secret | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class SpecialtyConfig:
+    key: str
+    room: str
+    title: str = ""
+    aliases: tuple[str, ...] = ()
+    roster: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    matrix: MatrixConfig | None
+    storage: StorageConfig
+    policy_values: dict[str, Any]
+    clinicians: dict[str, Clinician]
+    allowed_users: frozenset[str]
+    allowed_servers: frozenset[str]
+    specialties: dict[str, SpecialtyConfig]
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    # -- helpers ----------------------------------------------------------
+    def is_allowed(self, user_id: str) -> bool:
+        if user_id in self.allowed_users or user_id in self.clinicians:
+            return True
+        server = user_id.split(":", 1)[1] if ":" in user_id else ""
+        return server in self.allowed_servers
+
+    def in_directory(self, user_id: str) -> bool:
+        return user_id in self.clinicians
+
+    def roster(self, specialty: str) -> frozenset[str]:
+        spec = self.specialties.get(specialty)
+        explicit = set(spec.roster) if spec else set()
+        from_dir = {c.user_id for c in self.clinicians.values()
+                    if specialty in c.specialties and c.role in ("specialist", "both")}
+        return frozenset(explicit | from_dir)
+
+    def policy(self):
+        """The workflow's ``handlers.policy.Policy`` built from [policy] and [specialties]."""
+        from handlers.policy import Policy, Specialty
+
+        specs = {
+            key: Specialty(key=key, title=s.title or key.capitalize(), roster=self.roster(key),
+                           aliases=frozenset(a.lower() for a in s.aliases))
+            for key, s in self.specialties.items()
+        }
+        practices = {c.user_id: c.practice for c in self.clinicians.values() if c.practice}
+        return Policy(specialties=specs, practices=practices, **self.policy_values)
+
+
+# --------------------------------------------------------------------------- parsing
+def _secret(section: dict, name: str, section_name: str, base: Path | None,
+            required: bool = False) -> Secret | None:
+    env_name = section.get(f"{name}_env")
+    if env_name:
+        val = os.environ.get(str(env_name))
+        if val:
+            return Secret(val.strip())
+        if required:
+            raise ConfigError(f"[{section_name}] {name}_env names {env_name}, which is not set.")
+    file_name = section.get(f"{name}_file")
+    if file_name:
+        p = Path(file_name)
+        if base and not p.is_absolute():
+            p = base / p
+        try:
+            return Secret(p.read_text().strip())
+        except OSError:
+            raise ConfigError(f"[{section_name}] {name}_file {str(p)!r} cannot be read.") from None
+    default_env = f"REFERRAL_BOT_{section_name.upper()}_{name.upper()}"
+    if os.environ.get(default_env):
+        return Secret(os.environ[default_env].strip())
+    if section.get(name):
+        return Secret(str(section[name]))
+    if required:
+        raise ConfigError(f"[{section_name}] needs {name} (set {name}_file, {name}_env or "
+                          f"the environment variable {default_env}).")
+    return None
+
+
+_UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
+
+
+def _duration(section: dict, name: str) -> timedelta | None:
+    found = [(unit, section[f"{name}_{unit}"]) for unit in _UNITS if f"{name}_{unit}" in section]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ConfigError(f"[policy] {name} is given more than once; keep one unit.")
+    unit, value = found[0]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"[policy] {name}_{unit} must be a number of {unit} (0 or more).")
+    return timedelta(seconds=float(value) * _UNITS[unit])
+
+
+def _path(value: Any, base: Path | None, default: str) -> Path:
+    p = Path(str(value) if value else default)
+    if base and not p.is_absolute():
+        p = base / p
+    return p
+
+
+def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: bool = True) -> Config:
+    base = path.parent if path else None
+    if not isinstance(raw, dict):
+        raise ConfigError("The configuration must be a TOML table.")
+
+    m = raw.get("matrix")
+    matrix = None
+    if m is not None or need_matrix:
+        if not isinstance(m, dict):
+            raise ConfigError("The configuration needs a [matrix] section.")
+        for key in ("homeserver", "user_id"):
+            if not m.get(key):
+                raise ConfigError(f"[matrix] needs {key}.")
+        if not str(m["user_id"]).startswith("@") or ":" not in str(m["user_id"]):
+            raise ConfigError("[matrix] user_id must look like @name:server.")
+        password = _secret(m, "password", "matrix", base)
+        token = _secret(m, "access_token", "matrix", base)
+        if not password and not token:
+            raise ConfigError("[matrix] needs password (or access_token): set password_file, "
+                              "password_env or REFERRAL_BOT_MATRIX_PASSWORD.")
+        pickle = _secret(m, "pickle_key", "matrix", base)
+        store_dir = _path(m.get("store_dir"), base, "var/matrix-store")
+        matrix = MatrixConfig(
+            homeserver=str(m["homeserver"]).rstrip("/"),
+            user_id=str(m["user_id"]),
+            store_dir=store_dir,
+            password=password,
+            access_token=token,
+            device_id=m.get("device_id"),
+            device_name=str(m.get("device_name", "referral-bot")),
+            pickle_key=pickle,
+            admin_token=_secret(m, "admin_token", "matrix", base),
+            admin_is_bot=bool(m.get("admin_is_bot", False)),
+            decrypt_grace_seconds=float(m.get("decrypt_grace_seconds", 60)),
+            tick_seconds=float(m.get("tick_seconds", 1.0)),
+            sync_timeout_ms=int(m.get("sync_timeout_ms", 30000)),
+        )
+
+    s = raw.get("storage", {}) or {}
+    backend = str(s.get("backend", "sqlite"))
+    if backend not in ("sqlite", "postgres"):
+        raise ConfigError("[storage] backend must be \"sqlite\" or \"postgres\".")
+    storage = StorageConfig(
+        backend=backend,
+        sqlite_path=_path(s.get("sqlite_path"), base, "var/referral-bot.sqlite3"),
+        dsn=s.get("dsn"),
+        key_file=_path(s.get("key_file"), base, "var/referral-bot.key"),
+        deployment_secret=_secret(s, "deployment_secret", "storage", base),
+    )
+
+    p = raw.get("policy", {}) or {}
+    policy_values: dict[str, Any] = {}
+    for ours, theirs in (("grace_period", "grace_period"), ("max_lifetime", "max_lifetime"),
+                         ("reminder_before", "reminder_lead"), ("reminder_lead", "reminder_lead"),
+                         ("retention", "default_retention"),
+                         ("default_retention", "default_retention"),
+                         ("max_retention", "max_retention")):
+        d = _duration(p, ours)
+        if d is not None:
+            policy_values[theirs] = d
+    for key in ("adult_age", "age_out_years"):
+        if key in p:
+            policy_values["age_out_years"] = int(p[key])
+    if "max_images_per_referral" in p:
+        policy_values["max_images_per_referral"] = int(p["max_images_per_referral"])
+
+    d = raw.get("directory", {}) or {}
+    clinicians: dict[str, Clinician] = {}
+    for entry in d.get("clinicians", []) or []:
+        if not isinstance(entry, dict) or not entry.get("user_id"):
+            raise ConfigError("Each [[directory.clinicians]] entry needs a user_id.")
+        role = str(entry.get("role", "referrer"))
+        if role not in ("referrer", "specialist", "both"):
+            raise ConfigError(f"Clinician role must be referrer, specialist or both (got {role!r}).")
+        c = Clinician(user_id=str(entry["user_id"]), role=role,
+                      practice=entry.get("practice"), name=str(entry.get("name", "")),
+                      specialties=tuple(str(x).lower() for x in entry.get("specialties", [])))
+        clinicians[c.user_id] = c
+
+    specialties: dict[str, SpecialtyConfig] = {}
+    for key, spec in (raw.get("specialties", {}) or {}).items():
+        if not isinstance(spec, dict) or not spec.get("room"):
+            raise ConfigError(f"[specialties.{key}] needs room (the room id of an encrypted room).")
+        specialties[key.lower()] = SpecialtyConfig(
+            key=key.lower(), room=str(spec["room"]), title=str(spec.get("title", "")),
+            aliases=tuple(spec.get("aliases", [])), roster=tuple(spec.get("roster", [])))
+
+    return Config(
+        path=path, matrix=matrix, storage=storage, policy_values=policy_values,
+        clinicians=clinicians,
+        allowed_users=frozenset(d.get("allowed_users", []) or []),
+        allowed_servers=frozenset(s.lstrip(":") for s in (d.get("allowed_servers", []) or [])),
+        specialties=specialties, raw=raw,
+    )
+
+
+def load_config(path: str | os.PathLike, need_matrix: bool = True) -> Config:
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"The config file {str(p)!r} does not exist "
+                          "(`referral-bot init` writes an example).") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"The config file {str(p)!r} is not valid TOML: {exc}.") from None
+    return parse_config(raw, p.resolve(), need_matrix=need_matrix)

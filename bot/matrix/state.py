@@ -1,0 +1,126 @@
+"""The Matrix transport's own small persistent state (stdlib sqlite3, one file).
+
+Kept apart from the workflow's store because it is Matrix plumbing, not clinical data:
+- the sync token, saved only AFTER a batch was processed (the workflow's
+  processed-event table makes a replay harmless, a skipped batch would be a loss);
+- which room is the direct chat with which user;
+- a media ledger: every mxc the bot received (GP originals, their thumbnails) or
+  posted, with the reference it belongs to, so nothing is left on the server
+  (the admin room-media listing does not show encrypted media);
+- events that could not be decrypted yet, kept for a grace period.
+No patient data, no tokens, no image bytes are stored here.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dm_rooms (user_id TEXT PRIMARY KEY, room_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS media (
+    mxc TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,            -- original | thumbnail | posted
+    ref TEXT NOT NULL,             -- upload_ref (room/event) or the action key
+    room_event TEXT,               -- event id that carries it, once known
+    created_at REAL NOT NULL,
+    deleted_at REAL
+);
+CREATE INDEX IF NOT EXISTS media_ref ON media(ref);
+CREATE TABLE IF NOT EXISTS undecrypted (
+    event_id TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    requested INTEGER NOT NULL DEFAULT 0,
+    source TEXT NOT NULL           -- the encrypted event as received (ciphertext only)
+);
+"""
+
+
+class TransportState:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _exec(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # sync token ----------------------------------------------------------
+    def get(self, key: str) -> str | None:
+        rows = self._exec("SELECT value FROM kv WHERE key=?", (key,))
+        return rows[0][0] if rows else None
+
+    def put(self, key: str, value: str) -> None:
+        self._exec("INSERT INTO kv(key, value) VALUES(?, ?) "
+                   "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+    @property
+    def sync_token(self) -> str | None:
+        return self.get("sync_token")
+
+    @sync_token.setter
+    def sync_token(self, token: str) -> None:
+        self.put("sync_token", token)
+
+    # direct chats --------------------------------------------------------
+    def dm_room(self, user_id: str) -> str | None:
+        rows = self._exec("SELECT room_id FROM dm_rooms WHERE user_id=?", (user_id,))
+        return rows[0][0] if rows else None
+
+    def set_dm_room(self, user_id: str, room_id: str) -> None:
+        self._exec("INSERT INTO dm_rooms(user_id, room_id) VALUES(?, ?) "
+                   "ON CONFLICT(user_id) DO UPDATE SET room_id=excluded.room_id",
+                   (user_id, room_id))
+
+    # media ledger --------------------------------------------------------
+    def record_media(self, mxc: str, kind: str, ref: str, room_event: str | None = None) -> None:
+        self._exec("INSERT INTO media(mxc, kind, ref, room_event, created_at) VALUES(?,?,?,?,?) "
+                   "ON CONFLICT(mxc) DO UPDATE SET room_event=COALESCE(excluded.room_event, "
+                   "media.room_event)", (mxc, kind, ref, room_event, time.time()))
+
+    def media_for_ref(self, ref: str, include_deleted: bool = False) -> list[str]:
+        sql = "SELECT mxc FROM media WHERE ref=?"
+        if not include_deleted:
+            sql += " AND deleted_at IS NULL"
+        return [r[0] for r in self._exec(sql + " ORDER BY created_at", (ref,))]
+
+    def media_for_event(self, room_event: str) -> list[str]:
+        return [r[0] for r in self._exec(
+            "SELECT mxc FROM media WHERE room_event=? AND deleted_at IS NULL", (room_event,))]
+
+    def mark_media_deleted(self, mxc: str) -> None:
+        self._exec("UPDATE media SET deleted_at=? WHERE mxc=?", (time.time(), mxc))
+
+    def live_media(self) -> list[tuple[str, str, str]]:
+        return self._exec("SELECT mxc, kind, ref FROM media WHERE deleted_at IS NULL "
+                          "ORDER BY created_at")
+
+    # undecryptable events ------------------------------------------------
+    def add_undecrypted(self, event_id: str, room_id: str, sender: str, source: dict) -> None:
+        self._exec("INSERT OR IGNORE INTO undecrypted(event_id, room_id, sender, first_seen, "
+                   "source) VALUES(?,?,?,?,?)",
+                   (event_id, room_id, sender, time.time(), json.dumps(source)))
+
+    def undecrypted(self) -> list[tuple[str, str, str, float, int, dict]]:
+        rows = self._exec("SELECT event_id, room_id, sender, first_seen, requested, source "
+                          "FROM undecrypted ORDER BY first_seen")
+        return [(a, b, c, d, e, json.loads(f)) for a, b, c, d, e, f in rows]
+
+    def mark_key_requested(self, event_id: str) -> None:
+        self._exec("UPDATE undecrypted SET requested=1 WHERE event_id=?", (event_id,))
+
+    def drop_undecrypted(self, event_id: str) -> None:
+        self._exec("DELETE FROM undecrypted WHERE event_id=?", (event_id,))

@@ -1,0 +1,633 @@
+"""The Matrix transport: nio events -> domain events -> Workflow; outbox actions -> Matrix.
+
+One asyncio task syncs, one ticks the workflow's timers and drains the outbox.
+See docs/ARCHITECTURE.md for the loop and docs/matrix.md for the Matrix specifics.
+
+Guarantees:
+- nothing is processed twice: the sync token is saved only after a batch went
+  through the workflow, and the workflow marks each Matrix event id processed in
+  the same transaction as its effects; a replay after a crash is a no-op;
+- an unfinished outbox action re-runs after a crash; sends use the action key as
+  the Matrix transaction id, so Synapse does not post twice;
+- a homeserver outage is retried with backoff (sync, downloads and actions);
+- the bot refuses to post into a specialty room that is not encrypted or that has a
+  member (joined or invited) outside the clinician directory, and says so there;
+- trust policy: devices are not interactively verified; room keys are shared with
+  every device of the room's members (all of whom are checked against the directory
+  before anything clinical is posted).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+from nio import (AsyncClient, JoinedMembersResponse, JoinResponse, MegolmEvent,
+                 RoomCreateResponse, RoomGetEventResponse, RoomRedactResponse, RoomVisibility)
+from nio.exceptions import LocalProtocolError
+
+from bot.matrix import nioclient
+from bot.matrix.admin import SynapseAdmin
+from bot.matrix.state import TransportState
+from handlers import actions as A
+from handlers import events as E
+from handlers.model import Actor
+
+log = logging.getLogger("referral_bot.matrix")
+
+UTC = timezone.utc
+MAX_DOWNLOAD = 45 * 1024 * 1024
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TransientError(Exception):
+    """Worth retrying later (homeserver down, 5xx, timeouts)."""
+
+
+class RoomUnsafe(Exception):
+    """The room fails the safety checks; str() is a plain sentence."""
+
+
+@dataclass
+class TransportSettings:
+    specialty_rooms: dict[str, str]                 # specialty key -> room id
+    specialty_titles: dict[str, str]
+    directory: dict[str, Actor]                     # user id -> Actor
+    is_allowed: Callable[[str], bool]               # allow-list check for invites/commands
+    decrypt_grace_seconds: float = 60.0
+    key_request_after_seconds: float = 2.0
+    tick_seconds: float = 1.0
+    sync_timeout_ms: int = 30000
+    max_image_bytes: int = MAX_DOWNLOAD
+
+
+def _txn(key: str, suffix: str = "") -> str:
+    return re.sub(r"[^A-Za-z0-9._~-]", "_", f"rb.{key}{suffix}")[:200]
+
+
+class MatrixTransport:
+    def __init__(self, client: AsyncClient, store: Any, workflow: Any,
+                 settings: TransportSettings, state: TransportState,
+                 admin: SynapseAdmin | None = None,
+                 clock: Callable[[], datetime] = utcnow,
+                 exporter: Callable[[str], Awaitable[str]] | None = None):
+        self.client = client
+        self.store = store
+        self.workflow = workflow
+        self.s = settings
+        self.state = state
+        self.admin = admin
+        self.clock = clock
+        self.exporter = exporter
+        self.room_specialty = {room: key for key, room in settings.specialty_rooms.items()}
+        self._drain_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._action_backoff_until = 0.0
+        self._action_failures = 0
+        self.ready = asyncio.Event()     # set after the first sync was processed
+        self.sync_failures = 0
+        self.last_sync_at: float | None = None
+        self.on_action_done: Callable[[A.Action, Any], None] | None = None  # hooks for tests/bench
+
+    # ================================================================= lifecycle
+    async def start(self) -> None:
+        """Catch up (first sync, due timers, pending outbox) and start the loops."""
+        await self._first_sync()
+        await self._handle(E.Tick(at=self.clock()))
+        await self.drain()
+        self.ready.set()
+        self._tasks = [asyncio.create_task(self._sync_loop(), name="matrix-sync"),
+                       asyncio.create_task(self._tick_loop(), name="matrix-tick")]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks = []
+
+    async def run_forever(self) -> None:
+        await self.start()
+        await self._stopping.wait()
+
+    # ================================================================= syncing
+    async def _first_sync(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                token = self.state.sync_token
+                resp = await nioclient.sync_once(self.client, timeout_ms=0, since=token,
+                                                 full_state=True)
+                break
+            except (nioclient.MatrixCallError, OSError, asyncio.TimeoutError) as exc:
+                log.warning("initial sync failed (%s); retrying in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+        await self._process_sync(resp, replay_timeline=token is not None)
+
+    async def _sync_loop(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                resp = await nioclient.sync_once(self.client, timeout_ms=self.s.sync_timeout_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # outage: back off and retry
+                self.sync_failures += 1
+                log.warning("sync failed (%s); retrying in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+                continue
+            delay = 0.5
+            try:
+                await self._process_sync(resp)
+            except asyncio.CancelledError:
+                raise
+            except TransientError:
+                # the batch is not acknowledged: rewind to the saved token and retry
+                log.warning("processing a sync batch hit an outage; will retry it")
+                self.client.next_batch = self.state.sync_token
+                await asyncio.sleep(delay)
+
+    async def _process_sync(self, resp: Any, replay_timeline: bool = True) -> None:
+        self.last_sync_at = time.monotonic()
+        for room_id, info in resp.rooms.invite.items():
+            await self._on_invite(room_id, info)
+        if replay_timeline:
+            for room_id, info in resp.rooms.join.items():
+                for ev in info.timeline.events:
+                    await self._on_timeline_event(room_id, ev)
+        else:
+            # first start ever: history from before the bot existed is not replayed,
+            # but remember who the direct chats belong to
+            for room_id, info in resp.rooms.join.items():
+                if room_id not in self.room_specialty:
+                    self._remember_dm(room_id)
+        await self._retry_undecrypted()
+        self.state.sync_token = resp.next_batch
+        self._wake.set()
+
+    # ================================================================= invites
+    async def _on_invite(self, room_id: str, info: Any) -> None:
+        inviter = None
+        for ev in info.invite_state:
+            src = getattr(ev, "source", {}) or {}
+            if (src.get("type") == "m.room.member" and src.get("state_key") == self.client.user_id
+                    and (src.get("content") or {}).get("membership") == "invite"):
+                inviter = src.get("sender")
+        if inviter and self.s.is_allowed(inviter):
+            resp = await self.client.join(room_id)
+            if isinstance(resp, JoinResponse):
+                log.info("joined a room on an allowed invite")
+                await nioclient.sync_once(self.client)
+                if room_id not in self.room_specialty:
+                    self.state.set_dm_room(inviter, room_id)
+            else:
+                log.warning("could not join an invited room (%s)", nioclient.err_code(resp))
+        else:
+            reason = ("This bot only accepts invitations from clinicians on its allow-list; "
+                      "ask your administrator to add you.")
+            declined = False
+            if self.admin is not None:
+                try:
+                    declined = await self.admin.leave_with_reason(room_id, reason)
+                except Exception:
+                    declined = False
+            if not declined:
+                await self.client.room_leave(room_id)
+            log.info("declined an invite from a user who is not allowed")
+
+    # ================================================================= timeline
+    def _actor(self, user_id: str) -> Actor:
+        return self.s.directory.get(user_id) or Actor(user_id=user_id)
+
+    def _remember_dm(self, room_id: str) -> None:
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            return
+        others = [u for u in room.users if u != self.client.user_id]
+        if len(others) == 1 and room.member_count <= 2:
+            self.state.set_dm_room(others[0], room_id)
+
+    def _ev_time(self, src: dict) -> datetime:
+        # the workflow's clock is ours (server timestamps may drift); use now
+        return self.clock()
+
+    async def _on_timeline_event(self, room_id: str, ev: Any) -> None:
+        src = getattr(ev, "source", {}) or {}
+        sender = src.get("sender") or getattr(ev, "sender", "")
+        event_id = src.get("event_id") or getattr(ev, "event_id", "")
+        if not sender or sender == self.client.user_id or not event_id:
+            return
+        if isinstance(ev, MegolmEvent):
+            # not decryptable yet: keep it, ask for the key, retry after each sync
+            self.state.add_undecrypted(event_id, room_id, sender, src)
+            return
+        await self._dispatch(room_id, event_id, sender, src.get("type", ""),
+                             src.get("content") or {}, src)
+
+    async def _dispatch(self, room_id: str, event_id: str, sender: str, etype: str,
+                        content: dict, src: dict) -> None:
+        if etype != "m.room.message":
+            return
+        if (src.get("unsigned") or {}).get("redacted_because"):
+            return
+        msgtype = content.get("msgtype")
+        specialty = self.room_specialty.get(room_id)
+        at = self._ev_time(src)
+        if specialty is not None:
+            await self._on_specialty_message(room_id, specialty, event_id, sender, msgtype,
+                                             content, at)
+            return
+        # a direct chat
+        if not self.s.is_allowed(sender):
+            return
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            return
+        if room.member_count > 2:
+            await self._say(room_id, "Please talk to me in a direct chat (just you and me); "
+                            "this room has other people in it.", key=f"multi.{event_id}")
+            return
+        if not room.encrypted:
+            await self._say(room_id, "This chat is not end-to-end encrypted, so I will not "
+                            "take consent, referrals or images here: start an encrypted direct "
+                            "chat with me.", key=f"unenc.{event_id}")
+            return
+        self.state.set_dm_room(sender, room_id)
+        place = E.DirectChat(user_id=sender)
+        actor = self._actor(sender)
+        if msgtype in ("m.text", "m.notice", "m.emote"):
+            await self._handle(E.CommandReceived(event_id=event_id, actor=actor, at=at,
+                                                 text=str(content.get("body", "")), place=place))
+        elif msgtype in ("m.image", "m.file", "m.video", "m.audio"):
+            await self._on_upload(room_id, event_id, actor, content, at, place)
+
+    async def _on_specialty_message(self, room_id: str, specialty: str, event_id: str,
+                                    sender: str, msgtype: str | None, content: dict,
+                                    at: datetime) -> None:
+        rel = content.get("m.relates_to") or {}
+        thread_root = rel.get("event_id") if rel.get("rel_type") == "m.thread" else None
+        place = E.SpecialtyThread(specialty=specialty, thread_event_id=thread_root)
+        actor = self._actor(sender)
+        body = str(content.get("body", ""))
+        if msgtype in ("m.text", "m.notice") and body.lstrip().startswith("!"):
+            await self._handle(E.CommandReceived(event_id=event_id, actor=actor, at=at,
+                                                 text=body, place=place))
+        elif thread_root is not None:
+            await self._handle(E.ThreadActivity(event_id=event_id, actor=actor, at=at,
+                                                place=place))
+        if msgtype in ("m.image", "m.file", "m.video"):
+            # people must not post patient images straight into the room
+            await self._say(room_id, "Please send images to me in your direct chat, not "
+                            "here: I strip their metadata and post them safely.",
+                            key=f"noimg.{event_id}", thread_root=thread_root)
+
+    async def _on_upload(self, room_id: str, event_id: str, actor: Actor, content: dict,
+                         at: datetime, place: E.DirectChat) -> None:
+        upload_ref = f"{room_id}/{event_id}"
+        file_info = content.get("file")
+        mxc = (file_info or {}).get("url") or content.get("url")
+        info = content.get("info") or {}
+        thumb = (info.get("thumbnail_file") or {}).get("url") or info.get("thumbnail_url")
+        # remember the media at once, so it is deleted even if intake fails
+        if mxc:
+            self.state.record_media(mxc, "original", upload_ref, event_id)
+        if thumb:
+            self.state.record_media(thumb, "thumbnail", upload_ref, event_id)
+        data: bytes = b""
+        if mxc and isinstance(info.get("size"), int) and info["size"] > self.s.max_image_bytes:
+            data = b""  # declared too large: let the workflow refuse it without downloading
+        elif mxc:
+            data = await self._download(mxc, file_info)
+        await self._handle(E.ImageReceived(
+            event_id=event_id, actor=actor, at=at, data=data,
+            filename=str(content.get("filename") or content.get("body") or "upload"),
+            declared_mimetype=str(info.get("mimetype") or (file_info or {}).get("mimetype") or ""),
+            upload_ref=upload_ref, place=place))
+
+    async def _download(self, mxc: str, file_info: dict | None) -> bytes:
+        delay = 0.5
+        for attempt in range(6):
+            try:
+                if file_info:
+                    data = await nioclient.download_decrypt(self.client, file_info)
+                else:
+                    data = await nioclient.download_bytes(self.client, mxc)
+                return data or b""
+            except nioclient.MatrixCallError as exc:
+                if str(exc.status).startswith("M_") and exc.status != "M_UNKNOWN":
+                    return b""
+            except (OSError, asyncio.TimeoutError):
+                pass
+            except Exception:  # bad keys / hash mismatch: a corrupt upload
+                return b""
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
+        raise TransientError("download")
+
+    # ----------------------------------------------------- late room keys
+    async def _retry_undecrypted(self) -> None:
+        for event_id, room_id, sender, first_seen, requested, source in self.state.undecrypted():
+            ev = MegolmEvent.from_dict(source)
+            if not isinstance(ev, MegolmEvent):
+                self.state.drop_undecrypted(event_id)
+                continue
+            ev.room_id = room_id
+            try:
+                dec = self.client.decrypt_event(ev)
+            except Exception:
+                dec = None
+            if dec is not None and not isinstance(dec, MegolmEvent) and getattr(dec, "source", None):
+                self.state.drop_undecrypted(event_id)
+                dsrc = dict(dec.source)
+                await self._dispatch(room_id, event_id, sender, dsrc.get("type", ""),
+                                     dsrc.get("content") or {}, dsrc)
+                continue
+            age = time.time() - first_seen
+            if not requested and age >= self.s.key_request_after_seconds:
+                try:
+                    await self.client.request_room_key(ev)
+                except (LocalProtocolError, Exception):
+                    pass
+                self.state.mark_key_requested(event_id)
+            if age >= self.s.decrypt_grace_seconds:
+                self.state.drop_undecrypted(event_id)
+                log.warning("gave up on a message that could not be decrypted")
+                if self.s.is_allowed(sender) and room_id in self.client.rooms:
+                    await self._say(room_id, "I could not decrypt your last message (my device "
+                                    "never received its key). Please send it again.",
+                                    key=f"utd.{event_id}")
+
+    # ================================================================= workflow
+    async def _handle(self, event: Any) -> list:
+        try:
+            result = await self.workflow.handle(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the workflow failed on a %s", type(event).__name__)
+            return []
+        self._wake.set()
+        return result or []
+
+    async def _tick_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.s.tick_seconds)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            await self._handle(E.Tick(at=self.clock()))
+            await self.drain()
+
+    async def drain(self) -> int:
+        """Execute pending outbox actions in order; returns how many completed."""
+        if time.monotonic() < self._action_backoff_until:
+            return 0
+        done = 0
+        async with self._drain_lock:
+            while True:
+                pending = await self.store.pending_actions()
+                if not pending:
+                    break
+                for entry in pending:
+                    try:
+                        outcome = await self._execute(entry.action)
+                    except asyncio.CancelledError:
+                        raise
+                    except (TransientError, OSError, asyncio.TimeoutError,
+                            nioclient.MatrixCallError) as exc:
+                        self._action_failures += 1
+                        wait = min(0.5 * 2 ** (self._action_failures - 1), 10)
+                        self._action_backoff_until = time.monotonic() + wait
+                        log.warning("action %s failed (%s); retrying in %.1f s",
+                                    type(entry.action).__name__, type(exc).__name__, wait)
+                        return done
+                    self._action_failures = 0
+                    if outcome is not None:
+                        await self._handle(outcome)
+                    await self.store.complete_action(entry.outbox_id)
+                    done += 1
+                    if self.on_action_done:
+                        self.on_action_done(entry.action, outcome)
+        return done
+
+    # ================================================================= actions
+    async def _execute(self, action: A.Action) -> Any:
+        at = self.clock()
+        if isinstance(action, A.Reply):
+            await self._reply(action.to, action.text, action.key)
+            return None
+        if isinstance(action, A.Notify):
+            room_id = await self._dm_room_for(action.user_id)
+            await self._say(room_id, action.text, key=action.key)
+            return None
+        if isinstance(action, A.PostThreadRoot):
+            try:
+                room_id = await self._safe_room(action.specialty)
+            except RoomUnsafe as why:
+                return self._failed(action, str(why), action.referral_id)
+            event_id = await self._say(room_id, action.text, key=action.key)
+            return E.ThreadRootPosted(event_id=f"done:{action.key}", at=at,
+                                      referral_id=action.referral_id, room_event_id=event_id)
+        if isinstance(action, A.PostImage):
+            return await self._post_image(action, at)
+        if isinstance(action, A.RedactOriginalUpload):
+            await self._redact_upload(action.upload_ref, action.reason)
+            return None
+        if isinstance(action, A.RemoveImages):
+            return await self._remove_images(action, at)
+        if isinstance(action, A.ExportReferral):
+            if self.exporter is None:
+                return self._failed(action, "Export is not configured on this bot.",
+                                    action.referral_id)
+            try:
+                where = await self.exporter(action.referral_id)
+            except Exception:
+                log.exception("export failed")
+                return self._failed(action, "The export failed; try again later.",
+                                    action.referral_id)
+            await self._reply(action.reply_to, f"Exported {action.referral_id} to {where}.",
+                              action.key)
+            return E.ExportCompleted(event_id=f"done:{action.key}", at=at,
+                                     referral_id=action.referral_id)
+        log.warning("unknown action %s skipped", type(action).__name__)
+        return None
+
+    def _failed(self, action: A.Action, reason: str, referral_id: str | None) -> E.ActionFailed:
+        return E.ActionFailed(event_id=f"done:{action.key}", at=self.clock(),
+                              action_key=action.key, action_type=type(action).__name__,
+                              reason=reason, referral_id=referral_id, permanent=True)
+
+    async def _say(self, room_id: str, text: str, key: str, thread_root: str | None = None) -> str:
+        try:
+            return await nioclient.send(self.client, room_id,
+                                        nioclient.text_content(text, thread_root, notice=True),
+                                        txn_id=_txn(key))
+        except nioclient.MatrixCallError as exc:
+            raise TransientError(str(exc)) from None
+        except LocalProtocolError:
+            # nio does not know the room yet (e.g. just created): sync and retry once
+            await nioclient.sync_once(self.client)
+            return await nioclient.send(self.client, room_id,
+                                        nioclient.text_content(text, thread_root, notice=True),
+                                        txn_id=_txn(key))
+
+    async def _thread_root_for(self, place: E.SpecialtyThread) -> str | None:
+        if place.thread_event_id:
+            return place.thread_event_id
+        if place.referral_id:
+            async with self.store.transaction() as tx:
+                ref = await tx.get_referral(place.referral_id)
+            return getattr(ref, "thread_root_event_id", None) if ref else None
+        return None
+
+    async def _reply(self, to: Any, text: str, key: str) -> None:
+        if isinstance(to, E.DirectChat):
+            room_id = await self._dm_room_for(to.user_id)
+            await self._say(room_id, text, key=key)
+        elif isinstance(to, E.SpecialtyThread):
+            room_id = self.s.specialty_rooms.get(to.specialty)
+            if room_id is None:
+                log.warning("reply to an unknown specialty dropped")
+                return
+            await self._say(room_id, text, key=key, thread_root=await self._thread_root_for(to))
+
+    async def _dm_room_for(self, user_id: str) -> str:
+        room_id = self.state.dm_room(user_id)
+        if room_id and room_id in self.client.rooms:
+            return room_id
+        # open an encrypted direct chat
+        resp = await self.client.room_create(
+            visibility=RoomVisibility.private, is_direct=True, invite=[user_id],
+            initial_state=[{"type": "m.room.encryption", "state_key": "",
+                            "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
+        if not isinstance(resp, RoomCreateResponse):
+            raise TransientError("could not open a direct chat")
+        self.state.set_dm_room(user_id, resp.room_id)
+        await nioclient.sync_once(self.client)
+        return resp.room_id
+
+    # ------------------------------------------------------------ room safety
+    async def _safe_room(self, specialty: str) -> str:
+        room_id = self.s.specialty_rooms.get(specialty)
+        title = self.s.specialty_titles.get(specialty) or specialty
+        if room_id is None:
+            raise RoomUnsafe(f"No room is configured for {title}.")
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            raise RoomUnsafe(f"I am not a member of the {title} room; invite me to it.")
+        problem = None
+        if not room.encrypted:
+            problem = (f"The {title} room is not end-to-end encrypted, so I will not post "
+                       f"referral images there; turn encryption on.")
+        else:
+            resp = await self.client.joined_members(room_id)
+            if not isinstance(resp, JoinedMembersResponse):
+                raise TransientError("member list")
+            members = {m.user_id for m in resp.members} | set(room.invited_users)
+            outsiders = sorted(u for u in members
+                               if u != self.client.user_id and u not in self.s.directory)
+            if outsiders:
+                problem = (f"The {title} room has {len(outsiders)} member(s) outside the "
+                           f"clinician directory ({', '.join(outsiders)}), so I will not post "
+                           f"referral images there; remove them or add them to the directory.")
+        if problem:
+            try:
+                await self._say(room_id, problem, key=f"unsafe.{int(time.time() // 60)}")
+            except Exception:
+                pass
+            raise RoomUnsafe(problem)
+        return room_id
+
+    # ------------------------------------------------------------ images
+    async def _post_image(self, action: A.PostImage, at: datetime) -> Any:
+        try:
+            room_id = await self._safe_room(action.specialty)
+        except RoomUnsafe as why:
+            return self._failed(action, str(why), action.referral_id)
+        data = await self.store.vault_get(action.image_id)
+        if data is None:
+            return self._failed(action, "The image is no longer in the vault.", action.referral_id)
+        # a crash after an earlier upload of this same action leaves an orphan: delete it
+        for old in self.state.media_for_ref(action.key):
+            await self._delete_media(old)
+        up = await nioclient.upload_encrypted(self.client, data, action.filename, action.media_type)
+        self.state.record_media(up.mxc, "posted", action.key)
+        content = nioclient.image_content(up, action.filename, len(data), action.width,
+                                          action.height, thread_root=action.thread_root_event_id)
+        try:
+            event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(action.key))
+        except nioclient.MatrixCallError as exc:
+            raise TransientError(str(exc)) from None
+        self.state.record_media(up.mxc, "posted", action.key, event_id)
+        return E.ImagePosted(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
+                             image_id=action.image_id, room_event_id=event_id, media_uri=up.mxc)
+
+    async def _redact(self, room_id: str, event_id: str, reason: str, key: str) -> None:
+        resp = await self.client.room_redact(room_id, event_id, reason=reason, tx_id=_txn(key))
+        if not isinstance(resp, RoomRedactResponse):
+            code = nioclient.err_code(resp)
+            if code in ("M_NOT_FOUND", "M_FORBIDDEN", "404", "403"):
+                log.warning("redaction not possible (%s)", code)
+                return
+            raise TransientError("redact")
+
+    async def _delete_media(self, mxc: str) -> bool:
+        """Delete media from the homeserver; True if a download now answers 404."""
+        if self.admin is None or not self.admin.can_delete:
+            return False
+        try:
+            gone = await self.admin.delete_media(mxc)
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            raise TransientError("media delete") from exc
+        if gone.verified:
+            self.state.mark_media_deleted(mxc)
+        else:
+            log.warning("media deletion could not be verified")
+        return gone.verified
+
+    async def _redact_upload(self, upload_ref: str, reason: str) -> None:
+        room_id, _, event_id = upload_ref.partition("/")
+        if not room_id or not event_id:
+            return
+        await self._redact(room_id, event_id, reason, key=f"redact.{event_id}")
+        for mxc in self.state.media_for_ref(upload_ref):
+            await self._delete_media(mxc)
+
+    async def _remove_images(self, action: A.RemoveImages, at: datetime) -> Any:
+        room_id = self.s.specialty_rooms.get(action.specialty)
+        all_deleted = True
+        for img in action.images:
+            if room_id and img.room_event_id:
+                await self._redact(room_id, img.room_event_id, action.reason,
+                                   key=f"{action.key}.{img.image_id}")
+            mxcs = set(self.state.media_for_event(img.room_event_id or "")) if img.room_event_id else set()
+            if img.media_uri:
+                mxcs.add(img.media_uri)
+            for mxc in sorted(mxcs):
+                ok = await self._delete_media(mxc)
+                all_deleted = all_deleted and ok
+        if room_id and action.placeholder:
+            root = action.thread_root_event_id
+            await self._say(room_id, action.placeholder, key=f"{action.key}.placeholder",
+                            thread_root=root)
+        return E.ImagesRemoved(event_id=f"done:{action.key}", at=at,
+                               referral_id=action.referral_id,
+                               image_ids=tuple(i.image_id for i in action.images),
+                               media_deleted=all_deleted)
