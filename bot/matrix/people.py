@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from nio import (AsyncClient, InviteMemberEvent, JoinResponse, MegolmEvent, RoomCreateResponse,
+from nio import (AsyncClient, JoinResponse, MegolmEvent, RoomCreateResponse, RoomPreset,
                  RoomVisibility)
 
 from bot.matrix import nioclient
@@ -174,7 +174,10 @@ class Person:
                                   "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
         resp = await self.client.room_create(
             visibility=RoomVisibility.private, name=name, invite=invite, is_direct=direct,
-            initial_state=initial_state, preset=None)
+            initial_state=initial_state,
+            # a direct chat as Element makes it: both sides get the same power, so the
+            # bot may redact the GP's original upload
+            preset=RoomPreset.trusted_private_chat if direct else RoomPreset.private_chat)
         if not isinstance(resp, RoomCreateResponse):
             raise nioclient.MatrixCallError("create room", nioclient.err_code(resp))
         await nioclient.sync_once(self.client)

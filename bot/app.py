@@ -1,0 +1,121 @@
+"""Wiring: config -> keys -> store -> workflow -> Matrix transport.
+
+    app = BotApp(load_config("config.toml"))
+    await app.start()        # logs in (persistent device), catches up, starts the loops
+    ...
+    await app.stop()
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from bot.config import Config, ConfigError
+
+log = logging.getLogger("referral_bot.app")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def directory_actors(config: Config) -> dict:
+    from handlers.model import Actor
+
+    return {c.user_id: Actor(user_id=c.user_id, practice=c.practice, display_name=c.name)
+            for c in config.clinicians.values()}
+
+
+async def open_store(config: Config):
+    """The workflow's store and the deployment keys, as configured."""
+    from storage.keys import load_keys
+
+    keys = load_keys(config.storage.key_file if config.storage.key_file.exists() else None)
+    if config.storage.backend == "sqlite":
+        from storage.sqlite_store import SQLiteStore
+
+        config.storage.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        store = await SQLiteStore.open(config.storage.sqlite_path, keys)
+    else:
+        try:
+            from storage.postgres_store import PostgresStore  # type: ignore
+        except ImportError:
+            raise ConfigError("[storage] backend \"postgres\" is not available in this build.") from None
+        store = await PostgresStore.open(config.storage.dsn, keys)
+    return store, keys
+
+
+def make_workflow(store: Any, config: Config, keys: Any, clock: Callable[[], datetime]):
+    from handlers.workflow import Workflow
+
+    return Workflow(store=store, policy=config.policy(), hasher=keys.patient_ref_hasher())
+
+
+def pickle_key_for(config: Config, keys: Any) -> str:
+    """The nio store's pickle key: configured, or derived from the deployment key."""
+    if config.matrix and config.matrix.pickle_key:
+        return str(config.matrix.pickle_key)
+    return hmac.new(keys.records_key, b"referral-bot matrix pickle key v1",
+                    hashlib.sha256).hexdigest()
+
+
+class BotApp:
+    def __init__(self, config: Config, clock: Callable[[], datetime] = utcnow):
+        if config.matrix is None:
+            raise ConfigError("The configuration needs a [matrix] section to run the bot.")
+        self.config = config
+        self.clock = clock
+        self.store = None
+        self.workflow = None
+        self.transport = None
+        self.client = None
+        self.admin = None
+        self.state = None
+
+    async def start(self) -> None:
+        from bot.matrix import nioclient
+        from bot.matrix.admin import SynapseAdmin
+        from bot.matrix.state import TransportState
+        from bot.matrix.transport import MatrixTransport, TransportSettings
+
+        cfg, m = self.config, self.config.matrix
+        self.store, keys = await open_store(cfg)
+        self.workflow = make_workflow(self.store, cfg, keys, self.clock)
+        self.client = await nioclient.login_persistent(
+            m.homeserver, m.user_id, m.store_dir, pickle_key_for(cfg, keys),
+            password=m.password, access_token=m.access_token, device_id=m.device_id,
+            device_name=m.device_name)
+        admin_token = m.admin_token or (self.client.access_token if m.admin_is_bot else None)
+        self.admin = SynapseAdmin(m.homeserver, admin_token, self.client.access_token)
+        self.state = TransportState(m.store_dir / "transport.sqlite3")
+        settings = TransportSettings(
+            specialty_rooms={k: s.room for k, s in cfg.specialties.items()},
+            specialty_titles={k: (s.title or k.capitalize()) for k, s in cfg.specialties.items()},
+            directory=directory_actors(cfg),
+            is_allowed=cfg.is_allowed,
+            decrypt_grace_seconds=m.decrypt_grace_seconds,
+            tick_seconds=m.tick_seconds,
+            sync_timeout_ms=m.sync_timeout_ms,
+        )
+        self.transport = MatrixTransport(self.client, self.store, self.workflow, settings,
+                                         self.state, admin=self.admin, clock=self.clock)
+        await self.transport.start()
+        log.info("bot is running")
+
+    async def stop(self) -> None:
+        if self.transport is not None:
+            await self.transport.stop()
+        if self.admin is not None:
+            await self.admin.close()
+        if self.client is not None:
+            await self.client.close()
+        if self.state is not None:
+            self.state.close()
+        if self.store is not None:
+            close = getattr(self.store, "close", None)
+            if close:
+                await close()
+        self.transport = self.client = self.admin = self.state = self.store = None

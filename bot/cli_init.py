@@ -1,0 +1,103 @@
+"""`referral-bot init`: write a commented example config and a fresh key file (0600)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLE = '''\
+# referral-bot configuration. Secrets are never written here: each secret X is read
+# from X_file (a path), X_env (an environment variable name) or the variable
+# REFERRAL_BOT_<SECTION>_<X>, e.g. REFERRAL_BOT_MATRIX_PASSWORD.
+
+[matrix]
+homeserver = "https://matrix.example.org"
+user_id = "@referral-bot:example.org"
+password_env = "REFERRAL_BOT_MATRIX_PASSWORD"   # or password_file = "/run/secrets/..."
+device_name = "referral-bot"
+# The E2EE device (Olm account, Megolm sessions) lives here; keep it and back it up.
+# A new device cannot read messages sent before it existed.
+store_dir = "{store_dir}"
+# Optional: pickle key protecting the store (default: derived from the key file).
+# pickle_key_env = "REFERRAL_BOT_PICKLE_KEY"
+# Media deletion needs a Synapse server-admin token (redaction alone leaves the file
+# on the server). Either the bot account is an admin...
+admin_is_bot = false
+# ...or give the token of a separate admin account:
+# admin_token_file = "/run/secrets/synapse_admin_token"
+decrypt_grace_seconds = 60   # wait this long for a late room key before asking to resend
+
+[storage]
+backend = "sqlite"
+sqlite_path = "{db_path}"
+key_file = "{key_file}"       # the master key (0600); NOT in the database or its backups
+
+[policy]
+grace_period_minutes = 60     # after the opinion, images stay this long, then are removed
+max_lifetime_hours = 72       # no opinion by then: images removed, referral expires
+reminder_before_hours = 12    # reminder this long before the max lifetime
+retention_days = 90           # vault copy kept (when !consent gives no retention=)
+adult_age = 16                # a parent's consent stops covering new sharing at this age
+
+[directory]
+# Who may invite and talk to the bot: clinicians below, plus these users / servers.
+allowed_users = []
+allowed_servers = ["example.org"]
+
+[[directory.clinicians]]
+user_id = "@dr.gp:example.org"
+role = "referrer"             # referrer | specialist | both
+practice = "P81001"           # only clinicians of the same practice share consents
+name = "Dr A. GP"
+
+[[directory.clinicians]]
+user_id = "@dr.derm:example.org"
+role = "specialist"
+specialties = ["dermatology"] # on this specialty's roster: may give !opinion
+name = "Dr B. Dermatologist"
+
+# One end-to-end-encrypted room per specialty; every member must be in the directory.
+[specialties.dermatology]
+room = "!replace-with-room-id:example.org"
+title = "Dermatology advice"
+aliases = ["derm", "skin"]
+'''
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default="referral-bot.toml", metavar="FILE",
+                        help="where to write the example config (default: referral-bot.toml)")
+    parser.add_argument("--key-file", default=None, metavar="FILE",
+                        help="where to write the key file (default: next to the config)")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite an existing config (never an existing key file)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from storage.keys import KeyProblem, generate_key_file
+
+    cfg = Path(args.config)
+    key = Path(args.key_file) if args.key_file else cfg.with_name("referral-bot.key")
+    if cfg.exists() and not args.force:
+        print(f"referral-bot init: {cfg} already exists (use --force to overwrite it).",
+              file=sys.stderr)
+        return 1
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    base = cfg.resolve().parent
+    rel = lambda p: str(p.resolve().relative_to(base)) if p.resolve().is_relative_to(base) else str(p.resolve())
+    text = EXAMPLE.format(store_dir="var/matrix-store", db_path="var/referral-bot.sqlite3",
+                          key_file=rel(key))
+    if key.exists():
+        print(f"Keeping the existing key file {key} (a key is never overwritten).")
+    else:
+        try:
+            key.parent.mkdir(parents=True, exist_ok=True)
+            generate_key_file(key)
+        except KeyProblem as exc:
+            print(f"referral-bot init: {exc}", file=sys.stderr)
+            return 1
+        print(f"Wrote a fresh key file {key} (mode 0600). Back it up apart from the database.")
+    cfg.write_text(text)
+    print(f"Wrote an example config {cfg}: fill in the homeserver, the bot account, the "
+          f"directory and the specialty rooms, then run `referral-bot run --config {cfg}`.")
+    return 0
