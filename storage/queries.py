@@ -31,7 +31,8 @@ IS_PROCESSED = "SELECT 1 FROM processed_events WHERE event_id = ?"
 # --- outbox ---------------------------------------------------------------------
 NEXT_OUTBOX_ID = "SELECT COALESCE(MAX(id), 0) + 1 FROM outbox"
 ENQUEUE_ACTION = "INSERT INTO outbox (id, created_at, kind, payload) VALUES (?, ?, ?, ?)"
-PENDING_ACTIONS = "SELECT id, kind, payload FROM outbox WHERE done_at IS NULL ORDER BY id"
+PENDING_ACTIONS = "SELECT id, created_at, kind, payload FROM outbox WHERE done_at IS NULL ORDER BY id"
+PENDING_ACTIONS_LIMIT = PENDING_ACTIONS + " LIMIT ?"
 COMPLETE_ACTION = "UPDATE outbox SET done_at = ? WHERE id = ? AND done_at IS NULL"
 OUTBOX_ROW = "SELECT id, kind, payload, done_at FROM outbox WHERE id = ?"
 
@@ -74,3 +75,29 @@ VAULT_MARK_SHREDDED = (
     " WHERE image_id = ? AND shredded_at IS NULL"
 )
 VAULT_LIVE_IDS = "SELECT image_id FROM vault_items WHERE shredded_at IS NULL ORDER BY created_at, image_id"
+
+# --- consents and referrals (sealed JSON documents + clear index columns) ---------------
+CONSENT_UPSERT = (
+    "INSERT INTO consents (consent_id, practice, recorded_at, withdrawn_at, doc) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (consent_id) DO UPDATE SET practice = excluded.practice, recorded_at = excluded.recorded_at,"
+    " withdrawn_at = excluded.withdrawn_at, doc = excluded.doc"
+)
+CONSENT_GET = "SELECT consent_id, doc FROM consents WHERE consent_id = ?"
+
+REFERRAL_UPSERT = (
+    "INSERT INTO referrals (referral_id, consent_id, referrer, specialty, state, opened_at,"
+    " thread_root_event_id, next_due_at, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (referral_id) DO UPDATE SET consent_id = excluded.consent_id,"
+    " referrer = excluded.referrer, specialty = excluded.specialty, state = excluded.state,"
+    " opened_at = excluded.opened_at, thread_root_event_id = excluded.thread_root_event_id,"
+    " next_due_at = excluded.next_due_at, doc = excluded.doc"
+)
+_REFERRAL_COLS = "SELECT referral_id, doc FROM referrals"
+REFERRAL_GET = _REFERRAL_COLS + " WHERE referral_id = ?"
+REFERRALS_BY_CONSENT = _REFERRAL_COLS + " WHERE consent_id = ? ORDER BY opened_at, referral_id"
+REFERRALS_BY_REFERRER = _REFERRAL_COLS + " WHERE referrer = ? ORDER BY opened_at, referral_id"
+REFERRAL_BY_THREAD = _REFERRAL_COLS + " WHERE thread_root_event_id = ? ORDER BY opened_at, referral_id LIMIT 1"
+REFERRALS_DUE = (
+    _REFERRAL_COLS + " WHERE next_due_at IS NOT NULL AND next_due_at <= ? ORDER BY next_due_at, referral_id"
+)
+REFERRALS_ALL = _REFERRAL_COLS + " ORDER BY opened_at, referral_id"

@@ -1,0 +1,241 @@
+"""The Store/Transaction contract, run against BOTH implementations so they can't drift.
+
+``storage/memory.py`` is the reference semantics; ``storage/sqlite_store.py`` must
+behave identically for everything in ``storage/interfaces.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
+from handlers.actions import PostImage, Reply, RemoveImages, PostedImageRef
+from handlers.events import DirectChat, SpecialtyThread
+from handlers.model import (
+    AuditEntry,
+    ConsentBasis,
+    ConsentRecord,
+    ImageItem,
+    ImageState,
+    Purpose,
+    Referral,
+    ReferralState,
+)
+from storage.interfaces import Store, StoreError, Transaction
+from storage.memory import MemoryStore
+from storage.sqlite_store import SQLiteStore
+
+from .conftest import T0
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request, tmp_path, keys):
+    if request.param == "memory":
+        yield MemoryStore()
+    else:
+        s = await SQLiteStore.open(tmp_path / "bot.sqlite3", keys)
+        try:
+            yield s
+        finally:
+            await s.close()
+
+
+def consent(cid="C-4F2A1B", **kw) -> ConsentRecord:
+    base = dict(
+        consent_id=cid,
+        patient_ref="hmac-sha256:" + "ab" * 32,
+        practice="Riverside Surgery",
+        recorded_by="@gp:example.org",
+        recorded_at=T0,
+        basis=ConsentBasis.PARENT,
+        purposes=frozenset({Purpose.CARE, Purpose.TEACHING}),
+        identifiable=False,
+        recorded_in_notes=True,
+        retention=timedelta(days=90),
+        age_out_at=T0 + timedelta(days=400),
+        gillick_competent=False,
+        best_interests_statement="Needed for urgent dermatology advice; parent agrees.",
+    )
+    base.update(kw)
+    return ConsentRecord(**base)
+
+
+def referral(rid="R-7K3QX9", cid="C-4F2A1B", referrer="@gp:example.org", opened=T0, **kw) -> Referral:
+    base = dict(
+        referral_id=rid,
+        consent_id=cid,
+        referrer=referrer,
+        practice="Riverside Surgery",
+        specialty="dermatology",
+        question="Spreading ring-shaped rash on the forearm for 3 weeks. Tinea or eczema?",
+        opened_at=opened,
+        expires_at=opened + timedelta(days=7),
+        reminder_at=opened + timedelta(days=6),
+    )
+    base.update(kw)
+    return Referral(**base)
+
+
+def image(iid="img-1", rid="R-7K3QX9", **kw) -> ImageItem:
+    base = dict(
+        image_id=iid,
+        referral_id=rid,
+        filename=f"{rid}-1.jpg",
+        media_type="image/jpeg",
+        received_at=T0,
+        retention_until=T0 + timedelta(days=90),
+        upload_ref="$upload:example.org",
+    )
+    base.update(kw)
+    return ImageItem(**base)
+
+
+async def test_implements_the_protocols(store):
+    assert isinstance(store, Store)
+    async with store.transaction() as tx:
+        assert isinstance(tx, Transaction)
+
+
+async def test_mark_processed_once(store):
+    async with store.transaction() as tx:
+        assert await tx.mark_processed("$e1", T0) is True
+        assert await tx.mark_processed("$e1", T0) is False
+    async with store.transaction() as tx:
+        assert await tx.mark_processed("$e1", T0) is False
+        assert await tx.mark_processed("$e2", T0) is True
+
+
+async def test_rollback_undoes_everything_including_the_processed_mark(store):
+    async with store.transaction() as tx:
+        await tx.save_consent(consent())
+        await tx.vault_put("img-0", b"keep", "image/png")
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            assert await tx.mark_processed("$e1", T0)
+            await tx.save_consent(consent(withdrawn_at=T0, withdrawn_by="@gp:example.org"))
+            await tx.save_referral(referral())
+            await tx.append_audit(AuditEntry(actor="@gp:example.org", action="referral.opened", at=T0))
+            await tx.vault_put("img-1", b"pixels", "image/jpeg")
+            assert await tx.vault_shred("img-0")
+            await tx.enqueue([Reply(key="$e1/0", to=DirectChat("@gp:example.org"), text="ok")])
+            raise RuntimeError("crash in the middle of a transition")
+    async with store.transaction() as tx:
+        assert await tx.mark_processed("$e1", T0) is True  # not marked before
+        assert (await tx.get_consent("C-4F2A1B")).withdrawn_at is None
+        assert await tx.get_referral("R-7K3QX9") is None
+        assert await tx.vault_get("img-1") is None
+        assert await tx.vault_get("img-0") == b"keep"
+    assert await store.pending_actions() == []
+
+
+async def test_consent_round_trip_and_upsert(store):
+    c = consent()
+    async with store.transaction() as tx:
+        assert await tx.get_consent(c.consent_id) is None
+        await tx.save_consent(c)
+    async with store.transaction() as tx:
+        assert await tx.get_consent(c.consent_id) == c
+        assert await tx.get_consent("c-4f2a1b") is None  # case-sensitive ids
+        await tx.save_consent(dataclasses.replace(c, withdrawn_at=T0 + timedelta(hours=1), withdrawn_by="@gp:example.org"))
+    async with store.transaction() as tx:
+        assert (await tx.get_consent(c.consent_id)).withdrawn
+
+
+async def test_referral_round_trip_with_images_and_indexes(store):
+    r1 = referral("R-1", opened=T0, thread_root_event_id="$root1")
+    r1 = r1.with_image(image("img-1", "R-1", state=ImageState.POSTED, room_event_id="$ev", media_uri="mxc://x/y",
+                             removed_metadata=("GPS", "Make"), faces=1))
+    r2 = referral("R-2", opened=T0 + timedelta(minutes=5), referrer="@other:example.org")
+    r3 = referral("R-3", cid="C-OTHER", opened=T0 - timedelta(minutes=5))
+    async with store.transaction() as tx:
+        for r in (r2, r1, r3):
+            await tx.save_referral(r)
+    async with store.transaction() as tx:
+        assert await tx.get_referral("R-1") == r1
+        assert [r.referral_id for r in await tx.referrals_by_consent("C-4F2A1B")] == ["R-1", "R-2"]
+        assert [r.referral_id for r in await tx.referrals_by_referrer("@gp:example.org")] == ["R-3", "R-1"]
+        assert (await tx.referral_by_thread("$root1")).referral_id == "R-1"
+        assert await tx.referral_by_thread("$nothing") is None
+        # re-index on save: the thread moves
+        await tx.save_referral(dataclasses.replace(r1, thread_root_event_id="$root9"))
+    async with store.transaction() as tx:
+        assert await tx.referral_by_thread("$root1") is None
+        assert (await tx.referral_by_thread("$root9")).referral_id == "R-1"
+
+
+async def test_due_referrals_follow_next_due_at(store):
+    a = referral("R-A", opened=T0)  # reminder at +6d
+    b = referral("R-B", opened=T0 + timedelta(days=2))  # reminder at +8d
+    closed = referral("R-C", opened=T0, state=ReferralState.CLOSED)
+    async with store.transaction() as tx:
+        for r in (a, b, closed):
+            await tx.save_referral(r)
+    async with store.transaction() as tx:
+        assert await tx.due_referrals(T0 + timedelta(days=5)) == []
+        assert [r.referral_id for r in await tx.due_referrals(T0 + timedelta(days=6))] == ["R-A"]
+        assert [r.referral_id for r in await tx.due_referrals(T0 + timedelta(days=30))] == ["R-A", "R-B"]
+        # the reminder went out: next due is expiry (+7d) for A
+        await tx.save_referral(dataclasses.replace(a, reminder_sent=True))
+    async with store.transaction() as tx:
+        assert [r.referral_id for r in await tx.due_referrals(T0 + timedelta(days=6, hours=12))] == []
+        assert [r.referral_id for r in await tx.due_referrals(T0 + timedelta(days=7))] == ["R-A"]
+        assert [r.referral_id for r in await tx.due_referrals(T0 + timedelta(days=8))] == ["R-A", "R-B"]
+
+
+async def test_vault_semantics(store):
+    async with store.transaction() as tx:
+        await tx.vault_put("img-1", b"\x89PNG pixels", "image/png")
+        assert await tx.vault_get("img-1") == b"\x89PNG pixels"  # visible inside the transaction
+    assert await store.vault_get("img-1") == b"\x89PNG pixels"
+    async with store.transaction() as tx:
+        assert await tx.vault_shred("img-1") is True
+        assert await tx.vault_shred("img-1") is False
+        assert await tx.vault_shred("unknown") is False
+        assert await tx.vault_get("img-1") is None
+        assert await tx.vault_get("unknown") is None
+    assert await store.vault_get("img-1") is None
+    with pytest.raises((ValueError, StoreError)):
+        async with store.transaction() as tx:
+            await tx.vault_put("img-1", b"reuse of a shredded id", "image/png")
+
+
+async def test_outbox_order_round_trip_and_idempotent_completion(store):
+    actions = [
+        Reply(key="$e1/0", to=DirectChat("@gp:example.org"), text="Referral R-1 opened."),
+        PostImage(key="$e1/1", referral_id="R-1", specialty="dermatology", thread_root_event_id="$root",
+                  image_id="img-1", filename="R-1-1.jpg", media_type="image/jpeg", width=640, height=480),
+        RemoveImages(key="$e1/2", referral_id="R-1", specialty="dermatology", thread_root_event_id="$root",
+                     images=(PostedImageRef(image_id="img-1", room_event_id="$ev", media_uri="mxc://a/b"),),
+                     placeholder="Image removed after the opinion."),
+    ]
+    async with store.transaction() as tx:
+        ids = await tx.enqueue(actions[:2])
+    async with store.transaction() as tx:
+        ids += await tx.enqueue(actions[2:])
+        assert await tx.enqueue([]) == []
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    pending = await store.pending_actions()
+    assert [p.outbox_id for p in pending] == ids
+    assert [p.action for p in pending] == actions
+    assert [p.action.key for p in await store.pending_actions(limit=2)] == ["$e1/0", "$e1/1"]
+    await store.complete_action(ids[1])
+    await store.complete_action(ids[1])
+    assert [p.action.key for p in await store.pending_actions()] == ["$e1/0", "$e1/2"]
+    async with store.transaction() as tx:
+        later = await tx.enqueue([Reply(key="$e2/0", to=SpecialtyThread("dermatology", "R-1"), text="x")])
+    assert later[0] > max(ids)
+
+
+async def test_audit_entries_are_kept(store):
+    e = AuditEntry(actor="@gp:example.org", action="consent.recorded", at=T0, consent_id="C-1",
+                   details={"purposes": "care,teaching", "identifiable": False})
+    async with store.transaction() as tx:
+        await tx.append_audit(e)
+    if isinstance(store, SQLiteStore):
+        (stored,) = await store.audit_entries()
+        assert (stored.actor, stored.action, stored.at, stored.consent_id, dict(stored.details)) == (
+            e.actor, e.action, e.at, e.consent_id, e.details)
+        assert (await store.verify_audit()).intact
+    else:
+        assert store.audit == [e]
