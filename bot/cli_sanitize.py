@@ -29,10 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    import secrets
-
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".sanitize-{secrets.token_hex(6)}.tmp")
+    tmp = os.path.join(directory, f".sanitize-{os.urandom(6).hex()}.tmp")
     try:
         with open(tmp, "xb") as fh:
             fh.write(data)
@@ -79,9 +77,7 @@ def run(args: argparse.Namespace) -> int:
                 out_path = args.output
             else:
                 if stem is None:
-                    import secrets
-
-                    stem = secrets.token_hex(4)
+                    stem = os.urandom(4).hex()
                 out_path = os.path.join(args.out_dir, f"clean-{stem}-{index:04d}.{result.extension}")
             _write_atomic(out_path, result.data)
         except ImageRefused as exc:

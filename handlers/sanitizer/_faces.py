@@ -39,7 +39,7 @@ def detect(gray) -> list[tuple[float, float, float, float]]:
     arr = cv2.equalizeHist(arr)
     min_side = max(24, min(sw, sh) // 12)
     found = _get_cascade().detectMultiScale(arr, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
-    return [(x / sw, y / sh, bw / sw, bh / sh) for (x, y, bw, bh) in found]
+    return [(float(x) / sw, float(y) / sh, float(bw) / sw, float(bh) / sh) for (x, y, bw, bh) in found]
 
 
 def blur(im, boxes):
