@@ -64,6 +64,18 @@ ALLOWED_DETAIL_KEYS = frozenset(
         "transport",
         "warnings",
         "width",
+        # used by handlers/lifecycle.py and the workflow
+        "action_type",
+        "attempt",
+        "basis",
+        "faces",
+        "images",
+        "on_behalf",
+        "permanent",
+        "recorded_in_notes",
+        "removed",
+        "retention_seconds",
+        "shredded",
     }
 )
 # Only used to give a sharper message for keys that are refused anyway.

@@ -209,3 +209,31 @@ async def test_allowed_details_round_trip(db):
     async with db.read() as tx:
         (stored,) = await audit.entries(tx, referral_id="R-1")
     assert stored == entry and stored.details == details
+
+
+def test_every_details_key_the_handlers_use_is_on_the_whitelist():
+    """The store refuses unknown keys (fail closed), so the handlers' keys must all be allowed."""
+    import ast
+
+    from storage.audit import ALLOWED_DETAIL_KEYS
+
+    used: dict[str, str] = {}
+    for path in sorted((REPO / "handlers").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name == "_audit":
+                for kw in node.keywords:
+                    if kw.arg and kw.arg not in ("actor", "action", "at", "ref", "referral_id", "consent_id"):
+                        used[kw.arg] = path.name
+            if name == "AuditEntry":
+                for kw in node.keywords:
+                    if kw.arg == "details" and isinstance(kw.value, ast.Dict):
+                        for k in kw.value.keys:
+                            if isinstance(k, ast.Constant):
+                                used[k.value] = path.name
+    assert used, "no audit calls found in handlers/ (did the helper get renamed?)"
+    missing = {k: f for k, f in used.items() if k not in ALLOWED_DETAIL_KEYS}
+    assert not missing, f"audit details keys not on storage.audit.ALLOWED_DETAIL_KEYS: {missing}"
