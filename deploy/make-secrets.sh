@@ -21,10 +21,20 @@ new bot_pgpass printf 'postgres:5432:referralbot:referralbot:%s\n' "$BOT_DB_PASS
 new synapse_macaroon_secret rand 48
 new synapse_form_secret rand 48
 new synapse_registration_secret rand 48
-# 32 random bytes, base64: the key-encryption key that wraps every image's data key.
+# The master key file: 32 random bytes, base64, one line. The vault's key-encryption key
+# and the patient-reference HMAC key are derived from it (storage/keys.py).
 new kek sh -c 'head -c 32 /dev/urandom | base64'
-# HMAC key for pseudonymous patient references. Losing it breaks matching of old consents.
-new bot_deployment_secret sh -c 'head -c 32 /dev/urandom | base64'
 new bot_matrix_password rand 32
 # Filled in by hand after creating the admin account (README.md, "Admin token").
 [ -e secrets/bot_synapse_admin_token ] || { : > secrets/bot_synapse_admin_token; chmod 0400 secrets/bot_synapse_admin_token; }
+
+# The bot runs as uid 10001 in its image (deploy/Dockerfile) and must be able to read its
+# secrets; the key loader also refuses a key file that group or others can read.
+BOT_UID=10001
+for f in kek bot_pgpass bot_matrix_password bot_synapse_admin_token; do
+    if [ "$(id -u)" -eq 0 ]; then
+        chown "$BOT_UID:$BOT_UID" "secrets/$f"
+    else
+        echo "make-secrets: run as root, or: sudo chown $BOT_UID:$BOT_UID deploy/secrets/$f" >&2
+    fi
+done

@@ -10,7 +10,7 @@ psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
 CREATE ROLE synapse LOGIN PASSWORD :'synapse_pw';
 CREATE DATABASE synapse OWNER synapse ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
 CREATE ROLE referralbot LOGIN PASSWORD :'bot_pw';
-CREATE DATABASE referralbot OWNER referralbot ENCODING 'UTF8' TEMPLATE template0;
+CREATE DATABASE referralbot OWNER referralbot ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
 REVOKE ALL ON DATABASE synapse FROM PUBLIC;
 REVOKE ALL ON DATABASE referralbot FROM PUBLIC;
 SQL

@@ -86,6 +86,28 @@ def test_example_config_is_valid_toml_without_inline_secrets():
             assert key.endswith("_file"), f"secret inline in example config: {key}"
 
 
+def test_example_config_is_accepted_by_the_bots_own_parser(tmp_path):
+    """The example must match bot/config.py, not just be TOML: secrets point at files
+    (replaced here by temp files), and the policy it sets fits Telegram's 48 h window."""
+    from bot.config import parse_config
+
+    raw = tomllib.loads((DEPLOY / "config.example.toml").read_text())
+    for section in raw.values():
+        if not isinstance(section, dict):
+            continue
+        for key in list(section):
+            if key.endswith("_file") and key != "key_file":
+                secret = tmp_path / key
+                secret.write_text("not-a-real-secret\n")
+                section[key] = str(secret)
+    config = parse_config(raw, DEPLOY / "config.example.toml")
+    assert config.storage.backend == "postgres" and config.storage.dsn.startswith("postgresql://")
+    assert config.matrix is not None and config.matrix.password == "not-a-real-secret"
+    policy = config.policy()
+    assert "dermatology" in policy.specialties
+    assert policy.max_lifetime + policy.grace_period < __import__("datetime").timedelta(hours=48)
+
+
 def test_make_secrets_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(DEPLOY / "make-secrets.sh")], check=True)
     subprocess.run(["bash", "-n", str(DEPLOY / "postgres" / "init-databases.sh")], check=True)
@@ -124,7 +146,7 @@ def test_systemd_unit_verifies(tmp_path):
     if analyze is None:
         pytest.skip("systemd-analyze is not installed on this machine")
     unit = (DEPLOY / "systemd" / "referral-bot.service").read_text()
-    assert "LoadCredential=kek:" in unit
+    assert "LoadCredential=matrix_password:" in unit
     # The binary does not exist on the test machine; point ExecStart at one that does so
     # that verify checks everything else in the unit.
     unit = unit.replace("/opt/referral-bot/bin/referral-bot", shutil.which("true") or "/bin/true")
