@@ -161,7 +161,10 @@ class ActionFailed:
     """An outbox action could not be executed. ``permanent=False`` means the transport
     will retry (the workflow only records it); ``permanent=True`` means it gave up
     (e.g. the specialty room is not encrypted or has a member outside the directory).
-    ``reason`` is one plain sentence without patient data."""
+    ``reason`` is one plain sentence without patient data. ``image_id`` (optional,
+    added later) names the image of a failed ``PostImage``; without it every image
+    still being posted for that referral is treated as failed (and removed at once
+    should it turn up in the room after all)."""
 
     event_id: str
     at: datetime
@@ -170,6 +173,7 @@ class ActionFailed:
     reason: str
     referral_id: str | None = None
     permanent: bool = True
+    image_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,8 @@ class ImageItem:
     state: ImageState = ImageState.WAITING
     faces: int = 0
     faces_blurred: bool = False
+    width: int = 0
+    height: int = 0
     removed_metadata: tuple[str, ...] = ()
     room_event_id: str | None = None
     media_uri: str | None = None

@@ -1,0 +1,451 @@
+"""Command grammar: text -> a parsed command dataclass, or ``CommandError`` with a one-line hint.
+
+Pure and forgiving:
+
+* a command starts with ``!`` (or ``/`` for Telegram); the word is case-insensitive
+  and has synonyms (``!ref``, ``!revoke``, ``!list`` ...);
+* ``!consent`` takes ``key=value`` pairs in any order (``key:value`` also works),
+  keys and values case-insensitive, with synonyms; values with spaces go in quotes;
+* ids are read forgivingly (``r7k3qx9`` == ``R-7K3QX9``, see handlers/ids.py).
+
+This module only checks syntax. Whether a consent is acceptable is decided by
+handlers/consent.py, whether a referral may change state by handlers/lifecycle.py.
+The full grammar for users is ``HELP_TEXT`` (sent by ``!help``) and docs/commands.md.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Union
+
+from handlers.ids import normalise_id
+from handlers.model import ConsentBasis, Purpose
+
+__all__ = [
+    "CommandError",
+    "ConsentCmd",
+    "ReferCmd",
+    "OpinionCmd",
+    "WithdrawCmd",
+    "StatusCmd",
+    "CancelCmd",
+    "ExportCmd",
+    "BlurCmd",
+    "DiscardCmd",
+    "HelpCmd",
+    "Command",
+    "parse_command",
+    "is_command",
+    "HELP_TEXT",
+    "HELP_TOPICS",
+]
+
+
+class CommandError(ValueError):
+    """Malformed command. ``str(exc)`` is one plain line saying what to type instead."""
+
+
+# ---------------------------------------------------------------- parsed commands
+@dataclass(frozen=True)
+class ConsentCmd:
+    patient: str | None = None  # raw reference: hash it at once, never store or log it
+    basis: ConsentBasis | None = None
+    purposes: frozenset[Purpose] | None = None
+    identifiable: bool | None = None
+    notes: bool | None = None
+    dob: date | None = None  # used only to compute the age-out date, never stored
+    gillick: bool | None = None
+    statement: str | None = None
+    retention: timedelta | None = None
+    expires: date | None = None
+
+    def __repr__(self) -> str:  # never print the patient reference or free text
+        return "ConsentCmd(<redacted>)"
+
+
+@dataclass(frozen=True)
+class ReferCmd:
+    specialty: str
+    consent_id: str
+    question: str
+
+    def __repr__(self) -> str:
+        return f"ReferCmd(specialty={self.specialty!r}, consent_id={self.consent_id!r}, question=<redacted>)"
+
+
+@dataclass(frozen=True)
+class OpinionCmd:
+    text: str
+    referral_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"OpinionCmd(referral_id={self.referral_id!r}, text=<redacted>)"
+
+
+@dataclass(frozen=True)
+class WithdrawCmd:
+    consent_id: str
+
+
+@dataclass(frozen=True)
+class StatusCmd:
+    referral_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CancelCmd:
+    referral_id: str
+
+
+@dataclass(frozen=True)
+class ExportCmd:
+    referral_id: str
+
+
+@dataclass(frozen=True)
+class BlurCmd:
+    """Send the held image(s) of a referral with faces blurred."""
+
+    referral_id: str
+
+
+@dataclass(frozen=True)
+class DiscardCmd:
+    """Drop the held image(s) of a referral without sending them."""
+
+    referral_id: str
+
+
+@dataclass(frozen=True)
+class HelpCmd:
+    topic: str | None = None
+
+
+Command = Union[
+    ConsentCmd, ReferCmd, OpinionCmd, WithdrawCmd, StatusCmd, CancelCmd, ExportCmd, BlurCmd, DiscardCmd, HelpCmd
+]
+
+# ---------------------------------------------------------------- vocabulary
+_COMMAND_WORDS: dict[str, str] = {}
+for _canon, _words in {
+    "consent": ("consent", "consents", "cons"),
+    "refer": ("refer", "referral", "ref", "ask"),
+    "opinion": ("opinion", "op", "opine", "advice", "answer"),
+    "withdraw": ("withdraw", "revoke", "withdrawal"),
+    "status": ("status", "list", "st"),
+    "cancel": ("cancel", "close", "stop"),
+    "export": ("export", "fhir"),
+    "blur": ("blur", "blurred", "send-blurred"),
+    "discard": ("discard", "drop"),
+    "help": ("help", "h", "?", "commands", "start"),
+}.items():
+    for _w in _words:
+        _COMMAND_WORDS[_w] = _canon
+
+_CONSENT_KEYS: dict[str, str] = {}
+for _canon, _words in {
+    "patient": ("patient", "pt", "ref", "patient-ref", "patientref", "nhs", "mrn", "id"),
+    "by": ("by", "basis", "who", "from", "given-by", "consenter"),
+    "purposes": ("purposes", "purpose", "for", "use", "uses"),
+    "identifiable": ("identifiable", "ident", "identifiable-images", "faces", "id-ok"),
+    "notes": ("notes", "in-notes", "recorded", "recorded-in-notes", "documented"),
+    "dob": ("dob", "born", "birth", "date-of-birth", "birthdate"),
+    "gillick": ("gillick", "competent", "gillick-competent"),
+    "statement": ("statement", "best-interests", "best-interests-statement", "bi", "reason", "why"),
+    "retention": ("retention", "retain", "keep", "keep-for"),
+    "expires": ("expires", "until", "valid-until", "expiry"),
+}.items():
+    for _w in _words:
+        _CONSENT_KEYS[_w] = _canon
+
+_BASIS_WORDS: dict[str, ConsentBasis] = {}
+for _basis, _words in {
+    ConsentBasis.PATIENT: ("patient", "self", "pt"),
+    ConsentBasis.PARENT: ("parent", "guardian", "parent/guardian", "mother", "father", "mum", "dad"),
+    ConsentBasis.ATTORNEY: ("attorney", "lpa", "lpa-attorney", "power-of-attorney"),
+    ConsentBasis.DEPUTY: ("deputy", "court-deputy", "court"),
+    ConsentBasis.BEST_INTERESTS: ("best-interests", "best_interests", "bestinterests", "bi"),
+    ConsentBasis.DECEASED_WISHES: ("deceased-wishes", "known-wishes", "wishes", "deceased"),
+    ConsentBasis.EXECUTOR: ("executor", "executrix"),
+    ConsentBasis.FAMILY: ("family", "relative", "next-of-kin", "nok"),
+}.items():
+    for _w in _words:
+        _BASIS_WORDS[_w] = _basis
+
+_PURPOSE_WORDS: dict[str, Purpose] = {}
+for _purpose, _words in {
+    Purpose.CARE: ("care", "second-opinion", "second", "opinion", "clinical", "treatment", "referral", "advice"),
+    Purpose.TEACHING: ("teaching", "teach", "education", "training"),
+    Purpose.RESEARCH: ("research", "study"),
+    Purpose.PUBLICATION: ("publication", "publish", "journal", "public"),
+}.items():
+    for _w in _words:
+        _PURPOSE_WORDS[_w] = _purpose
+
+_YES = {"yes", "y", "true", "1", "on", "ok"}
+_NO = {"no", "n", "false", "0", "off", "none"}
+
+_DURATION_RE = re.compile(
+    r"^(\d{1,5})\s*(d|day|days|w|wk|week|weeks|m|mo|month|months|y|yr|year|years)?$"
+)
+_DURATION_UNITS = {"d": 1, "w": 7, "m": 30, "y": 365}
+
+
+def _canon_word(word: str) -> str:
+    return word.strip().lower().replace("_", "-").replace(" ", "-")
+
+
+def _yes_no(key: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _YES:
+        return True
+    if v in _NO:
+        return False
+    raise CommandError(f"{key}= takes yes or no (you typed {value!r}).")
+
+
+def _parse_date(key: str, value: str) -> date:
+    v = value.strip()
+    m = re.match(r"^(\d{4})-(\d{1,2})-(\d{1,2})$", v)
+    if m:
+        y, mo, d = (int(x) for x in m.groups())
+    else:
+        m = re.match(r"^(\d{1,2})[/.](\d{1,2})[/.](\d{4})$", v)  # UK order: DD/MM/YYYY
+        if not m:
+            raise CommandError(f"{key}= takes a date like 2015-03-31 (or 31/03/2015).")
+        d, mo, y = (int(x) for x in m.groups())
+    try:
+        return date(y, mo, d)
+    except ValueError:
+        raise CommandError(f"{key}={v} is not a real date; use YYYY-MM-DD.") from None
+
+
+def _parse_duration(value: str) -> timedelta:
+    m = _DURATION_RE.match(value.strip().lower())
+    if not m:
+        raise CommandError("retention= takes a number of days, weeks, months or years, like 90d, 12w, 6m or 1y.")
+    n = int(m.group(1))
+    unit = (m.group(2) or "d")[0]
+    return timedelta(days=n * _DURATION_UNITS[unit])
+
+
+def _parse_purposes(value: str) -> frozenset[Purpose]:
+    words = [w for w in re.split(r"[,+;/&\s]+|\band\b", value.strip().lower()) if w]
+    if not words:
+        raise CommandError("purposes= needs at least one of: care, teaching, research, publication.")
+    out: set[Purpose] = set()
+    for w in words:
+        w = _canon_word(w)
+        if w in ("all", "any", "everything", "*"):
+            raise CommandError(
+                "Consent must name each purpose explicitly: write e.g. purposes=care,teaching instead of 'all'."
+            )
+        if w not in _PURPOSE_WORDS:
+            raise CommandError(f"Unknown purpose {w!r}: use care, teaching, research or publication.")
+        out.add(_PURPOSE_WORDS[w])
+    return frozenset(out)
+
+
+def _split_args(rest: str, what: str) -> list[str]:
+    try:
+        return shlex.split(rest, posix=True)
+    except ValueError:
+        raise CommandError(f"A quote is not closed in your {what} command; put values with spaces in \"double quotes\".") from None
+
+
+def _parse_consent(rest: str) -> ConsentCmd:
+    tokens = _split_args(rest, "!consent")
+    if not tokens:
+        raise CommandError(
+            "Type e.g. !consent patient=<ref> by=patient purposes=care identifiable=no notes=yes (see !help consent)."
+        )
+    # allow "key = value" written with spaces around '='
+    merged: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok in ("=", ":") and merged and i + 1 < len(tokens):
+            merged[-1] = merged[-1] + "=" + tokens[i + 1]
+            i += 2
+            continue
+        if tok.endswith(("=", ":")) and len(tok) > 1 and i + 1 < len(tokens) and "=" not in tok[:-1]:
+            merged.append(tok[:-1] + "=" + tokens[i + 1])
+            i += 2
+            continue
+        merged.append(tok)
+        i += 1
+    values: dict[str, str] = {}
+    for tok in merged:
+        eq = tok.find("=")
+        colon = tok.find(":")
+        cut = eq if eq >= 0 else colon
+        if cut <= 0:
+            raise CommandError(
+                f"I expected key=value but got {tok[:20]!r}; e.g. patient=<ref> by=parent (see !help consent)."
+            )
+        key, value = _canon_word(tok[:cut]), tok[cut + 1 :].strip()
+        if key not in _CONSENT_KEYS:
+            raise CommandError(
+                f"Unknown field {key!r}: use patient, by, purposes, identifiable, notes, dob, gillick, statement, retention, expires."
+            )
+        canon = _CONSENT_KEYS[key]
+        if canon in values:
+            raise CommandError(f"{canon}= is given twice; give it once.")
+        if not value:
+            raise CommandError(f"{canon}= has no value.")
+        values[canon] = value
+
+    kw: dict[str, object] = {}
+    if "patient" in values:
+        kw["patient"] = values["patient"]
+    if "by" in values:
+        w = _canon_word(values["by"])
+        if w not in _BASIS_WORDS:
+            raise CommandError(
+                "by= takes patient, parent, attorney, deputy, best-interests, deceased-wishes, executor or family."
+            )
+        kw["basis"] = _BASIS_WORDS[w]
+    if "purposes" in values:
+        kw["purposes"] = _parse_purposes(values["purposes"])
+    if "identifiable" in values:
+        kw["identifiable"] = _yes_no("identifiable", values["identifiable"])
+    if "notes" in values:
+        kw["notes"] = _yes_no("notes", values["notes"])
+    if "dob" in values:
+        kw["dob"] = _parse_date("dob", values["dob"])
+    if "gillick" in values:
+        kw["gillick"] = _yes_no("gillick", values["gillick"])
+    if "statement" in values:
+        kw["statement"] = values["statement"]
+    if "retention" in values:
+        kw["retention"] = _parse_duration(values["retention"])
+    if "expires" in values:
+        kw["expires"] = _parse_date("expires", values["expires"])
+    return ConsentCmd(**kw)  # type: ignore[arg-type]
+
+
+def _need_id(word: str | None, prefix: str, usage: str) -> str:
+    if word is None:
+        raise CommandError(f"Type {usage}.")
+    ident = normalise_id(word, prefix)
+    if ident is None:
+        kind = "consent" if prefix == "C" else "referral"
+        raise CommandError(f"{word[:20]!r} is not a {kind} id ({prefix}-…); type {usage}.")
+    return ident
+
+
+def _parse_refer(rest: str) -> ReferCmd:
+    words = rest.split()
+    usage = "!refer <specialty> <C-id> <your question>"
+    if len(words) < 2:
+        raise CommandError(f"Type {usage}, e.g. !refer dermatology C-7K3QX9 Is this lesion suspicious?")
+    # forgiving: the consent id may come first or second
+    consent_pos = None
+    for pos in (0, 1):
+        if normalise_id(words[pos], "C") is not None:
+            consent_pos = pos
+            break
+    if consent_pos is None:
+        raise CommandError(f"I need the consent id (C-…) after the specialty: {usage}.")
+    consent_id = normalise_id(words[consent_pos], "C")
+    assert consent_id is not None
+    if consent_pos == 0:
+        if len(words) < 2:
+            raise CommandError(f"Name the specialty: {usage}.")
+        specialty, question_words = words[1], words[2:]
+    else:
+        specialty, question_words = words[0], words[2:]
+    question = " ".join(question_words).strip()
+    if len(question) < 3:
+        raise CommandError(f"Add your clinical question after the consent id: {usage}.")
+    return ReferCmd(specialty=specialty.lower(), consent_id=consent_id, question=question)
+
+
+def _parse_opinion(rest: str) -> OpinionCmd:
+    text = rest.strip()
+    referral_id = None
+    first, _, remainder = text.partition(" ")
+    maybe = normalise_id(first, "R")
+    if maybe is not None and first.upper().startswith("R-"):
+        referral_id, text = maybe, remainder.strip()
+    if len(text) < 2:
+        raise CommandError("Type !opinion <your opinion> in the referral's thread.")
+    return OpinionCmd(text=text, referral_id=referral_id)
+
+
+def is_command(text: str) -> bool:
+    t = text.lstrip()
+    return t.startswith("!") or (t.startswith("/") and len(t) > 1 and t[1].isalpha())
+
+
+def parse_command(text: str) -> Command:
+    """Parse one message. Raises ``CommandError`` (one-line hint) on anything malformed."""
+    t = text.strip()
+    if not is_command(t):
+        raise CommandError("Commands start with ! — type !help to see them.")
+    body = t[1:].lstrip()
+    word, _, rest = body.partition(" ")
+    if "\n" in word:
+        word, _, more = word.partition("\n")
+        rest = more + " " + rest
+    word = word.split("@", 1)[0]  # Telegram: /status@referral_bot
+    canon = _COMMAND_WORDS.get(_canon_word(word))
+    if canon is None:
+        raise CommandError(f"I don't know !{word[:20]}. Type !help for the list of commands.")
+    rest = rest.strip()
+    args = rest.split()
+    if canon == "consent":
+        return _parse_consent(rest)
+    if canon == "refer":
+        return _parse_refer(rest)
+    if canon == "opinion":
+        return _parse_opinion(rest)
+    if canon == "withdraw":
+        return WithdrawCmd(_need_id(args[0] if args else None, "C", "!withdraw C-…"))
+    if canon == "status":
+        if not args:
+            return StatusCmd()
+        return StatusCmd(_need_id(args[0], "R", "!status or !status R-…"))
+    if canon == "cancel":
+        return CancelCmd(_need_id(args[0] if args else None, "R", "!cancel R-…"))
+    if canon == "export":
+        return ExportCmd(_need_id(args[0] if args else None, "R", "!export R-…"))
+    if canon == "blur":
+        return BlurCmd(_need_id(args[0] if args else None, "R", "!blur R-…"))
+    if canon == "discard":
+        return DiscardCmd(_need_id(args[0] if args else None, "R", "!discard R-…"))
+    topic = _COMMAND_WORDS.get(_canon_word(args[0].lstrip("!/"))) if args else None
+    return HelpCmd(topic)
+
+
+# ---------------------------------------------------------------- help
+HELP_TEXT = """\
+Referral bot — send a clinical photo to a specialist safely.
+1. !consent patient=<ref> by=<who> purposes=<list> identifiable=yes|no notes=yes
+     who: patient, parent, attorney, deputy, best-interests, deceased-wishes, executor, family
+     purposes: care, teaching, research, publication (name each one)
+     optional: dob=YYYY-MM-DD (needed for by=parent) gillick=yes|no statement="..." retention=90d expires=YYYY-MM-DD
+   -> you get a consent id C-…
+2. !refer <specialty> <C-id> <clinical question>   -> referral R-…; then send the photo(s) here.
+3. The specialist answers in the thread with !opinion <text>; you get it here. Images are removed afterwards.
+Other: !status [R-…]  !cancel R-…  !withdraw C-…  !export R-…  !blur R-… / !discard R-… (held images)  !help <command>"""
+
+HELP_TOPICS: dict[str, str] = {
+    "consent": (
+        "!consent patient=<ref> by=patient|parent|attorney|deputy|best-interests|deceased-wishes|executor|family "
+        "purposes=care,teaching,research,publication identifiable=yes|no notes=yes "
+        "[dob=YYYY-MM-DD] [gillick=yes|no] [statement=\"...\"] [retention=90d] [expires=YYYY-MM-DD]. "
+        "The patient reference is stored only as a keyed hash."
+    ),
+    "refer": "!refer <specialty> <C-id> <clinical question> — opens a referral R-…; then send the photo(s) in this chat.",
+    "opinion": "!opinion <text> — in the referral's thread, by a specialist on that specialty's roster.",
+    "withdraw": "!withdraw C-… — withdraws the consent now: every image shared under it is removed and destroyed.",
+    "status": "!status lists your referrals; !status R-… shows one.",
+    "cancel": "!cancel R-… — closes the referral and removes its images from the specialty room.",
+    "export": "!export R-… — exports the record (FHIR) for the patient's notes; the vault copy is then destroyed.",
+    "blur": "!blur R-… — sends the held image(s) with faces blurred (when the consent does not cover identifiable images).",
+    "discard": "!discard R-… — drops the held image(s) without sending them.",
+    "help": "!help or !help <command>.",
+}

@@ -1,0 +1,585 @@
+"""The referral lifecycle: ONE state machine, in one place, with no I/O (h11 style).
+
+States (``ReferralState``)::
+
+    opened ──image──▶ images_received ──ImagePosted──▶ posted ──thread msg──▶ discussed
+       │                    │                            │  ╲                   │
+       │                    │                            │   ╲───!opinion──────┤
+       │                    │                            ▼                     ▼
+       │                    │                       opinion_given ──grace period──▶ images_expired
+       │                    │                                                       │
+       └── cancel / withdraw / max lifetime (nothing in chat) ─────────▶ closed ◀───┘ ImagesRemoved
+           cancel / withdraw / max lifetime (images in chat) ─▶ images_expired
+
+Every public function takes the current ``Referral`` plus the input (with its
+timestamp) and returns ``(new_referral, Effects)``; nothing is mutated. The
+workflow saves the referral, appends ``effects.audit``, shreds ``effects.shred``
+from the vault and enqueues ``effects.actions`` — all in one transaction.
+
+An input that is not allowed in the current state raises ``IllegalTransition``
+whose message is one plain sentence for the user (the workflow replies with it).
+The table ``ALLOWED`` is the single source of truth for what is allowed where.
+
+Per-image states (``ImageState``): held (faces, consent not identifiable) ->
+waiting (no thread root yet) -> posting (PostImage enqueued) -> posted ->
+removing (RemoveImages enqueued) -> removed; or discarded (never shown). No
+``PostImage`` is produced unless ``handlers.consent.check_cover`` passes at that moment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from handlers.actions import Action, Notify, PostedImageRef, PostImage, PostThreadRoot, RemoveImages, Reply
+from handlers.consent import check_cover
+from handlers.events import DirectChat, SpecialtyThread
+from handlers.model import (
+    BOT_ACTOR,
+    AuditEntry,
+    CloseReason,
+    ConsentRecord,
+    ImageItem,
+    ImageState,
+    Referral,
+    ReferralState,
+)
+from handlers.policy import Policy
+
+__all__ = [
+    "Input",
+    "ALLOWED",
+    "IllegalTransition",
+    "Effects",
+    "open_referral",
+    "add_image",
+    "release_held",
+    "discard_held",
+    "root_posted",
+    "image_posted",
+    "discussed",
+    "give_opinion",
+    "cancel",
+    "withdraw",
+    "images_removed",
+    "post_failed",
+    "exported",
+    "tick",
+    "fmt_time",
+]
+
+S = ReferralState
+
+
+class Input(str, enum.Enum):
+    ADD_IMAGE = "add_image"
+    RELEASE_HELD = "release_held"
+    DISCARD_HELD = "discard_held"
+    ROOT_POSTED = "root_posted"
+    IMAGE_POSTED = "image_posted"
+    DISCUSS = "discuss"
+    OPINION = "opinion"
+    CANCEL = "cancel"
+    WITHDRAW = "withdraw"
+    EXPIRE = "expire"  # max lifetime reached (tick)
+    REMIND = "remind"  # reminder before max lifetime (tick)
+    GRACE_ELAPSED = "grace_elapsed"  # grace period after opinion (tick)
+    IMAGES_REMOVED = "images_removed"
+    EXPORTED = "exported"
+    RETENTION = "retention"  # vault retention ended for an image (tick)
+
+
+_OPEN = (S.OPENED, S.IMAGES_RECEIVED, S.POSTED, S.DISCUSSED)
+_ALL = tuple(S)
+
+#: input -> states in which it is accepted. Anything else raises IllegalTransition.
+ALLOWED: dict[Input, tuple[ReferralState, ...]] = {
+    Input.ADD_IMAGE: _OPEN,
+    Input.RELEASE_HELD: _OPEN,
+    Input.DISCARD_HELD: _OPEN,
+    Input.ROOT_POSTED: _ALL,  # feedback may arrive late; handled per state
+    Input.IMAGE_POSTED: _ALL,  # late post after closing -> removed at once
+    Input.DISCUSS: _ALL,  # only posted -> discussed changes state
+    Input.OPINION: (S.POSTED, S.DISCUSSED),
+    Input.CANCEL: _OPEN + (S.OPINION_GIVEN,),
+    Input.WITHDRAW: _ALL,
+    Input.EXPIRE: _OPEN,
+    Input.REMIND: _OPEN,
+    Input.GRACE_ELAPSED: (S.OPINION_GIVEN,),
+    Input.IMAGES_REMOVED: _ALL,
+    Input.EXPORTED: _ALL,
+    Input.RETENTION: _ALL,
+}
+
+
+class IllegalTransition(Exception):
+    """The input is not allowed now. ``str(exc)`` is a plain sentence for the user."""
+
+    def __init__(self, message: str, *, state: ReferralState, input: Input):
+        super().__init__(message)
+        self.state = state
+        self.input = input
+
+
+@dataclass
+class Effects:
+    actions: list[Action] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
+    shred: list[str] = field(default_factory=list)  # vault image ids to crypto-shred
+
+    def extend(self, other: "Effects") -> "Effects":
+        self.actions.extend(other.actions)
+        self.audit.extend(other.audit)
+        self.shred.extend(other.shred)
+        return self
+
+
+def fmt_time(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _why_not(ref: Referral, inp: Input) -> str:
+    rid = ref.referral_id
+    st = ref.state
+    if st is S.CLOSED:
+        return f"{rid} is closed."
+    if st is S.IMAGES_EXPIRED:
+        return f"{rid} is closing: its images are being removed."
+    if inp is Input.OPINION:
+        if st is S.OPINION_GIVEN:
+            return f"An opinion on {rid} has already been given."
+        return f"No image of {rid} has been posted yet, so there is nothing to give an opinion on."
+    if inp in (Input.ADD_IMAGE, Input.RELEASE_HELD, Input.DISCARD_HELD) and st is S.OPINION_GIVEN:
+        return f"The opinion on {rid} has been given, so it takes no more images; open a new referral with !refer."
+    if inp is Input.GRACE_ELAPSED:
+        return f"{rid} has no opinion yet."
+    return f"{rid} cannot do that now (it is {st.value.replace('_', ' ')})."
+
+
+def _require(ref: Referral, inp: Input) -> None:
+    if ref.state not in ALLOWED[inp]:
+        raise IllegalTransition(_why_not(ref, inp), state=ref.state, input=inp)
+
+
+def _audit(actor: str, action: str, at: datetime, ref: Referral, **details: str | int | bool) -> AuditEntry:
+    return AuditEntry(
+        actor=actor, action=action, at=at, referral_id=ref.referral_id, consent_id=ref.consent_id, details=dict(details)
+    )
+
+
+def _thread(ref: Referral) -> SpecialtyThread:
+    return SpecialtyThread(ref.specialty, ref.referral_id, ref.thread_root_event_id)
+
+
+# ------------------------------------------------------------------ opening
+def open_referral(
+    *,
+    referral_id: str,
+    consent: ConsentRecord,
+    referrer: str,
+    practice: str,
+    specialty: str,
+    question: str,
+    at: datetime,
+    policy: Policy,
+) -> tuple[Referral, Effects]:
+    """A new referral in state ``opened``. The caller has already checked the consent
+    (``check_cover``) and that the specialty exists."""
+    expires_at = at + policy.max_lifetime
+    reminder_at = max(at, expires_at - policy.reminder_lead)
+    ref = Referral(
+        referral_id=referral_id,
+        consent_id=consent.consent_id,
+        referrer=referrer,
+        practice=practice,
+        specialty=specialty,
+        question=question,
+        opened_at=at,
+        expires_at=expires_at,
+        reminder_at=reminder_at,
+    )
+    return ref, Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty)])
+
+
+# ------------------------------------------------------------------ images
+def _schedule_post(ref: Referral, item: ImageItem, consent: ConsentRecord, at: datetime, eff: Effects) -> Referral:
+    """Move an accepted image towards the thread: PostImage if the root exists, else
+    wait for it (requesting the root once). Re-checks consent first."""
+    refusal = check_cover(consent, actor=None, at=at)
+    if refusal is not None:
+        item = dataclasses.replace(item, state=ImageState.DISCARDED)
+        eff.audit.append(_audit(BOT_ACTOR, "image.discarded", at, ref, image_id=item.image_id, rule=refusal.rule))
+        if not item.shredded:
+            eff.shred.append(item.image_id)
+            item = dataclasses.replace(item, shredded=True)
+        return ref.with_image(item)
+    if ref.thread_root_event_id is not None:
+        item = dataclasses.replace(item, state=ImageState.POSTING)
+        eff.actions.append(
+            PostImage(
+                referral_id=ref.referral_id,
+                specialty=ref.specialty,
+                thread_root_event_id=ref.thread_root_event_id,
+                image_id=item.image_id,
+                filename=item.filename,
+                media_type=item.media_type,
+                width=item.width,
+                height=item.height,
+            )
+        )
+        eff.audit.append(_audit(BOT_ACTOR, "image.post_requested", at, ref, image_id=item.image_id))
+        return ref.with_image(item)
+    item = dataclasses.replace(item, state=ImageState.WAITING)
+    ref = ref.with_image(item)
+    if not ref.root_requested:
+        ref = dataclasses.replace(ref, root_requested=True)
+        eff.actions.append(
+            PostThreadRoot(referral_id=ref.referral_id, specialty=ref.specialty, text=_root_text(ref, consent))
+        )
+    return ref
+
+
+def _root_text(ref: Referral, consent: ConsentRecord) -> str:
+    covers = "covered" if consent.identifiable else "NOT covered (faces blurred)"
+    return (
+        f"Referral {ref.referral_id} from a GP at {ref.practice}.\n"
+        f"Question: {ref.question}\n"
+        f"Consent {consent.consent_id}: care / second opinion; identifiable images {covers}.\n"
+        f"Discuss in this thread. Give the opinion here with !opinion <text>. "
+        f"Images are removed after the opinion."
+    )
+
+
+def add_image(
+    ref: Referral, item: ImageItem, *, consent: ConsentRecord, at: datetime, actor: str
+) -> tuple[Referral, Effects]:
+    """A clean image (already in the vault) joins the referral. ``item.state`` must be
+    ``HELD`` (faces, awaiting the GP) or ``WAITING`` (accepted)."""
+    _require(ref, Input.ADD_IMAGE)
+    eff = Effects()
+    if item.state is ImageState.HELD:
+        ref = ref.with_image(item)
+        eff.audit.append(_audit(actor, "image.held", at, ref, image_id=item.image_id, faces=item.faces))
+        return ref, eff
+    eff.audit.append(
+        _audit(actor, "image.accepted", at, ref, image_id=item.image_id, removed=len(item.removed_metadata), faces=item.faces)
+    )
+    ref = _schedule_post(ref, item, consent, at, eff)
+    if ref.state is S.OPENED and any(i.state is not ImageState.DISCARDED for i in ref.images if i.state is not ImageState.HELD):
+        ref = dataclasses.replace(ref, state=S.IMAGES_RECEIVED)
+    return ref, eff
+
+
+def release_held(ref: Referral, *, consent: ConsentRecord, at: datetime, actor: str) -> tuple[Referral, Effects]:
+    """The GP confirmed sending the held (already blurred) images."""
+    _require(ref, Input.RELEASE_HELD)
+    held = [i for i in ref.images if i.state is ImageState.HELD]
+    if not held:
+        raise IllegalTransition(f"{ref.referral_id} has no held image.", state=ref.state, input=Input.RELEASE_HELD)
+    eff = Effects()
+    for item in held:
+        eff.audit.append(_audit(actor, "image.released", at, ref, image_id=item.image_id))
+        ref = _schedule_post(ref, dataclasses.replace(item, state=ImageState.WAITING), consent, at, eff)
+    if ref.state is S.OPENED and any(i.state in (ImageState.WAITING, ImageState.POSTING) for i in ref.images):
+        ref = dataclasses.replace(ref, state=S.IMAGES_RECEIVED)
+    return ref, eff
+
+
+def discard_held(ref: Referral, *, at: datetime, actor: str) -> tuple[Referral, Effects]:
+    """The GP dropped the held images: they are shredded and never shown."""
+    _require(ref, Input.DISCARD_HELD)
+    held = [i for i in ref.images if i.state is ImageState.HELD]
+    if not held:
+        raise IllegalTransition(f"{ref.referral_id} has no held image.", state=ref.state, input=Input.DISCARD_HELD)
+    eff = Effects()
+    for item in held:
+        ref = ref.with_image(dataclasses.replace(item, state=ImageState.DISCARDED, shredded=True))
+        if not item.shredded:
+            eff.shred.append(item.image_id)
+        eff.audit.append(_audit(actor, "image.discarded", at, ref, image_id=item.image_id, rule="gp"))
+    return ref, eff
+
+
+def root_posted(
+    ref: Referral, *, room_event_id: str, consent: ConsentRecord, at: datetime
+) -> tuple[Referral, Effects]:
+    """Feedback: the thread root exists. Waiting images are posted (if the referral is
+    still open and the consent still covers them)."""
+    _require(ref, Input.ROOT_POSTED)
+    eff = Effects()
+    if ref.thread_root_event_id is not None:
+        return ref, eff  # duplicate feedback
+    ref = dataclasses.replace(ref, thread_root_event_id=room_event_id, root_requested=True)
+    eff.audit.append(_audit(BOT_ACTOR, "thread.posted", at, ref))
+    for item in [i for i in ref.images if i.state is ImageState.WAITING]:
+        if ref.is_open:
+            ref = _schedule_post(ref, item, consent, at, eff)
+        else:
+            ref = ref.with_image(dataclasses.replace(item, state=ImageState.DISCARDED))
+    return ref, eff
+
+
+def _removal_action(ref: Referral, items: list[ImageItem], reason: CloseReason) -> RemoveImages:
+    words = {
+        CloseReason.OPINION: "after the opinion",
+        CloseReason.CANCELLED: "because the referral was cancelled",
+        CloseReason.WITHDRAWN: "because consent was withdrawn",
+        CloseReason.EXPIRED: "because the referral expired without an opinion",
+    }[reason]
+    n = len(items)
+    return RemoveImages(
+        referral_id=ref.referral_id,
+        specialty=ref.specialty,
+        thread_root_event_id=ref.thread_root_event_id,
+        images=tuple(
+            PostedImageRef(image_id=i.image_id, room_event_id=i.room_event_id or "", media_uri=i.media_uri or "")
+            for i in items
+        ),
+        placeholder=f"{n} image{'s' if n != 1 else ''} of {ref.referral_id} removed {words}.",
+        reason=f"Removed {words}",
+    )
+
+
+def image_posted(
+    ref: Referral, *, image_id: str, room_event_id: str, media_uri: str, at: datetime
+) -> tuple[Referral, Effects]:
+    """Feedback: an image is in the thread. If the referral is already closing, it is
+    removed at once."""
+    _require(ref, Input.IMAGE_POSTED)
+    item = ref.image(image_id)
+    if item is None:
+        raise IllegalTransition(f"{ref.referral_id} has no image {image_id}.", state=ref.state, input=Input.IMAGE_POSTED)
+    eff = Effects()
+    if item.state is ImageState.DISCARDED and item.room_event_id is None:
+        # reported failed (or dropped) but it reached the room after all: take it down now
+        item = dataclasses.replace(item, state=ImageState.REMOVING, room_event_id=room_event_id, media_uri=media_uri)
+        ref = ref.with_image(item)
+        eff.actions.append(_removal_action(ref, [item], ref.close_reason or CloseReason.CANCELLED))
+        eff.audit.append(_audit(BOT_ACTOR, "image.removal_requested", at, ref, count=1, reason="late_post"))
+        if ref.state is S.CLOSED:
+            ref = dataclasses.replace(ref, state=S.IMAGES_EXPIRED, closed_at=None)
+        return ref, eff
+    if item.state is not ImageState.POSTING:
+        return ref, eff  # duplicate or out-of-order feedback
+    item = dataclasses.replace(item, state=ImageState.POSTED, room_event_id=room_event_id, media_uri=media_uri)
+    ref = ref.with_image(item)
+    eff.audit.append(_audit(BOT_ACTOR, "image.posted", at, ref, image_id=image_id))
+    if ref.state in (S.IMAGES_EXPIRED, S.CLOSED):
+        reason = ref.close_reason or CloseReason.CANCELLED
+        item = dataclasses.replace(item, state=ImageState.REMOVING)
+        ref = dataclasses.replace(ref.with_image(item), state=S.IMAGES_EXPIRED, closed_at=None)
+        eff.actions.append(_removal_action(ref, [item], reason))
+        eff.audit.append(_audit(BOT_ACTOR, "image.removal_requested", at, ref, count=1, reason=reason.value))
+    elif ref.state in (S.OPENED, S.IMAGES_RECEIVED):
+        ref = dataclasses.replace(ref, state=S.POSTED)
+    return ref, eff
+
+
+def discussed(ref: Referral, *, at: datetime, actor: str) -> tuple[Referral, Effects]:
+    """Someone wrote in the thread: ``posted`` -> ``discussed``; elsewhere no change."""
+    _require(ref, Input.DISCUSS)
+    if ref.state is S.POSTED:
+        return dataclasses.replace(ref, state=S.DISCUSSED), Effects(audit=[_audit(actor, "thread.discussed", at, ref)])
+    return ref, Effects()
+
+
+def give_opinion(
+    ref: Referral, *, by: str, text: str, at: datetime, policy: Policy, by_name: str = ""
+) -> tuple[Referral, Effects]:
+    """The opinion (roster membership is checked by the caller): relayed to the GP,
+    images removed after the grace period. Held images are discarded."""
+    _require(ref, Input.OPINION)
+    remove_at = at + policy.grace_period
+    eff = Effects()
+    for item in ref.images:
+        if item.state in (ImageState.HELD, ImageState.WAITING):
+            ref = ref.with_image(dataclasses.replace(item, state=ImageState.DISCARDED, shredded=True))
+            if not item.shredded:
+                eff.shred.append(item.image_id)
+    ref = dataclasses.replace(
+        ref, state=S.OPINION_GIVEN, opinion=text, opinion_by=by, opinion_at=at, remove_images_at=remove_at
+    )
+    who = by_name or by
+    eff.actions.append(
+        Notify(
+            user_id=ref.referrer,
+            text=(
+                f"Opinion on {ref.referral_id} ({ref.specialty}) from {who}:\n{text}\n"
+                f"The images will be removed from the specialty room at {fmt_time(remove_at)}. "
+                f"Use !export {ref.referral_id} to file the record."
+            ),
+        )
+    )
+    eff.actions.append(
+        Reply(
+            to=_thread(ref),
+            text=f"Opinion recorded and sent to the GP. The images will be removed at {fmt_time(remove_at)}.",
+        )
+    )
+    eff.audit.append(_audit(by, "opinion.given", at, ref))
+    return ref, eff
+
+
+# ------------------------------------------------------------------ closing
+def _start_removal(ref: Referral, *, at: datetime, reason: CloseReason, actor: str) -> tuple[Referral, Effects]:
+    eff = Effects()
+    to_remove: list[ImageItem] = []
+    for item in ref.images:
+        if item.state in (ImageState.HELD, ImageState.WAITING):
+            ref = ref.with_image(dataclasses.replace(item, state=ImageState.DISCARDED, shredded=True))
+            if not item.shredded:
+                eff.shred.append(item.image_id)
+            eff.audit.append(_audit(actor, "image.discarded", at, ref, image_id=item.image_id, rule=reason.value))
+        elif item.state is ImageState.POSTED:
+            new = dataclasses.replace(item, state=ImageState.REMOVING)
+            ref = ref.with_image(new)
+            to_remove.append(new)
+    if to_remove:
+        eff.actions.append(_removal_action(ref, to_remove, reason))
+        eff.audit.append(_audit(actor, "image.removal_requested", at, ref, count=len(to_remove), reason=reason.value))
+    if ref.close_reason is None or reason is CloseReason.WITHDRAWN:
+        ref = dataclasses.replace(ref, close_reason=reason)
+    if any(i.state.in_chat for i in ref.images):
+        ref = dataclasses.replace(ref, state=S.IMAGES_EXPIRED)
+    else:
+        ref = dataclasses.replace(ref, state=S.CLOSED, closed_at=at)
+        eff.audit.append(_audit(actor, "referral.closed", at, ref, reason=reason.value))
+    return ref, eff
+
+
+def cancel(ref: Referral, *, at: datetime, actor: str) -> tuple[Referral, Effects]:
+    """The GP cancels: images leave the chat now (also during the grace period)."""
+    _require(ref, Input.CANCEL)
+    ref2, eff = _start_removal(ref, at=at, reason=CloseReason.CANCELLED, actor=actor)
+    eff.audit.insert(0, _audit(actor, "referral.cancelled", at, ref2))
+    if ref.thread_root_event_id is not None:
+        eff.actions.append(Reply(to=_thread(ref2), text=f"{ref.referral_id} was cancelled by the GP."))
+    return ref2, eff
+
+
+def withdraw(ref: Referral, *, at: datetime, actor: str) -> tuple[Referral, Effects]:
+    """Consent withdrawn: immediate, in every state. Images leave the chat and every
+    vault copy is shredded now (withdrawal overrides retention)."""
+    _require(ref, Input.WITHDRAW)
+    eff = Effects()
+    if ref.state in (S.IMAGES_EXPIRED, S.CLOSED):
+        ref = dataclasses.replace(ref, close_reason=CloseReason.WITHDRAWN) if ref.state is S.IMAGES_EXPIRED else ref
+    else:
+        ref, eff = _start_removal(ref, at=at, reason=CloseReason.WITHDRAWN, actor=actor)
+        if ref.thread_root_event_id is not None:
+            eff.actions.append(Reply(to=_thread(ref), text=f"Consent for {ref.referral_id} was withdrawn; its images are being removed."))
+    for item in ref.images:
+        if not item.shredded:
+            eff.shred.append(item.image_id)
+            ref = ref.with_image(dataclasses.replace(item, shredded=True))
+    eff.audit.insert(0, _audit(actor, "referral.withdrawn", at, ref))
+    return ref, eff
+
+
+def images_removed(ref: Referral, *, image_ids: tuple[str, ...], at: datetime, media_deleted: bool) -> tuple[Referral, Effects]:
+    """Feedback: these images are gone from the chat. Closes the referral when none is left."""
+    _require(ref, Input.IMAGES_REMOVED)
+    eff = Effects()
+    changed = 0
+    for image_id in image_ids:
+        item = ref.image(image_id)
+        if item is not None and item.state is ImageState.REMOVING:
+            ref = ref.with_image(dataclasses.replace(item, state=ImageState.REMOVED))
+            changed += 1
+    if changed:
+        eff.audit.append(_audit(BOT_ACTOR, "image.removed", at, ref, count=changed, media_deleted=media_deleted))
+    if ref.state is S.IMAGES_EXPIRED and not any(i.state.in_chat for i in ref.images):
+        ref = dataclasses.replace(ref, state=S.CLOSED, closed_at=at)
+        eff.audit.append(
+            _audit(BOT_ACTOR, "referral.closed", at, ref, reason=(ref.close_reason or CloseReason.OPINION).value)
+        )
+    return ref, eff
+
+
+def post_failed(
+    ref: Referral, *, at: datetime, root: bool, image_id: str | None = None, action_key: str = ""
+) -> tuple[Referral, Effects]:
+    """Feedback: the transport gave up posting (``root=True``: the thread root, so every
+    waiting image; else ``image_id``, or every image being posted when unknown). Those
+    images are discarded (vault copy shredded); a later image asks for the root again."""
+    _require(ref, Input.IMAGE_POSTED)
+    eff = Effects()
+    if root:
+        victims = [i for i in ref.images if i.state is ImageState.WAITING]
+        ref = dataclasses.replace(ref, root_requested=ref.thread_root_event_id is not None)
+    else:
+        victims = [
+            i for i in ref.images if i.state is ImageState.POSTING and (image_id is None or i.image_id == image_id)
+        ]
+    for item in victims:
+        ref = ref.with_image(dataclasses.replace(item, state=ImageState.DISCARDED, shredded=True))
+        if not item.shredded:
+            eff.shred.append(item.image_id)
+        eff.audit.append(_audit(BOT_ACTOR, "image.discarded", at, ref, image_id=item.image_id, rule="post_failed"))
+    if ref.state is S.IMAGES_RECEIVED and not any(
+        i.state in (ImageState.WAITING, ImageState.POSTING, ImageState.POSTED) for i in ref.images
+    ):
+        ref = dataclasses.replace(ref, state=S.OPENED)
+    if ref.state is S.IMAGES_EXPIRED and not any(i.state.in_chat for i in ref.images):
+        ref = dataclasses.replace(ref, state=S.CLOSED, closed_at=at)
+        eff.audit.append(_audit(BOT_ACTOR, "referral.closed", at, ref, reason=(ref.close_reason or CloseReason.CANCELLED).value))
+    return ref, eff
+
+
+def exported(ref: Referral, *, at: datetime) -> tuple[Referral, Effects]:
+    """Feedback: the record was exported; vault copies are crypto-shredded (images still
+    in the chat stay until the lifecycle removes them)."""
+    _require(ref, Input.EXPORTED)
+    eff = Effects()
+    for item in ref.images:
+        if not item.shredded and item.state not in (ImageState.HELD, ImageState.WAITING, ImageState.POSTING):
+            eff.shred.append(item.image_id)
+            ref = ref.with_image(dataclasses.replace(item, shredded=True))
+    ref = dataclasses.replace(ref, exported_at=at)
+    eff.audit.append(_audit(BOT_ACTOR, "referral.exported", at, ref, shredded=len(eff.shred)))
+    return ref, eff
+
+
+# ------------------------------------------------------------------ timers
+def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effects]:
+    """Everything due at *at*: reminder, max-lifetime expiry, grace-period removal,
+    vault retention. Idempotent: a second tick at the same time does nothing."""
+    eff = Effects()
+    if ref.is_open and at >= ref.expires_at:
+        ref, e = _start_removal(ref, at=at, reason=CloseReason.EXPIRED, actor=BOT_ACTOR)
+        e.audit.insert(0, _audit(BOT_ACTOR, "referral.expired", at, ref))
+        e.actions.append(
+            Notify(
+                user_id=ref.referrer,
+                text=f"{ref.referral_id} ({ref.specialty}) got no opinion in time and has expired; its images are removed. Open a new referral with !refer if you still need advice.",
+            )
+        )
+        if ref.thread_root_event_id is not None:
+            e.actions.append(Reply(to=_thread(ref), text=f"{ref.referral_id} expired without an opinion; its images are removed."))
+        eff.extend(e)
+    elif ref.is_open and not ref.reminder_sent and at >= ref.reminder_at:
+        ref = dataclasses.replace(ref, reminder_sent=True)
+        eff.audit.append(_audit(BOT_ACTOR, "referral.reminder", at, ref))
+        eff.actions.append(
+            Notify(
+                user_id=ref.referrer,
+                text=f"{ref.referral_id} ({ref.specialty}) has no opinion yet; it expires at {fmt_time(ref.expires_at)}.",
+            )
+        )
+        if ref.thread_root_event_id is not None:
+            eff.actions.append(
+                Reply(
+                    to=_thread(ref),
+                    text=f"Reminder: {ref.referral_id} needs an opinion (!opinion <text>) before {fmt_time(ref.expires_at)}.",
+                )
+            )
+    if ref.state is S.OPINION_GIVEN and ref.remove_images_at is not None and at >= ref.remove_images_at:
+        ref, e = _start_removal(ref, at=at, reason=CloseReason.OPINION, actor=BOT_ACTOR)
+        eff.extend(e)
+    for item in ref.images:
+        if not item.shredded and at >= item.retention_until:
+            ref = ref.with_image(dataclasses.replace(item, shredded=True))
+            eff.shred.append(item.image_id)
+            eff.audit.append(_audit(BOT_ACTOR, "vault.retention_ended", at, ref, image_id=item.image_id))
+    return ref, eff
