@@ -29,6 +29,7 @@ class Seen:
     redacted: bool = False
     encrypted: bool = False
     raw: Any = field(default=None, repr=False)  # the MegolmEvent while undecryptable
+    before_redaction: dict | None = field(default=None, repr=False)  # what it said before
 
     @property
     def body(self) -> str:
@@ -124,9 +125,9 @@ class Person:
             if target:
                 self.redacted_ids.add(target)
                 for s in self.seen:
-                    if s.event_id == target:
+                    if s.event_id == target and not s.redacted:
                         s.redacted = True
-                        s.content = {}
+                        s.before_redaction, s.content = s.content, {}
         encrypted = isinstance(ev, MegolmEvent) or etype == "m.room.encrypted"
         s = Seen(room_id, src.get("event_id", getattr(ev, "event_id", "")),
                  src.get("sender", ""), etype, content, time.monotonic(),

@@ -185,10 +185,10 @@ class MatrixTransport:
     async def _on_invite(self, room_id: str, info: Any) -> None:
         inviter = None
         for ev in info.invite_state:
-            src = getattr(ev, "source", {}) or {}
-            if (src.get("type") == "m.room.member" and src.get("state_key") == self.client.user_id
-                    and (src.get("content") or {}).get("membership") == "invite"):
-                inviter = src.get("sender")
+            # nio's invite events keep the fields as attributes (source lacks content)
+            if (getattr(ev, "state_key", None) == self.client.user_id
+                    and getattr(ev, "membership", None) == "invite"):
+                inviter = getattr(ev, "sender", None)
         if inviter and self.s.is_allowed(inviter):
             resp = await self.client.join(room_id)
             if isinstance(resp, JoinResponse):
