@@ -188,9 +188,13 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
     # Build the clean image from raw pixels only.
     clean = Image.frombytes(im.mode, im.size, im.tobytes())
     if im.mode == "P":
-        clean.putpalette(im.getpalette(rawmode="RGBA") or [], rawmode="RGBA")
         if isinstance(transparency, int):
+            clean.putpalette(im.getpalette() or [])
             clean.info["transparency"] = transparency
+        elif im.palette is not None and im.palette.mode == "RGBA":
+            clean.putpalette(im.getpalette(rawmode="RGBA") or [], rawmode="RGBA")
+        else:
+            clean.putpalette(im.getpalette() or [])
     elif im.mode in ("L", "RGB") and isinstance(transparency, (int, tuple)):
         clean.info["transparency"] = transparency
     del im
