@@ -25,7 +25,8 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, detect: bool, blur: bool) -
 
         im = Image.open(BytesIO(clean))
         # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale: only a fraction of the IDCT work.
-        im.draft("L", (max(1, info.width // 8), max(1, info.height // 8)))
+        s = min(1.0, _faces.DETECT_MAX_SIDE / max(info.width, info.height))
+        im.draft("L", (max(1, int(info.width * s)), max(1, int(info.height * s))))
         im = upright(im.convert("L"), info.orientation)
         faces = _faces.detect(im)
         if blur and faces:
