@@ -1,0 +1,139 @@
+"""`referral-bot export R-… --db PATH [--key-file PATH] [-o FILE]`.
+
+Writes the referral as a validated FHIR R4 Bundle (JSON), then crypto-shreds
+the vault copies of its images, as the design says ("the vault copy is
+crypto-shredded ... after export"): the file is written and synced first, so
+a crash in between never loses an image; then, in one transaction, the
+lifecycle's ``exported`` transition is applied (data keys destroyed, referral
+marked exported, audit entry appended). Images still waiting to be posted in
+the specialty thread keep their vault copy until the lifecycle is done with them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("referral_id", metavar="R-ID", help="the referral to export, e.g. R-7K3QX9")
+    parser.add_argument("--db", required=True, metavar="PATH", help="the bot's SQLite database")
+    parser.add_argument(
+        "--key-file", metavar="PATH",
+        help="the bot's key file (mode 0600); default: the REFERRAL_BOT_KEK environment variable",
+    )
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the bundle here (default: standard output)")
+    parser.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    return asyncio.run(_run(args))
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"referral-bot export: {message}", file=sys.stderr)
+    return code
+
+
+def _write_private(path: Path, text: str, force: bool) -> None:
+    """Write ``text`` to ``path`` with mode 0600, atomically (temp file + fsync + rename)."""
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} already exists (use --force to overwrite)")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from handlers import lifecycle
+    from storage.db import StorageError
+    from storage.fhir_export import ExportError, export_referral
+    from storage.interfaces import StoreError
+    from storage.keys import KeyProblem, load_keys
+    from storage.sqlite_store import SQLiteStore
+
+    referral_id = args.referral_id.strip().upper()
+    if not referral_id.startswith("R-") or len(referral_id) > 64:
+        return _fail(f"{args.referral_id!r} is not a referral id (they look like R-7K3QX9)")
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and not args.force:
+        return _fail(f"{out} already exists (use --force to overwrite)")
+    if out is not None and not out.parent.exists():
+        return _fail(f"folder {out.parent} does not exist")
+    try:
+        keys = load_keys(args.key_file)
+        store = await SQLiteStore.open(args.db, keys, create=False)
+    except (KeyProblem, StorageError, StoreError) as exc:
+        return _fail(str(exc))
+    try:
+        at = datetime.now(timezone.utc)
+        try:
+            result = await export_referral(store, referral_id, at=at)
+        except (ExportError, StorageError, StoreError) as exc:
+            return _fail(str(exc))
+        text = result.json()
+        if out is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            try:
+                _write_private(out, text, args.force)
+            except OSError as exc:
+                return _fail(f"cannot write {out}: {exc.strerror or exc}")
+        # The bundle is safely out: now destroy the vault copies (one transaction).
+        try:
+            async with store.transaction() as tx:
+                ref = await tx.get_referral(referral_id)
+                ref2, effects = lifecycle.exported(ref, at=at)
+                shredded = []
+                for image_id in effects.shred:
+                    if await tx.vault_shred(image_id, reason="exported"):
+                        shredded.append(image_id)
+                for entry in effects.audit:
+                    await tx.append_audit(entry)
+                await tx.enqueue(effects.actions)
+                await tx.save_referral(ref2)
+        except lifecycle.IllegalTransition as exc:
+            return _fail(f"exported, but the vault copies were NOT shredded: {exc}", 1)
+        except (StorageError, StoreError) as exc:
+            return _fail(f"exported, but the vault copies were NOT shredded: {exc}", 1)
+    finally:
+        await store.close()
+
+    kept = [i.image_id for i in ref2.images if not i.shredded and i.image_id not in result.images_missing]
+    report = sys.stderr if out is None else sys.stdout
+    where = "standard output" if out is None else str(out)
+    print(
+        f"exported {referral_id} to {where}: FHIR R4 bundle with {len(result.images_included)} image(s)"
+        + (", the opinion" if ref2.opinion is not None else ", no opinion yet")
+        + " and the consent record",
+        file=report,
+    )
+    if shredded:
+        print(
+            f"vault copies crypto-shredded after export: {', '.join(shredded)} "
+            "(their data keys are destroyed; nobody can decrypt them any more)",
+            file=report,
+        )
+    else:
+        print("no vault copy needed shredding", file=report)
+    if result.images_missing:
+        print(f"already destroyed before this export (listed without image data): {', '.join(result.images_missing)}",
+              file=report)
+    if kept:
+        print(f"still in the vault (waiting to be posted; shredded later by the lifecycle): {', '.join(kept)}",
+              file=report)
+    return 0
