@@ -214,7 +214,7 @@ def _parse_date(key: str, value: str) -> date:
     else:
         m = re.match(r"^(\d{1,2})[/.](\d{1,2})[/.](\d{4})$", v)  # UK order: DD/MM/YYYY
         if not m:
-            raise CommandError(f"{key}= takes a date like 2015-03-31 (or 31/03/2015).")
+            raise CommandError(f"{key}= takes a date as YYYY-MM-DD, like 2015-03-31 (or 31/03/2015).")
         d, mo, y = (int(x) for x in m.groups())
     try:
         return date(y, mo, d)
