@@ -6,7 +6,9 @@ import stat
 
 import pytest
 
+from storage import audit
 from storage import queries as Q
+from storage.vault import Vault
 from storage.db import (
     Database,
     SchemaTooNew,
@@ -43,23 +45,38 @@ async def test_reopening_applies_nothing_twice(db_path):
 
 
 @pytest.mark.parametrize("start", range(0, latest_version()))
-async def test_migrating_from_each_earlier_version_preserves_data(db_path, start):
+async def test_migrating_from_each_earlier_version_preserves_data(db_path, keys, start):
     old = await Database.open(db_path, target_version=start)
     assert await old.schema_version() == start
-    if start >= 1:  # version 1 has processed_events and outbox
+    vault = Vault(keys)
+    if start >= 1:  # version 1: processed events, outbox, audit trail, vault
         async with old.transaction() as tx:
             await tx.execute(Q.MARK_PROCESSED, ("$ev1", "2026-03-01T09:00:00+00:00"))
             await tx.execute(Q.ENQUEUE_ACTION, (1, "2026-03-01T09:00:00+00:00", "Reply", '{"type":"Reply"}'))
+            await audit.append(tx, at=T0, actor="@gp:example.org", action="consent.recorded", consent_id="C-1")
+            await vault.put(tx, "img-1", b"pixels", "image/png", T0)
+    if start >= 3:  # version 3: consents and referrals
+        async with old.transaction() as tx:
+            await tx.execute(Q.CONSENT_UPSERT, ("C-1", "Riverside", "2026-03-01T09:00:00+00:00", None, b"sealed"))
     await old.close()
 
     new = await Database.open(db_path)
     try:
         assert await new.schema_version() == latest_version()
-        if start >= 1:
-            async with new.read() as tx:
+        async with new.read() as tx:
+            if start >= 1:
                 assert await tx.scalar(Q.IS_PROCESSED, ("$ev1",)) == 1
                 rows = await tx.fetchall(Q.PENDING_ACTIONS)
-            assert [(r["id"], r["kind"]) for r in rows] == [(1, "Reply")]
+                assert [(r["id"], r["kind"]) for r in rows] == [(1, "Reply")]
+                result = await audit.verify(tx)
+                assert result.intact and result.entries == 1
+                assert (await vault.get(tx, "img-1")).data == b"pixels"
+            if start >= 3:
+                assert (await tx.fetchone(Q.CONSENT_GET, ("C-1",)))["doc"] == b"sealed"
+        # and the new schema is usable at once
+        async with new.transaction() as tx:
+            await audit.append(tx, at=T0, actor="@referral-bot", action="migrated")
+            assert await tx.execute(Q.MARK_PROCESSED, ("$ev2", "2026-03-01T09:00:00+00:00")) == 1
     finally:
         await new.close()
 
