@@ -11,7 +11,6 @@ the specialty thread keep their vault copy until the lifecycle is done with them
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -38,29 +37,12 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _write_private(path: Path, text: str, force: bool) -> None:
-    """Write ``text`` to ``path`` with mode 0600, atomically (temp file + fsync + rename)."""
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists (use --force to overwrite)")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 async def _run(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from handlers import lifecycle
     from storage.db import StorageError
-    from storage.fhir_export import ExportError, export_referral
+    from storage.fhir_export import ExportError, export_referral, write_private
     from storage.interfaces import StoreError
     from storage.keys import KeyProblem, load_keys
     from storage.sqlite_store import SQLiteStore
@@ -90,7 +72,7 @@ async def _run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         else:
             try:
-                _write_private(out, text, args.force)
+                write_private(out, text, overwrite=args.force)
             except OSError as exc:
                 return _fail(f"cannot write {out}: {exc.strerror or exc}")
         # The bundle is safely out: now destroy the vault copies (one transaction).

@@ -30,11 +30,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
 
 from handlers.model import ConsentRecord, ImageItem, ImageState, Purpose, Referral
 
@@ -313,3 +315,38 @@ async def export_referral(store: Any, referral_id: str, *, at: datetime) -> Expo
             images.append(ExportImage(item, None if found is None else found.data))
     return export_bundle(consent, referral, images, at=at)
 
+
+
+def file_exporter(store: Any, directory: str | os.PathLike[str], clock: Callable[[], datetime] | None = None
+                  ) -> Callable[[str], Awaitable[str]]:
+    """An ``exporter`` for the transports (``MatrixTransport(exporter=...)``): writes
+    ``<directory>/<R-id>-<UTC time>.fhir.json`` (mode 0600, fsynced, atomic rename) and
+    returns the path. Shredding is left to the workflow's ``ExportCompleted``."""
+    folder = Path(directory)
+
+    async def export(referral_id: str) -> str:
+        at = (clock or (lambda: datetime.now(timezone.utc)))()
+        result = await export_referral(store, referral_id, at=at)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / f"{referral_id}-{at.strftime('%Y%m%dT%H%M%SZ')}.fhir.json"
+        write_private(path, result.json())
+        return str(path)
+
+    return export
+
+
+def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
+    """Write ``text`` with mode 0600, atomically (temp file + fsync + rename)."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -198,3 +198,22 @@ def test_cli_export_bad_input(deployment, tmp_path, capsys):
     os.chmod(key_file, 0o600)
     _, vault, _, _ = _state(db_path, key_file)
     assert vault["img-1"] == JPEG  # nothing was shredded by the failed attempts
+
+
+def test_file_exporter_for_the_transports(deployment, tmp_path):
+    from storage.fhir_export import file_exporter
+
+    db_path, key_file = deployment
+
+    async def go():
+        async with await SQLiteStore.open(db_path, load_key_file(key_file)) as store:
+            export = file_exporter(store, tmp_path / "exports", clock=lambda: T0)
+            where = await export("R-7K3QX9")
+            async with store.read() as tx:  # the transport's exporter does not shred:
+                assert await tx.vault_get("img-1") == JPEG  # ExportCompleted's transition does
+            return where
+
+    where = asyncio.run(go())
+    path = tmp_path / "exports" / "R-7K3QX9-20260301T090000Z.fhir.json"
+    assert where == str(path) and stat.S_IMODE(path.stat().st_mode) == 0o600
+    Bundle.model_validate_json(path.read_text())
