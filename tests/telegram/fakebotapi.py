@@ -36,6 +36,7 @@ class FakeChat:
     is_forum: bool = False
     first_name: str = ""
     topics: dict[int, str] = field(default_factory=dict)
+    members: set[int] = field(default_factory=set)  # user ids besides the bot
 
     def to_api(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "type": self.type}
@@ -119,8 +120,8 @@ class FakeBotAPI:
         self.chats[user_id] = chat
         return chat
 
-    def add_forum(self, chat_id: int, title: str, is_forum: bool = True) -> FakeChat:
-        chat = FakeChat(id=chat_id, type="supergroup", title=title, is_forum=is_forum)
+    def add_forum(self, chat_id: int, title: str, is_forum: bool = True, members: tuple[int, ...] = ()) -> FakeChat:
+        chat = FakeChat(id=chat_id, type="supergroup", title=title, is_forum=is_forum, members=set(members))
         self.chats[chat_id] = chat
         return chat
 
@@ -351,6 +352,23 @@ class FakeBotAPI:
             return self._error(400, "Bad Request: message can't be deleted")
         m.deleted = True
         return self._ok(True)
+
+    async def _m_getChat(self, params, files) -> web.Response:
+        try:
+            chat = self._chat(params)
+        except LookupError as exc:
+            return self._error(400, f"Bad Request: {exc}")
+        full = chat.to_api()
+        full.setdefault("accent_color_id", 0)
+        full.setdefault("max_reaction_count", 11)
+        return self._ok(full)
+
+    async def _m_getChatMemberCount(self, params, files) -> web.Response:
+        try:
+            chat = self._chat(params)
+        except LookupError as exc:
+            return self._error(400, f"Bad Request: {exc}")
+        return self._ok(len(chat.members) + (1 if chat.type != "private" else 2))
 
     async def _m_getFile(self, params, files) -> web.Response:
         f = self.files.get(params.get("file_id", ""))

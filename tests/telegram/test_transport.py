@@ -1,0 +1,212 @@
+"""The Telegram transport end to end: fake Bot API <- python-telegram-bot <- transport ->
+real workflow -> real SQLite store, real sanitizer (exiftool-checked elsewhere)."""
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+import pytest
+from PIL import Image
+
+from bot.matrix.photo import make_photo
+from bot.telegram.transport import NOT_E2EE_TEXT, NOT_LISTED_TEXT
+from handlers.model import ReferralState
+from tests.telegram.world import DERM, DERM_CHAT, DERM_TG, GP_TG, STRANGER_TG, World
+
+QUESTION = "Itchy ring-shaped rash for 3 weeks, tinea?"
+
+
+@pytest.fixture
+async def world(fake_api, tmp_path):
+    w = await World.create(fake_api, tmp_path, allow_images=True)
+    try:
+        yield w
+    finally:
+        await w.close()
+
+
+async def _referral(world, rid):
+    async with world.store.read() as tx:
+        return await tx.get_referral(rid)
+
+
+async def test_full_flow_consent_refer_image_opinion_removal(world):
+    api = world.api
+    cid = await world.consent()
+    rid = await world.refer(cid)
+    photo = make_photo(800, 600)
+    gp_upload = api.user_sends_document(GP_TG, photo, "IMG_2041.jpg", "image/jpeg")
+    await world.step()
+
+    # the raw upload is gone from the private chat; the clean copy is in the referral's topic
+    assert api.messages[(GP_TG, gp_upload.message_id)].deleted
+    topic = world.topic_of(rid)
+    (posted,) = world.images_in_group()
+    assert posted.thread_id == topic
+    sent = api.calls_to("sendPhoto")[-1]
+    assert sent["photo"]["filename"].startswith(rid) and "IMG_2041" not in sent["photo"]["filename"]
+    clean = api.files[posted.body["photo"][-1]["file_id"]].data
+    assert clean != photo
+    with Image.open(io.BytesIO(clean)) as im:
+        assert not im.getexif()  # no EXIF (GPS, device) left
+    assert b"GPS" not in clean and b"Leeds" not in clean
+    # the question is in the topic; the GP's filename never reached the group
+    assert any(QUESTION in t for t in api.bot_texts(DERM_CHAT, topic))
+    assert not any("IMG_2041" in str(params) for name, params in api.calls if name != "<download>"
+                   and params.get("chat_id") == str(DERM_CHAT))
+
+    # discussion and the opinion in the topic
+    api.user_sends_text(DERM_TG, "Looks fungal to me", chat_id=DERM_CHAT, thread_id=topic)
+    api.user_sends_text(DERM_TG, "!opinion Tinea corporis; topical terbinafine 2 weeks.", chat_id=DERM_CHAT,
+                        thread_id=topic)
+    await world.step()
+    assert any("terbinafine" in t for t in world.gp_texts())
+    ref = await _referral(world, rid)
+    assert ref.state is ReferralState.OPINION_GIVEN and ref.opinion_by == DERM
+
+    # after the grace period the image message is deleted and a placeholder is left
+    await world.advance(timedelta(hours=6, minutes=1))
+    assert world.images_in_group() == []
+    assert api.messages[(DERM_CHAT, posted.message_id)].deleted
+    assert any("remov" in t.lower() for t in api.bot_texts(DERM_CHAT, topic))
+    ref = await _referral(world, rid)
+    assert all(not i.state.in_chat for i in ref.images)
+
+
+async def test_no_consent_means_no_referral_and_no_post(world):
+    reply = await world.gp_says(f"!refer dermatology C-ZZZZZZ {QUESTION}")
+    assert "no consent" in reply.lower()
+    world.api.user_sends_document(GP_TG, make_photo(400, 300), "x.jpg", "image/jpeg")
+    await world.step()
+    assert "no open referral" in world.gp_texts()[-1].lower()
+    assert world.api.calls_to("createForumTopic") == [] and world.images_in_group() == []
+
+
+async def test_consent_not_covering_the_purpose_is_refused(world):
+    cid = await world.consent("purposes=teaching identifiable=no")
+    reply = await world.gp_says(f"!refer dermatology {cid} {QUESTION}")
+    assert "not opened" in reply.lower() and "care" in reply.lower()
+    assert world.api.calls_to("createForumTopic") == []
+
+
+async def test_corrupt_image_and_pdf_are_refused_and_removed(world):
+    api = world.api
+    cid = await world.consent()
+    await world.refer(cid)
+    truncated = make_photo(400, 300)[:700]
+    m1 = api.user_sends_document(GP_TG, truncated, "broken.jpg", "image/jpeg")
+    await world.step()
+    first = world.gp_texts()[-1]
+    m2 = api.user_sends_document(GP_TG, b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF", "letter.pdf",
+                                 "application/pdf")
+    await world.step()
+    second = world.gp_texts()[-1]
+    for text in (first, second):
+        assert "removed your upload" in text and "Traceback" not in text
+    assert api.messages[(GP_TG, m1.message_id)].deleted and api.messages[(GP_TG, m2.message_id)].deleted
+    assert world.images_in_group() == []
+
+
+async def test_withdrawal_after_posting_deletes_the_images(world):
+    api = world.api
+    cid = await world.consent()
+    rid = await world.refer(cid)
+    api.user_sends_photo(GP_TG, make_photo(640, 480))
+    await world.step()
+    assert len(world.images_in_group()) == 1
+    reply = await world.gp_says(f"!withdraw {cid}")
+    assert "withdrawn" in reply.lower()
+    assert world.images_in_group() == []
+    ref = await _referral(world, rid)
+    assert ref.state is ReferralState.CLOSED
+    assert await world.store.vault_get(ref.images[0].image_id) is None  # crypto-shredded
+
+
+async def test_expiry_without_opinion_deletes_inside_telegrams_48h_window(world):
+    api = world.api
+    cid = await world.consent()
+    rid = await world.refer(cid)
+    api.user_sends_photo(GP_TG, make_photo(640, 480))
+    await world.step()
+    (posted,) = world.images_in_group()
+    await world.advance(timedelta(hours=25))  # reminder, no expiry yet
+    assert len(world.images_in_group()) == 1
+    await world.advance(timedelta(hours=5, minutes=1))  # 30 h max lifetime
+    assert world.images_in_group() == []
+    assert api.messages[(DERM_CHAT, posted.message_id)].deleted
+    ref = await _referral(world, rid)
+    assert ref.state in (ReferralState.CLOSED, ReferralState.IMAGES_EXPIRED)
+    assert ref.close_reason is not None and ref.close_reason.value == "expired"
+
+
+async def test_images_and_patient_data_are_refused_without_the_opt_in(fake_api, tmp_path):
+    world = await World.create(fake_api, tmp_path, allow_images=False)
+    try:
+        api = world.api
+        m = api.user_sends_photo(GP_TG, make_photo(640, 480))
+        await world.step()
+        assert world.gp_texts()[-1] == NOT_E2EE_TEXT
+        assert api.messages[(GP_TG, m.message_id)].deleted
+        assert api.calls_to("getFile") == []  # the bot never even fetched it
+        c = api.user_sends_text(GP_TG, "!consent patient=9434765919 by=patient purposes=care identifiable=no notes=yes")
+        await world.step()
+        assert world.gp_texts()[-1] == NOT_E2EE_TEXT
+        assert api.messages[(GP_TG, c.message_id)].deleted  # the NHS number does not stay in the chat
+        assert "Referral bot" in await world.gp_says("!help")  # data-free commands still work
+        async with world.store.read() as tx:
+            assert await tx.all_referrals() == []
+        assert world.images_in_group() == []
+    finally:
+        await world.close()
+
+
+async def test_strangers_are_told_and_their_uploads_removed(world):
+    api = world.api
+    m = api.user_sends_photo(STRANGER_TG, make_photo(320, 240), chat_id=STRANGER_TG)
+    await world.step()
+    assert api.bot_texts(STRANGER_TG)[-1] == NOT_LISTED_TEXT
+    assert api.messages[(STRANGER_TG, m.message_id)].deleted
+
+
+async def test_group_with_unknown_members_gets_no_referral(world):
+    api = world.api
+    api.chats[DERM_CHAT].members.add(STRANGER_TG)
+    cid = await world.consent()
+    rid = await world.refer(cid)
+    api.user_sends_photo(GP_TG, make_photo(640, 480))
+    await world.step()
+    assert world.images_in_group() == [] and api.calls_to("createForumTopic") == []
+    ref = await _referral(world, rid)
+    assert not any(i.state.in_chat and i.room_event_id for i in ref.images)
+
+
+async def test_redelivered_update_is_processed_once(world):
+    api = world.api
+    cid = await world.consent()
+    before = len(world.gp_texts())
+    # Telegram re-sends an update the bot did not confirm (e.g. after a crash)
+    last = api.messages[max(k for k in api.messages if k[0] == GP_TG)]
+    api._push_update(last)
+    await world.step()
+    assert len(world.gp_texts()) == before
+    async with world.store.read() as tx:
+        assert await tx.get_consent(cid) is not None
+
+
+async def test_bot_down_past_the_48h_window_is_reported_not_hidden(world):
+    """If the bot was down so long that Telegram refuses the deletion, the image is not
+    reported as removed (it stays 'in chat' for the operator to see) and it is counted."""
+    api = world.api
+    cid = await world.consent()
+    rid = await world.refer(cid)
+    api.user_sends_photo(GP_TG, make_photo(640, 480))
+    await world.step()
+    world.now[0] += timedelta(hours=72)  # nobody ran the bot for three days
+    await world.transport.tick()
+    await world.transport.drain()
+    assert len(world.images_in_group()) == 1
+    assert world.transport.delete_failures >= 1
+    ref = await _referral(world, rid)
+    assert any(i.state.in_chat for i in ref.images)
+    topic = world.topic_of(rid)
+    assert any("delete them by hand" in t for t in api.bot_texts(DERM_CHAT, topic))
