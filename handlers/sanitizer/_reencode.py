@@ -3,7 +3,7 @@
 The output is built from raw pixel bytes (Image.frombytes), so no Pillow
 ``info``/EXIF state can leak into the encoder. Output formats:
 
-* PNG  -> PNG (lossless)          * GIF  -> PNG (lossless, first and only frame)
+* PNG  -> PNG (lossless)          * GIF  -> PNG (lossless, first and only frame; palette expanded to RGB(A))
 * TIFF -> PNG (lossless; chat clients do not show TIFF)
 * WebP -> WebP lossless (no second generation of lossy compression)
 * HEIC/HEIF -> JPEG quality 92 (what every chat client can show); PNG if it has alpha.
@@ -100,7 +100,7 @@ def _refuse_decode(exc: BaseException) -> ImageRefused:
     return ImageRefused("corrupt", "That image is damaged and cannot be read; please send it again or send a different photo.")
 
 
-_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}
+_PNG_MODES = {"1", "L", "LA", "RGB", "RGBA", "I;16"}
 
 
 def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: bool) -> SanitizedImage:
@@ -172,9 +172,12 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
 
     # Normalise the mode to something every output format can hold.
     transparency = info.get("transparency")
-    if im.mode == "P":
-        if kind == "heif":
-            im = im.convert("RGBA")
+    if im.mode in ("P", "PA"):
+        # Palette images are expanded: a PNG palette is stored uncompressed, so a damaged
+        # file whose "palette" is really leftover text would carry that text out verbatim.
+        has_alpha = im.mode == "PA" or transparency is not None or (im.palette is not None and "A" in im.palette.mode)
+        im = im.convert("RGBA" if has_alpha else "RGB")
+        transparency = None
     elif im.mode not in _PNG_MODES:
         has_alpha = "A" in im.getbands() or transparency is not None
         im = im.convert("RGBA" if has_alpha else "RGB")
@@ -187,15 +190,7 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
     im = upright(im, orientation)
     # Build the clean image from raw pixels only.
     clean = Image.frombytes(im.mode, im.size, im.tobytes())
-    if im.mode == "P":
-        if isinstance(transparency, int):
-            clean.putpalette(im.getpalette() or [])
-            clean.info["transparency"] = transparency
-        elif im.palette is not None and im.palette.mode == "RGBA":
-            clean.putpalette(im.getpalette(rawmode="RGBA") or [], rawmode="RGBA")
-        else:
-            clean.putpalette(im.getpalette() or [])
-    elif im.mode in ("L", "RGB") and isinstance(transparency, (int, tuple)):
+    if im.mode in ("L", "RGB") and isinstance(transparency, (int, tuple)):
         clean.info["transparency"] = transparency
     del im
 
@@ -207,7 +202,7 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
         faces = _faces.detect(clean.convert("L"))
         if blur and faces:
             if clean.mode not in ("RGB", "RGBA", "L"):
-                clean = clean.convert("RGBA" if clean.mode in ("P", "LA") else "RGB")
+                clean = clean.convert("RGBA" if clean.mode == "LA" else "RGB")
             _faces.blur(clean, faces)
             blurred = True
             labels.append(L.FACES_BLURRED)

@@ -43,7 +43,10 @@ def test_png_modes_survive_losslessly(tmp_path, mode):
     src = tmp_path / "m.png"
     im.save(src)
     result = sanitize(src.read_bytes(), detect_faces=False)
-    assert decoded(result.data).tobytes() == decoded(src.read_bytes()).tobytes()
+    before, after = decoded(src.read_bytes()), decoded(result.data)
+    if mode == "P":  # palettes are expanded (see _reencode.py): compare the colours shown
+        before, after = before.convert("RGBA"), after.convert("RGBA")
+    assert after.tobytes() == before.tobytes()
 
 
 def test_png_palette_transparency_kept(tmp_path):
@@ -51,7 +54,7 @@ def test_png_palette_transparency_kept(tmp_path):
     src = tmp_path / "t.png"
     im.save(src, transparency=3)
     out = decoded(sanitize(src.read_bytes(), detect_faces=False).data)
-    assert out.info.get("transparency") == 3
+    assert out.mode == "RGBA"
     assert out.convert("RGBA").tobytes() == decoded(src.read_bytes()).convert("RGBA").tobytes()
 
 
