@@ -182,3 +182,11 @@ def referral_id_from(actions) -> str:
     m = re.search(r"Referral (R-[0-9A-Z]+) opened", reply_text(actions))
     assert m, reply_text(actions)
     return m.group(1)
+
+
+def small_face_jpeg(width: int = 160) -> bytes:
+    """The public-domain portrait scaled down (the face is still detected; fast)."""
+    im = Image.open(io.BytesIO(face_jpeg()))
+    buf = io.BytesIO()
+    im.resize((width, width * im.size[1] // im.size[0])).save(buf, "JPEG", quality=85)
+    return buf.getvalue()

@@ -1,0 +1,261 @@
+"""Stateful property test (hypothesis) over the whole workflow + lifecycle.
+
+Random interleavings of consents, referrals, images (plain, with a face, garbage),
+transport executions (some refused by the room), thread chatter, opinions (from
+roster and non-roster users), cancel, withdraw, blur/discard, export, time passing
+and replayed events. Invariants:
+
+* no image is ever posted without valid consent at the moment the post is ordered,
+  and never with a face the consent does not cover unless it was blurred;
+* every posted image is out of the chat once the referral's max lifetime (plus the
+  grace period) has passed and the outbox has been drained;
+* no action is emitted twice (unique keys; one PostImage per image; an image is in
+  at most one RemoveImages);
+* a processed event id is never handled twice (replays change nothing).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from handlers import actions as A
+from handlers import events as E
+from handlers.consent import check_cover
+from handlers.model import ReferralState
+
+from .helpers import DERM, GP, GP2, NOT_ROSTER, Harness, jpeg_with_metadata, small_face_jpeg
+
+PLAIN = jpeg_with_metadata()
+FACE = small_face_jpeg()
+GARBAGE = b"%PDF-1.4 not an image"
+
+CONSENTS = [
+    "!consent patient=P1 by=patient purposes=care identifiable=no notes=yes",
+    "!consent patient=P2 by=patient purposes=care identifiable=yes notes=yes retention=3d",
+    # turns 16 a few days after T0: a parent's consent that ages out mid-test
+    "!consent patient=P3 by=parent dob=2010-03-06 purposes=care identifiable=no notes=yes",
+    "!consent patient=P4 by=patient purposes=teaching identifiable=no notes=yes",  # no care: refer refused
+    "!consent patient=P5 by=parent purposes=care identifiable=no notes=yes",  # refused: no dob
+]
+
+
+class WorkflowMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.h = Harness()
+        self.consents: list[str] = []
+        self.referrals: list[str] = []
+        self.handled: list[object] = []  # events handled (for replays)
+        self.keys: set[str] = set()
+        self.posted_images: set[str] = set()
+        self.removed_images: set[str] = set()
+        self.root_failures: dict[str, int] = {}
+        self.seen_outbox = 0
+
+    def teardown(self) -> None:
+        self.loop.close()
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    async def _handle(self, event):
+        acts = await self.h.workflow.handle(event)
+        self.handled.append(event)
+        await self._check_new_actions()
+        return acts
+
+    async def _check_new_actions(self):
+        """Inspect every action the moment it is enqueued."""
+        entries = self.h.store.all_actions[self.seen_outbox :]
+        self.seen_outbox += len(entries)
+        for entry in entries:
+            a = entry.action
+            assert a.key and a.key not in self.keys, f"duplicate action key {a.key}"
+            self.keys.add(a.key)
+            if isinstance(a, A.PostImage):
+                assert a.image_id not in self.posted_images, "image posted twice"
+                self.posted_images.add(a.image_id)
+                ref = self.h.store.referral(a.referral_id)
+                consent = self.h.store.consent(ref.consent_id)
+                assert check_cover(consent, actor=None, at=self.h.now) is None, "post without valid consent"
+                item = ref.image(a.image_id)
+                assert item.faces == 0 or consent.identifiable or item.faces_blurred, "unblurred face posted"
+            if isinstance(a, A.RemoveImages):
+                for r in a.images:
+                    assert r.image_id not in self.removed_images, "image removed twice"
+                    self.removed_images.add(r.image_id)
+            if isinstance(a, A.PostThreadRoot):
+                n = sum(
+                    1
+                    for e in self.h.store.all_actions
+                    if isinstance(e.action, A.PostThreadRoot) and e.action.referral_id == a.referral_id
+                )
+                assert n <= 1 + self.root_failures.get(a.referral_id, 0), "thread root requested twice"
+
+    # ------------------------------------------------------------------ rules
+    @rule(which=st.integers(0, len(CONSENTS) - 1), gp=st.sampled_from([GP, GP2]))
+    def consent(self, which, gp):
+        acts = self.run(self._handle(self._cmd(gp, CONSENTS[which])))
+        for a in acts:
+            if isinstance(a, A.Reply) and a.text.startswith("Consent C-"):
+                self.consents.append(a.text.split()[1])
+
+    def _cmd(self, actor, text, place=None):
+        return E.CommandReceived(self.h.eid("c"), actor, self.h.now, text, place or E.DirectChat(actor.user_id))
+
+    @precondition(lambda self: self.consents)
+    @rule(data=st.data(), gp=st.sampled_from([GP, GP2]))
+    def refer(self, data, gp):
+        cid = data.draw(st.sampled_from(self.consents))
+        acts = self.run(self._handle(self._cmd(gp, f"!refer derm {cid} question")))
+        for a in acts:
+            if isinstance(a, A.Reply) and a.text.startswith("Referral R-"):
+                self.referrals.append(a.text.split()[1])
+
+    @rule(gp=st.sampled_from([GP, GP2]), which=st.sampled_from([0, 0, 1, 2]), kind=st.sampled_from(["plain", "face"]))
+    def new_case(self, gp, which, kind):
+        """Consent + referral + first image in one step (the common path)."""
+        self.consent(which, gp)
+        cid = self.consents[-1]
+        acts = self.run(self._handle(self._cmd(gp, f"!refer derm {cid} question")))
+        for a in acts:
+            if isinstance(a, A.Reply) and a.text.startswith("Referral R-"):
+                self.referrals.append(a.text.split()[1])
+        self.image(gp, kind)
+
+    @precondition(lambda self: self.referrals)
+    @rule(gp=st.sampled_from([GP, GP2]), kind=st.sampled_from(["plain", "plain", "face", "garbage"]))
+    def image(self, gp, kind):
+        data = {"plain": PLAIN, "face": FACE, "garbage": GARBAGE}[kind]
+        eid = self.h.eid("i")
+        self.run(
+            self._handle(
+                E.ImageReceived(eid, gp, self.h.now, data, "x.jpg", "image/jpeg", f"!dm/{eid}", E.DirectChat(gp.user_id))
+            )
+        )
+
+    @precondition(lambda self: self.referrals)
+    @rule(data=st.data(), cmd=st.sampled_from(["!blur", "!discard", "!cancel", "!export", "!status"]))
+    def gp_command(self, data, cmd):
+        rid = data.draw(st.sampled_from(self.referrals))
+        self.run(self._handle(self._cmd(GP, f"{cmd} {rid}")))
+
+    @precondition(lambda self: self.consents)
+    @rule(data=st.data())
+    def withdraw(self, data):
+        cid = data.draw(st.sampled_from(self.consents))
+        self.run(self._handle(self._cmd(GP, f"!withdraw {cid}")))
+
+    @precondition(lambda self: self.referrals)
+    @rule(data=st.data(), who=st.sampled_from([DERM, DERM, NOT_ROSTER]), chat=st.booleans())
+    def specialist(self, data, who, chat):
+        rid = data.draw(st.sampled_from(self.referrals))
+        place = E.SpecialtyThread("dermatology", None, f"$root-{rid}")
+        if chat:
+            self.run(self._handle(E.ThreadActivity(self.h.eid("t"), who, self.h.now, place)))
+        else:
+            self.run(self._handle(self._cmd(who, "!opinion looks benign", place)))
+
+    def _posted(self):
+        return [r.referral_id for r in self.h.store.referrals() if r.state in (ReferralState.POSTED, ReferralState.DISCUSSED)]
+
+    @precondition(lambda self: self._posted())
+    @rule(data=st.data())
+    def opinion_on_posted(self, data):
+        rid = data.draw(st.sampled_from(self._posted()))
+        place = E.SpecialtyThread("dermatology", None, f"$root-{rid}")
+        self.run(self._handle(self._cmd(DERM, "!opinion benign, no action", place)))
+        assert self.h.store.referral(rid).state is ReferralState.OPINION_GIVEN
+
+    @rule(n=st.integers(1, 200), fail=st.sampled_from([False, False, False, True]))
+    def transport(self, n, fail):
+        """Execute up to n pending actions; the room may refuse posts."""
+        self.run(self._transport(n, fail))
+
+    async def _transport(self, n, fail):
+        h = self.h
+        for entry in (await h.store.pending_actions())[:n]:
+            a = entry.action
+            fb = None
+            if fail and isinstance(a, (A.PostThreadRoot, A.PostImage)):
+                if isinstance(a, A.PostThreadRoot):
+                    self.root_failures[a.referral_id] = self.root_failures.get(a.referral_id, 0) + 1
+                fb = E.ActionFailed(f"done:{a.key}", h.now, a.key, type(a).__name__, "Room not encrypted.", a.referral_id)
+            elif isinstance(a, A.PostImage) and await h.store.vault_get(a.image_id) is None:
+                fb = E.ActionFailed(f"done:{a.key}", h.now, a.key, "PostImage", "Image gone.", a.referral_id, image_id=a.image_id)
+            else:
+                fb = h._execute(a)
+            if fb is not None:
+                await self._handle(fb)
+            await h.store.complete_action(entry.outbox_id)
+
+    @rule(hours=st.integers(1, 30))
+    def time_passes(self, hours):
+        self.h.advance(hours=hours)
+        self.run(self._handle(E.Tick(at=self.h.now)))
+
+    @precondition(lambda self: self.handled)
+    @rule(data=st.data())
+    def replay(self, data):
+        event = data.draw(st.sampled_from(self.handled))
+        if isinstance(event, E.Tick):
+            return
+        before = (len(self.h.store.all_actions), len(self.h.store.audit))
+        acts = self.run(self.h.workflow.handle(event))
+        assert acts == [] and (len(self.h.store.all_actions), len(self.h.store.audit)) == before
+
+    @precondition(lambda self: len(self.handled) > 12)
+    @rule()
+    def settle_after_lifetime(self):
+        """Jump past every deadline, tick and drain: nothing may be left in the chat."""
+        pol = self.h.policy
+        self.h.advance(seconds=int((pol.max_lifetime + pol.grace_period).total_seconds()) + 1)
+        self.run(self._settle())
+        assert self.h.chat == {}, "images left in the chat after max lifetime"
+        for ref in self.h.store.referrals():
+            assert ref.state is ReferralState.CLOSED, (ref.referral_id, ref.state)
+
+    async def _settle(self):
+        await self._handle(E.Tick(at=self.h.now))
+        for _ in range(20):
+            if not await self.h.store.pending_actions():
+                break
+            await self._transport(100, False)
+            await self._handle(E.Tick(at=self.h.now))
+
+    # ------------------------------------------------------------------ invariants
+    @invariant()
+    def chat_matches_state(self):
+        # whatever is visible in the chat belongs to a referral the bot still tracks as in chat
+        for room_event, image_id in self.h.chat.items():
+            owner = [r for r in self.h.store.referrals() if r.image(image_id)]
+            assert owner, room_event
+            assert owner[0].image(image_id).state.in_chat or owner[0].image(image_id).state.name == "DISCARDED"
+
+    @invariant()
+    def withdrawn_consent_leaves_no_vault_copy(self):
+        for ref in self.h.store.referrals():
+            consent = self.h.store.consent(ref.consent_id)
+            if consent.withdrawn:
+                assert not {i.image_id for i in ref.images} & self.h.store.vault_ids()
+
+    @invariant()
+    def processed_events_are_marked(self):
+        for event in self.handled[-3:]:
+            if not isinstance(event, E.Tick):
+                assert self.h.store.is_processed(event.event_id)
+
+
+TestWorkflowMachine = WorkflowMachine.TestCase
+TestWorkflowMachine.settings = settings(
+    # REFERRAL_BOT_DEEP=1 for a long run; the default keeps the handlers suite in seconds
+    max_examples=600 if os.environ.get("REFERRAL_BOT_DEEP") else 40,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
