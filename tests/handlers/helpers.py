@@ -81,9 +81,11 @@ class Harness:
     policy: Policy = field(default_factory=policy)
     now: datetime = T0
     counter: int = 0
+    store: object = None  # any storage.interfaces.Store; a fresh MemoryStore by default
 
     def __post_init__(self) -> None:
-        self.store = MemoryStore()
+        if self.store is None:
+            self.store = MemoryStore()
         self.workflow = Workflow(self.store, self.policy, PatientRefHasher(SECRET))
         self.executed: list[A.Action] = []
         self.chat: dict[str, str] = {}  # room_event_id -> what is visible (posted images)
