@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sanitize": ("bot.cli_sanitize", "strip every bit of metadata from image files"),
     "init": ("bot.cli_init", "write a commented example config and a fresh key file"),
     "run": ("bot.cli_run", "run the bot with a config file"),
+    "telegram": ("bot.telegram.cli", "run the Telegram transport with its own config file"),
     "status": ("bot.cli_status", "show live images, next expiry and overdue items"),
     "audit": ("bot.cli_audit", "check the hash-chained audit trail"),
     "export": ("bot.cli_export", "export a referral as a FHIR R4 bundle"),
