@@ -368,3 +368,37 @@ class MetricsServer:
         healthy = ok and not problems
         body = {"status": "ok" if healthy else "unhealthy", "problems": problems}
         return web.json_response(body, status=200 if healthy else 503)
+
+
+# =================================================================== config helpers
+def metrics_settings(raw: dict[str, Any]) -> tuple[str, int] | None:
+    """``(host, port)`` from the ``[metrics]`` section, or None when there is none.
+
+    ``[metrics] host = "127.0.0.1"`` (default), ``port = 9464`` (default), or
+    ``listen = "host:port"``; ``enabled = false`` turns it off.
+    """
+    section = raw.get("metrics")
+    if not isinstance(section, dict) or section.get("enabled") is False:
+        return None
+    host, port = str(section.get("host", "127.0.0.1")), section.get("port", 9464)
+    if "listen" in section:
+        host, _, port_text = str(section["listen"]).rpartition(":")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ValueError("[metrics] listen must look like host:port.") from None
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError("[metrics] port must be a port number.")
+    return host or "127.0.0.1", port
+
+
+def logging_settings(raw: dict[str, Any]) -> tuple[str, str]:
+    """``(level, format)`` from ``[logging]``: level INFO and format "json" by default."""
+    section = raw.get("logging") or {}
+    level = str(section.get("level", "INFO")).upper()
+    fmt = str(section.get("format", "json")).lower()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        level = "INFO"
+    if fmt not in ("json", "text"):
+        fmt = "json"
+    return level, fmt
