@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Benchmark the image sanitizer against exiftool and jpegtran.
+
+One run:
+  1. generates (once, cached) 24 phone-sized 12 MP JPEGs carrying EXIF, GPS,
+     an EXIF thumbnail and XMP, plus one 48 MP JPEG;
+  2. times, several repetitions each (medians reported):
+       - `referral-bot sanitize --out-dir` on the whole batch: ONE process,
+         interpreter start-up and imports included;
+       - `exiftool -all= -overwrite_original` on copies of the batch (one process);
+       - a loop of `jpegtran -copy none` (one process per file);
+  3. in-process sanitize() time per 12 MP image (median), with and without faces;
+  4. peak memory (max RSS) of a child process sanitising the 48 MP image.
+
+Usage:  .venv/bin/python bench/bench_sanitize.py [--reps N] [--cache DIR]
+This is a benchmark, not a test: it prints numbers and checks the targets,
+exiting 1 if a target is missed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+N_IMAGES = 24
+W12, H12 = 4032, 3024  # 12.2 MP, what most phones shoot
+W48, H48 = 8064, 6048  # 48.8 MP, a "48 MP mode" phone photo
+
+
+def generate(cache: Path) -> tuple[list[Path], Path]:
+    from tests.sanitizer import imagegen as g
+
+    cache.mkdir(parents=True, exist_ok=True)
+    files = [cache / f"phone-{i:02d}.jpg" for i in range(N_IMAGES)]
+    big = cache / "phone-48mp.jpg"
+    stamp = cache / "complete-v1"
+    if stamp.exists() and all(f.exists() for f in files) and big.exists():
+        return files, big
+    print(f"generating {N_IMAGES} x 12 MP + 1 x 48 MP JPEGs into {cache} (once) ...", flush=True)
+    thumb = cache / "thumb.jpg"
+    g.photo(160, 120).save(thumb, "JPEG", quality=75)
+    for i, f in enumerate(files):
+        g.photo(W12, H12, seed=i).save(f, "JPEG", quality=90)
+    g.photo(W48, H48, seed=99).save(big, "JPEG", quality=90)
+    subprocess.run(
+        [g.EXIFTOOL, "-q", "-q", "-overwrite_original",
+         "-Make=Phone maker", "-Model=Phone 15 Pro", "-SerialNumber=SN123456789", "-Software=Camera 17.1",
+         "-DateTimeOriginal=2024:05:06 07:08:09", "-OffsetTimeOriginal=+01:00", "-LensModel=Main camera",
+         "-ExposureTime=1/120", "-FNumber=1.8", "-ISO=64", "-Orientation#=6",
+         "-GPSLatitude=51.501364", "-GPSLatitudeRef=N", "-GPSLongitude=0.14189", "-GPSLongitudeRef=W",
+         "-GPSAltitude=23", "-GPSDateStamp=2024:05:06", "-GPSTimeStamp=06:08:09",
+         f"-ThumbnailImage<={thumb}", "-XMP-dc:Creator=Dr Example", "-XMP-xmp:CreatorTool=Camera 17.1",
+         "-XMP-photoshop:City=London", *map(str, files), str(big)],
+        check=True,
+    )
+    stamp.write_text("ok\n")
+    return files, big
+
+
+def timed(cmd: list[str] | None = None, fn=None) -> float:
+    t0 = time.perf_counter()
+    if cmd is not None:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        fn()
+    return time.perf_counter() - t0
+
+
+def bench_batches(files: list[Path], reps: int) -> dict[str, list[float]]:
+    exiftool = shutil.which("exiftool")
+    jpegtran = shutil.which("jpegtran")
+    cli = Path(sys.executable).with_name("referral-bot")
+    ours_cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "bot.cli"]
+    results: dict[str, list[float]] = {"referral-bot sanitize --out-dir": [], "exiftool -all= (batch)": [],
+                                       "jpegtran -copy none (loop)": []}
+    for rep in range(reps):
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            tmp = Path(tmp)
+            out = tmp / "ours"
+            out.mkdir()
+            results["referral-bot sanitize --out-dir"].append(
+                timed(ours_cmd + ["sanitize", *map(str, files), "--out-dir", str(out)]))
+            assert len(list(out.iterdir())) == len(files)
+
+            if exiftool:
+                copies = tmp / "copies"
+                copies.mkdir()
+                for f in files:
+                    shutil.copyfile(f, copies / f.name)  # not timed
+                results["exiftool -all= (batch)"].append(
+                    timed([exiftool, "-q", "-q", "-all=", "-overwrite_original", *map(str, sorted(copies.iterdir()))]))
+
+            if jpegtran:
+                jt = tmp / "jpegtran"
+                jt.mkdir()
+
+                def loop() -> None:
+                    for f in files:
+                        subprocess.run([jpegtran, "-copy", "none", "-outfile", str(jt / f.name), str(f)], check=True)
+
+                results["jpegtran -copy none (loop)"].append(timed(fn=loop))
+        print(f"  repetition {rep + 1}/{reps} done", flush=True)
+    return {k: v for k, v in results.items() if v}
+
+
+def bench_in_process(files: list[Path], reps: int) -> dict[str, float]:
+    from handlers.sanitizer import sanitize
+
+    datas = [f.read_bytes() for f in files]
+    sanitize(datas[0])  # warm-up: first-call imports (Pillow, OpenCV, the cascade file)
+    fast, faces = [], []
+    for _ in range(reps):
+        for d in datas:
+            t0 = time.perf_counter()
+            sanitize(d, detect_faces=False)
+            fast.append(time.perf_counter() - t0)
+    for d in datas[:8]:
+        t0 = time.perf_counter()
+        sanitize(d)
+        faces.append(time.perf_counter() - t0)
+    return {"fast": statistics.median(fast) * 1000, "faces": statistics.median(faces) * 1000}
+
+
+_CHILD = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+
+
+def hwm_mb():
+    # VmHWM (not ru_maxrss, which Linux carries over from the forking parent across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+
+
+from handlers.sanitizer import sanitize, Limits
+import PIL.Image  # imported by the faces path anyway; count it in the baseline too
+base = hwm_mb()
+data = open(sys.argv[2], "rb").read()
+r = sanitize(data, limits=Limits(max_pixels=60_000_000), detect_faces=sys.argv[3] == "1")
+print(base, hwm_mb(), len(data) // (1 << 20), r.width * r.height)
+"""
+
+
+def peak_rss(big: Path, faces: bool) -> tuple[int, int, int, int]:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(REPO), str(big), "1" if faces else "0"],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return tuple(int(x) for x in out)  # type: ignore[return-value]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of each batch timing (default 5)")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "referral-bot-bench-images")
+    args = ap.parse_args()
+
+    files, big = generate(args.cache)
+    size_mb = sum(f.stat().st_size for f in files) / len(files) / 1e6
+    print(f"batch: {len(files)} JPEGs, {W12}x{H12} ({W12 * H12 / 1e6:.1f} MP), {size_mb:.1f} MB each on average, "
+          "EXIF+GPS+thumbnail+XMP")
+    print(f"timing {args.reps} repetitions of each batch ...", flush=True)
+    batches = bench_batches(files, args.reps)
+    inproc = bench_in_process(files, max(1, args.reps // 2))
+    base_mb, peak_mb, big_mb, big_px = peak_rss(big, faces=False)
+    _, peak_faces_mb, _, _ = peak_rss(big, faces=True)
+
+    ours = statistics.median(batches["referral-bot sanitize --out-dir"])
+    print()
+    print(f"{'batch of 24 x 12 MP (median of ' + str(args.reps) + ')':<44}{'total s':>9}{'ms/image':>10}{'vs ours':>9}")
+    for name, times in batches.items():
+        med = statistics.median(times)
+        print(f"{name:<44}{med:>9.3f}{med / len(files) * 1000:>10.1f}{med / ours:>8.1f}x")
+    print()
+    print(f"in-process sanitize(), 12 MP JPEG, faces off: {inproc['fast']:.2f} ms/image (median)")
+    print(f"in-process sanitize(), 12 MP JPEG, faces on (default): {inproc['faces']:.1f} ms/image (median)")
+    print(f"peak RSS sanitising a {big_px / 1e6:.1f} MP JPEG ({big_mb} MB), child process: "
+          f"{peak_mb} MB faces off, {peak_faces_mb} MB faces on (interpreter + imports alone: {base_mb} MB)")
+
+    ok = True
+    checks = [
+        ("faster than exiftool batch incl. start-up", "exiftool -all= (batch)" not in batches
+         or ours < statistics.median(batches["exiftool -all= (batch)"])),
+        ("<= 10 ms per 12 MP JPEG in-process", inproc["fast"] <= 10.0),
+        ("48 MP peak RSS < 300 MB", max(peak_mb, peak_faces_mb) < 300),
+    ]
+    print()
+    for label, passed in checks:
+        print(f"target: {label}: {'met' if passed else 'MISSED'}")
+        ok &= passed
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
