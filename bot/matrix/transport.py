@@ -470,9 +470,12 @@ class MatrixTransport:
         return None
 
     def _failed(self, action: A.Action, reason: str, referral_id: str | None) -> E.ActionFailed:
+        extra = {}
+        if isinstance(action, A.PostImage):
+            extra["image_id"] = action.image_id
         return E.ActionFailed(event_id=f"done:{action.key}", at=self.clock(),
                               action_key=action.key, action_type=type(action).__name__,
-                              reason=reason, referral_id=referral_id, permanent=True)
+                              reason=reason, referral_id=referral_id, permanent=True, **extra)
 
     async def _say(self, room_id: str, text: str, key: str, thread_root: str | None = None) -> str:
         try:

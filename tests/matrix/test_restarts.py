@@ -1,0 +1,90 @@
+"""Crashes and outages: the bot killed (SIGKILL) mid-referral and restarted from its
+store; Synapse restarted mid-referral. Nothing is lost, nothing is done twice, and
+the media is gone from the server at the end."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.matrix import flow
+
+pytestmark = pytest.mark.synapse
+
+
+def _spawn_bot(w) -> subprocess.Popen:
+    log = open(w.root / "bot-run.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "bot.cli", "run", "--config", str(w.config_path)],
+                            stdout=log, stderr=log, start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+async def test_bot_killed_mid_referral_and_restarted(make_world):
+    w = await make_world(start=False, policy={"grace_period_seconds": 3, "max_lifetime_hours": 72})
+    proc = _spawn_bot(w)
+    try:
+        await w.wait_bot_joined(timeout=40)
+        rid = await flow.refer(w, await flow.consent(w))
+        # killed while the photo is being handled
+        up = await flow.send_photo(w)
+        await asyncio.sleep(0.3)
+        _kill(proc)
+        proc = _spawn_bot(w)
+        img, clean_mxc = await flow.clean_image(w, timeout=40)
+        thread = img.thread_root
+        await flow.upload_redacted(w, up)
+        # the opinion; then killed again before the grace period ends, and kept down past it
+        await w.sp.say(w.derm_room, "!opinion Benign.", thread_root=thread)
+        await flow.bot_reply(w, up.mark, "opinion on")
+        _kill(proc)
+        await asyncio.sleep(4)  # the removal fell due while the bot was down
+        t_restart = time.monotonic()
+        proc = _spawn_bot(w)
+        await w.sp.wait_for(lambda s: s.event_id == img.event_id and s.redacted, 40, "the removal")
+        assert time.monotonic() - t_restart < 20
+        await flow.media_gone(w, [clean_mxc, *up.mxcs])
+        await asyncio.sleep(1.5)
+        # nothing twice: one image, one thread root, one "removed" reply, one opinion relay
+        assert len(flow.bot_images_in_room(w)) == 1
+        roots = [s for s in w.sp.messages(w.derm_room, w.bot_user.user_id)
+                 if rid in s.body and "question" in s.body.lower()]
+        assert len(roots) == 1
+        gp_bot = [s.body for s in w.gp.messages(w.dm_room, w.bot_user.user_id)]
+        assert sum(b.startswith("Removed:") for b in gp_bot) == 1, gp_bot
+        assert sum("opinion on" in b.lower() for b in gp_bot) == 1, gp_bot
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=15)
+
+
+async def test_synapse_restarted_mid_referral(make_world, synapse):
+    w = await make_world(policy={"grace_period_seconds": 2, "max_lifetime_hours": 72})
+    rid = await flow.refer(w, await flow.consent(w))
+    up = await flow.send_photo(w)
+    img, clean_mxc = await flow.clean_image(w)
+    thread = img.thread_root
+    # Synapse goes down and comes back between the image and the opinion
+    await asyncio.to_thread(synapse.stop)
+    await asyncio.sleep(2)
+    await asyncio.to_thread(synapse.start)
+    await w.sp.say(w.derm_room, "!opinion Benign.", thread_root=thread)
+    await flow.bot_reply(w, up.mark, "opinion on", timeout=40)
+    # and down again exactly when the removal falls due: it is retried with backoff
+    await asyncio.to_thread(synapse.stop)
+    await asyncio.sleep(4)
+    await asyncio.to_thread(synapse.start)
+    await w.sp.wait_for(lambda s: s.event_id == img.event_id and s.redacted, 40, "the removal")
+    await flow.media_gone(w, [clean_mxc, *up.mxcs])
+    assert len(flow.bot_images_in_room(w)) == 1
+    gp_bot = [s.body for s in w.gp.messages(w.dm_room, w.bot_user.user_id)]
+    assert sum("opinion on" in b.lower() for b in gp_bot) == 1, gp_bot
