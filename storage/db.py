@@ -112,6 +112,8 @@ def discover_migrations(directory: Path = MIGRATIONS_DIR, dialect: str = DIALECT
             raise StorageError(f"two migrations numbered {version:03d}")
         found[version] = Migration(version, name, path)
     versions = sorted(found)
+    if not versions:
+        raise StorageError(f"no migrations found in {directory} (was the package installed without its data files?)")
     if versions != list(range(1, len(versions) + 1)):
         raise StorageError(f"migration numbers must run 1..N without gaps, found {versions}")
     return [found[v] for v in versions]

@@ -237,3 +237,14 @@ def test_every_details_key_the_handlers_use_is_on_the_whitelist():
     assert used, "no audit calls found in handlers/ (did the helper get renamed?)"
     missing = {k: f for k, f in used.items() if k not in ALLOWED_DETAIL_KEYS}
     assert not missing, f"audit details keys not on storage.audit.ALLOWED_DETAIL_KEYS: {missing}"
+
+
+def test_editing_the_database_file_bytes_is_detected(db_path, capsys):
+    """No SQL at all: change one byte of one entry in the file itself (triggers can't help)."""
+    asyncio.run(_prepare(db_path, 5))  # closing the last connection checkpoints the WAL
+    raw = db_path.read_bytes()
+    target = b"image.posted"  # only entry 4 has this action
+    assert raw.count(target) == 1
+    db_path.write_bytes(raw.replace(target, b"image.pasted"))
+    assert cli_main(["audit", "verify", "--db", str(db_path)]) == 1
+    assert "audit chain broken at entry 4" in capsys.readouterr().out

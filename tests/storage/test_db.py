@@ -138,6 +138,11 @@ def test_migration_files_are_numbered_without_gaps():
     assert [m.version for m in pg] == [m.version for m in migs]
 
 
+def test_missing_migrations_are_a_clear_error(tmp_path):
+    with pytest.raises(StorageError, match="no migrations found"):
+        discover_migrations(tmp_path)
+
+
 def test_gap_in_numbering_is_refused(tmp_path):
     (tmp_path / "001_a.sql").write_text("CREATE TABLE a (x INTEGER);")
     (tmp_path / "003_c.sql").write_text("CREATE TABLE c (x INTEGER);")
