@@ -198,3 +198,29 @@ async def test_invite_from_outside_the_allow_list_is_declined(make_world, synaps
                                    and s.sender == w.bot_user.user_id, 20, "the bot's answer")
     assert left.content.get("membership") == "leave"
     assert "allow-list" in (left.content.get("reason") or "")
+
+
+async def test_status_command_after_a_finished_referral(make_world):
+    import json
+    import subprocess
+    import sys
+
+    w = await make_world(policy=FAST)
+    rid = await flow.refer(w, await flow.consent(w))
+    up = await flow.send_photo(w)
+    img, mxc = await flow.clean_image(w)
+    out = subprocess.run([sys.executable, "-m", "bot.cli", "status", "--config", str(w.config_path),
+                          "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    live = json.loads(out.stdout)
+    assert [i["referral"] for i in live["images_live_in_chat"]] == [rid]
+    await w.sp.say(w.derm_room, "!opinion Benign.", thread_root=img.thread_root)
+    await w.sp.wait_for(lambda s: s.event_id == img.event_id and s.redacted, 20, "removal")
+    await flow.media_gone(w, [mxc, *up.mxcs])
+    await asyncio.sleep(0.5)
+    out = subprocess.run([sys.executable, "-m", "bot.cli", "status", "--config", str(w.config_path),
+                          "--json"], capture_output=True, text=True, timeout=60)
+    done = json.loads(out.stdout)
+    assert done["images_live_in_chat"] == [] and done["overdue"] == []
+    assert done["media_on_server_not_yet_deleted"] == 0
+    assert "9434765919" not in out.stdout and "melanoma" not in out.stdout.lower()

@@ -1,0 +1,99 @@
+"""`referral-bot status --config FILE`: live images, next expiry, overdue items.
+
+Reads the store (and the Matrix transport's media ledger when present); prints no
+patient data: referral ids, states, counts and times only.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", required=True, metavar="FILE", help="TOML config file")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _fmt(dt) -> str:
+    return dt.strftime("%Y-%m-%d %H:%M:%S UTC") if dt else "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    from datetime import datetime, timezone
+
+    from bot.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, need_matrix=False)
+    except ConfigError as exc:
+        print(f"referral-bot status: {exc}", file=sys.stderr)
+        return 2
+
+    async def collect() -> dict:
+        from bot.app import open_store
+
+        store, _keys = await open_store(config)
+        try:
+            reader = getattr(store, "read", store.transaction)
+            async with reader() as tx:
+                refs = await tx.all_referrals()
+            pending = await store.pending_actions()
+        finally:
+            await store.close()
+        now = datetime.now(timezone.utc)
+        live = []
+        for r in refs:
+            for i in r.images:
+                if i.state.in_chat:
+                    live.append({"referral": r.referral_id, "image": i.filename,
+                                 "state": i.state.value, "specialty": r.specialty})
+        due = [(r.next_due_at(), r) for r in refs if r.next_due_at() is not None]
+        overdue = [{"referral": r.referral_id, "state": r.state.value, "due": _fmt(d),
+                    "late_seconds": round((now - d).total_seconds())}
+                   for d, r in sorted(due, key=lambda x: x[0]) if d <= now]
+        upcoming = min((d for d, _ in due if d > now), default=None)
+        ledger = None
+        if config.matrix is not None:
+            path = config.matrix.store_dir / "transport.sqlite3"
+            if path.exists():
+                from bot.matrix.state import TransportState
+
+                st = TransportState(path)
+                try:
+                    ledger = len(st.live_media())
+                finally:
+                    st.close()
+        return {
+            "referrals_open": sum(1 for r in refs if r.is_open),
+            "referrals_total": len(refs),
+            "images_live_in_chat": live,
+            "next_due": _fmt(upcoming),
+            "overdue": overdue,
+            "outbox_pending": len(pending),
+            "media_on_server_not_yet_deleted": ledger,
+        }
+
+    try:
+        info = asyncio.run(collect())
+    except Exception as exc:
+        print(f"referral-bot status: cannot read the store: {str(exc).splitlines()[0][:200]}",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"Referrals open: {info['referrals_open']} (of {info['referrals_total']})")
+    print(f"Images live in chat: {len(info['images_live_in_chat'])}")
+    for i in info["images_live_in_chat"]:
+        print(f"  {i['referral']}  {i['image']}  {i['state']}  ({i['specialty']})")
+    print(f"Next expiry or removal due: {info['next_due']}")
+    print(f"Overdue: {len(info['overdue'])}")
+    for o in info["overdue"]:
+        print(f"  {o['referral']}  {o['state']}  due {o['due']} ({o['late_seconds']} s late)")
+    print(f"Outbox actions pending: {info['outbox_pending']}")
+    if info["media_on_server_not_yet_deleted"] is not None:
+        print(f"Media the bot still has to delete from the homeserver: "
+              f"{info['media_on_server_not_yet_deleted']}")
+    return 0
