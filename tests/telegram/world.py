@@ -54,14 +54,18 @@ class World:
 
     @classmethod
     async def create(cls, api: FakeBotAPI, tmp: Path, allow_images: bool = True, metrics=None,
-                     **telegram_extra) -> "World":
+                     store_opener=None, **telegram_extra) -> "World":
+        """``store_opener(keys)``: an async function opening another store (default: SQLite in tmp)."""
         raw = raw_config(api, allow_images, **telegram_extra)
         config = parse_config(raw, None, need_matrix=False)
         tg = parse_telegram_config(raw, known_users=set(config.clinicians),
                                    known_specialties=set(config.specialties))
         policy, _notes = fit_policy_to_telegram(config.policy(), tg.lifetimes)
         keys = Keys.from_master(os.urandom(32), source="test")
-        store = await SQLiteStore.open(tmp / "bot.sqlite3", keys)
+        if store_opener is None:
+            store = await SQLiteStore.open(tmp / "bot.sqlite3", keys)
+        else:
+            store = await store_opener(keys)
         workflow = Workflow(store=store, policy=policy, hasher=keys.patient_ref_hasher())
         directory = {c.user_id: Actor(user_id=c.user_id, practice=c.practice, display_name=c.name)
                      for c in config.clinicians.values()}
