@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from handlers import lifecycle as lc
-from handlers.actions import Action, ExportReferral, Notify, RedactOriginalUpload, Reply
+from handlers.actions import Action, ExportReferral, Notify, RedactOriginalUpload, RemoveImages, Reply
 from handlers.commands import (
     HELP_TEXT,
     HELP_TOPICS,
@@ -464,7 +464,7 @@ class Workflow:
             was_open = ref.state not in (ReferralState.CLOSED, ReferralState.IMAGES_EXPIRED)
             ref2, eff = lc.withdraw(ref, at=ev.at, actor=ev.actor.user_id)
             shredded += len(eff.shred)
-            removing += sum(len(getattr(a, "images", ())) for a in eff.actions if type(a).__name__ == "RemoveImages")
+            removing += sum(len(a.images) for a in eff.actions if isinstance(a, RemoveImages))
             closed += int(was_open)
             if ref2.referrer != ev.actor.user_id and was_open:
                 eff.actions.append(
@@ -631,6 +631,8 @@ class Workflow:
                 )
             )
             await ctx.apply(ref2, eff)
+        elif ev.action_type == "ExportReferral":
+            ctx.add(Notify(user_id=ref.referrer, text=f"The export of {ref.referral_id} did not complete: {ev.reason}"))
         elif ev.action_type == "RemoveImages":
             ctx.add(
                 Notify(

@@ -502,3 +502,17 @@ async def test_failure_mid_transaction_changes_nothing_and_says_sorry():
     assert await h.say(GP, CONSENT_OK, event_id="$boom") == []
     # a new message works
     assert "recorded" in reply_text(await h.say(GP, CONSENT_OK))
+
+
+async def test_export_failure_is_reported_and_keeps_the_vault_copy():
+    h = Harness()
+    _cid, rid = await open_referral(h)
+    await h.send_image(GP, jpeg_with_metadata())
+    await h.drain()
+    acts = await h.say(GP, f"!export {rid}")
+    export = next(a for a in acts if isinstance(a, A.ExportReferral))
+    acts = await h.workflow.handle(
+        E.ActionFailed(f"done:{export.key}", h.now, export.key, "ExportReferral", "Export is not configured on this bot.", rid)
+    )
+    assert any(isinstance(a, A.Notify) and "did not complete" in a.text and a.user_id == GP.user_id for a in acts)
+    assert len(h.store.vault_ids()) == 1 and h.store.referral(rid).exported_at is None
