@@ -183,6 +183,7 @@ def open_referral(
     question: str,
     at: datetime,
     policy: Policy,
+    opened_seq: int = 0,
 ) -> tuple[Referral, Effects]:
     """A new referral in state ``opened``. The caller has already checked the consent
     (``check_cover``) and that the specialty exists."""
@@ -198,6 +199,7 @@ def open_referral(
         opened_at=at,
         expires_at=expires_at,
         reminder_at=reminder_at,
+        opened_seq=opened_seq,
     )
     return ref, Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty)])
 

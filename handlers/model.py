@@ -226,6 +226,7 @@ class Referral:
     close_reason: CloseReason | None = None
     closed_at: datetime | None = None
     exported_at: datetime | None = None
+    opened_seq: int = 0  # how many referrals this GP had before: orders referrals opened in the same instant
 
     def image(self, image_id: str) -> ImageItem | None:
         for item in self.images:

@@ -404,6 +404,7 @@ class Workflow:
             question=cmd.question,
             at=ev.at,
             policy=self.policy,
+            opened_seq=len(await tx.referrals_by_referrer(ev.actor.user_id)),
         )
         await ctx.apply(ref, eff)
         return (
@@ -533,7 +534,7 @@ class Workflow:
         open_refs = [r for r in await tx.referrals_by_referrer(actor.user_id) if r.is_open]
         if not open_refs:
             raise _Refuse("You have no open referral for this photo: record consent with !consent and open one with !refer first.")
-        ref = max(open_refs, key=lambda r: (r.opened_at, r.referral_id))
+        ref = max(open_refs, key=lambda r: (r.opened_at, r.opened_seq))
         live = [i for i in ref.images if i.state is not ImageState.DISCARDED]
         if len(live) >= self.policy.max_images_per_referral:
             raise _Refuse(f"{ref.referral_id} already has {len(live)} images, the most allowed; open another referral for more.")

@@ -516,3 +516,11 @@ async def test_export_failure_is_reported_and_keeps_the_vault_copy():
     )
     assert any(isinstance(a, A.Notify) and "did not complete" in a.text and a.user_id == GP.user_id for a in acts)
     assert len(h.store.vault_ids()) == 1 and h.store.referral(rid).exported_at is None
+
+
+async def test_photo_goes_to_the_latest_referral_even_in_the_same_instant():
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    rids = [referral_id_from(await h.say(GP, f"!refer derm {cid} lesion number {i}")) for i in range(5)]
+    await h.send_image(GP, jpeg_with_metadata())
+    assert [len(h.store.referral(r).images) for r in rids] == [0, 0, 0, 0, 1]
