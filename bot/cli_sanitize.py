@@ -43,8 +43,32 @@ def _write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+class _quiet_native_stderr:
+    """Silence C libraries (libtiff, libjpeg, libheif) that print their own complaints on fd 2.
+
+    A refusal must be ONE plain line on stderr: ours, not "ZIPDecode: Decoding error ...".
+    """
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        return self
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
     from handlers.sanitizer import ImageRefused, Limits, sanitize
+
+    warnings.simplefilter("ignore")  # Pillow's warnings about damaged files are not for the user
 
     defaults = Limits()
     limits = Limits(
@@ -72,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
                 )
             with open(path, "rb") as fh:
                 data = fh.read()
-            result = sanitize(data, limits=limits, blur_faces=args.blur_faces, detect_faces=detect)
+            with _quiet_native_stderr():
+                result = sanitize(data, limits=limits, blur_faces=args.blur_faces, detect_faces=detect)
             if args.output is not None:
                 out_path = args.output
             else:

@@ -6,22 +6,24 @@ for numpy/cv2. Boxes are returned as fractions of the image (x, y, w, h in
 """
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 
 DETECT_MAX_SIDE = 640
-_cascade = None
+_local = threading.local()  # CascadeClassifier objects are not shared between threads
 
 
 def _get_cascade():
-    global _cascade
-    if _cascade is None:
+    c = getattr(_local, "cascade", None)
+    if c is None:
         path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
         c = cv2.CascadeClassifier(path)
         if c.empty():  # pragma: no cover - broken install
             raise RuntimeError("OpenCV face cascade missing")
-        _cascade = c
-    return _cascade
+        _local.cascade = c
+    return c
 
 
 def detect(gray) -> list[tuple[float, float, float, float]]:

@@ -14,7 +14,6 @@ cheap walk over the container's chunks/boxes before decoding.
 from __future__ import annotations
 
 import struct
-import warnings
 from io import BytesIO
 
 from . import _types as L
@@ -118,9 +117,7 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
 
     expected = {"png": "PNG", "gif": "GIF", "webp": "WEBP", "tiff": "TIFF", "heif": "HEIF"}[kind]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(BytesIO(data), formats=[expected])
+        im = Image.open(BytesIO(data), formats=[expected])
     except Image.DecompressionBombError:
         raise ImageRefused("too_many_pixels", f"That image is too large to process (limit {limits.max_pixels // 1_000_000} megapixels).") from None
     except Exception as exc:
@@ -161,10 +158,8 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
 
     orientation = 1
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im.load()
-            orientation = im.getexif().get(0x0112, 1) if kind != "heif" else 1
+        im.load()
+        orientation = im.getexif().get(0x0112, 1) if kind != "heif" else 1
     except Exception as exc:
         raise _refuse_decode(exc) from None
     if not isinstance(orientation, int) or orientation not in range(1, 9):

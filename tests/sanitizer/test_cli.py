@@ -115,3 +115,19 @@ def test_start_up_imports_stay_lean(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env={**os.environ})
     assert r.stdout.strip() == "0 []", r.stdout + r.stderr
+
+
+def test_native_decoder_noise_does_not_reach_stderr(tmp_path):
+    """libtiff prints its own errors on fd 2; the user must still see exactly one line."""
+    src = g.planted_tiff(tmp_path, g.Planted())
+    from PIL import Image
+
+    strip = Image.open(src).tag_v2[273][0]  # StripOffsets
+    data = bytearray(src.read_bytes())
+    data[strip + 4:strip + 204] = b"\x00" * 200  # damage the deflate-compressed strip
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(bytes(data))
+    r = cli(str(bad), "-o", str(tmp_path / "o.png"))
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "o.png").exists()

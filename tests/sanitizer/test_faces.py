@@ -56,3 +56,13 @@ def test_blur_on_png_input(tmp_path):
     result = sanitize(src.read_bytes(), blur_faces=True)
     assert result.media_type == "image/png" and result.faces == 1 and result.faces_blurred
     assert _faces.detect(decoded(result.data).convert("L")) == []
+
+
+def test_faces_from_several_threads():
+    """The bot may sanitize in worker threads; each gets its own cascade."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = g.face_photo()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        counts = list(pool.map(lambda _: sanitize(data).faces, range(8)))
+    assert counts == [1] * 8

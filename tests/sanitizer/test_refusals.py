@@ -123,3 +123,10 @@ def test_lossless_or_hierarchical_jpeg_refused(small_jpeg):
                                      b"\x00\x00\x00\x18ftypheic" + b"\0" * 16])
 def test_headers_without_bodies(garbage):
     assert refused(garbage).reason in ("truncated", "corrupt")
+
+
+@pytest.mark.parametrize("make", ["planted_png", "planted_webp", "planted_tiff", "planted_gif", "planted_heic"])
+def test_pixel_limit_checked_for_every_format(tmp_path, make):
+    src = getattr(g, make)(tmp_path, g.Planted())
+    exc = refused(src.read_bytes(), limits=Limits(max_pixels=10_000))
+    assert exc.reason == "too_many_pixels"
