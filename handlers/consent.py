@@ -42,7 +42,7 @@ from datetime import date, datetime, time, timezone
 
 from handlers.commands import ConsentCmd
 from handlers.model import Actor, ConsentBasis, ConsentRecord, Purpose
-from handlers.patientref import PatientRefHasher
+from handlers.patientref import PatientRefHasher, normalise_patient_ref
 from handlers.policy import Policy
 
 __all__ = ["Refusal", "ConsentRefused", "record_consent", "check_cover", "age_on", "birthday"]
@@ -109,7 +109,7 @@ def record_consent(
             "practice",
             "You are not listed with a practice in the clinician directory, so I cannot record consent for you; ask your administrator to add you.",
         )
-    if not cmd.patient or not cmd.patient.strip():
+    if not cmd.patient or not normalise_patient_ref(cmd.patient):
         raise _refuse("patient", "Add patient=<reference> (your practice's patient reference; I store only a keyed hash of it).")
     if cmd.basis is None:
         raise _refuse(
@@ -178,6 +178,8 @@ def record_consent(
                 "best-interests",
                 f"Consent given on the patient's behalf for {others} (not their own care) needs a best-interests statement: add statement=\"...\" (at least a sentence), or limit purposes=care.",
             )
+    if cmd.statement and len(cmd.statement) > 2000:
+        raise _refuse("best-interests", "The statement is too long (over 2000 characters); give a shorter statement=\"...\" (a short paragraph).")
     retention = cmd.retention if cmd.retention is not None else policy.default_retention
     if retention.total_seconds() <= 0:
         raise _refuse("retention", "Retention must be at least 1 day, e.g. retention=90d.")

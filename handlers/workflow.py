@@ -373,6 +373,8 @@ class Workflow:
     # ---- !refer
     async def _refer(self, ctx: _Ctx, ev: CommandReceived, cmd: ReferCmd) -> str:
         tx = ctx.tx
+        if len(cmd.question) > 2000:
+            raise _Refuse("The question is too long (over 2000 characters); keep it to a short paragraph.")
         spec = self.policy.find_specialty(cmd.specialty)
         if spec is None:
             names = ", ".join(self.policy.specialty_names()) or "none configured"

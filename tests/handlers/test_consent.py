@@ -45,6 +45,8 @@ CASES = [
     (f"{BASE} by=family purposes=care", None),
     # --- required fields
     ("!consent by=patient purposes=care identifiable=no notes=yes", "patient"),
+    ('!consent patient="- -" by=patient purposes=care identifiable=no notes=yes', "patient"),
+    (f'{BASE} by=parent purposes=teaching {CHILD} statement="{"x" * 2001}"', "best-interests"),
     (f"{BASE} purposes=care", "who"),
     (f"{BASE} by=patient", "purposes"),
     ("!consent patient=X by=patient purposes=care notes=yes", "identifiable"),
