@@ -28,6 +28,7 @@ def seeds() -> dict[str, tuple[bytes, g.Planted]]:
         ("webp", g.planted_webp, {}),
         ("gif", g.planted_gif, {}),
         ("tiff", g.planted_tiff, {}),
+        ("heic", g.planted_heic, {}),
     ):
         p = g.Planted()
         out[name] = (make(tmp, p, **kw).read_bytes(), p)
@@ -84,7 +85,7 @@ def test_mutated_jpegs(name, ops):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(["png", "webp", "gif", "tiff"]), ops=st.lists(mutation, min_size=1, max_size=3))
+@given(name=st.sampled_from(["png", "webp", "gif", "tiff", "heic"]), ops=st.lists(mutation, min_size=1, max_size=3))
 def test_mutated_other_formats(name, ops):
     data, planted = seeds()[name]
     check(mutate(data, ops), planted)
