@@ -18,7 +18,7 @@ After executing an action the transport reports the outcome as a domain event
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from handlers.events import DirectChat, Place, SpecialtyThread
@@ -39,7 +39,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, kw_only=True)
+_FREE_TEXT = frozenset({"text", "placeholder"})
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
 class Action:
     """Base class. ``key`` is stamped by the workflow (unique, stable)."""
 
@@ -51,12 +54,23 @@ class Action:
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self, tag=True)
 
+    def __repr__(self) -> str:
+        """Safe for logs: free text (``text``, ``placeholder``) shows only its length."""
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _FREE_TEXT:
+                parts.append(f"{f.name}=<{len(value)} chars>")
+            else:
+                parts.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Action":
         return action_from_dict(data)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class Reply(Action):
     """Send ``text`` (plain, short) to a place: a direct chat, a referral thread, or a
     specialty room's main timeline."""
@@ -65,7 +79,7 @@ class Reply(Action):
     text: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class Notify(Action):
     """Send ``text`` to ``user_id`` in the bot's direct chat with them (opens one if needed)."""
 
@@ -73,7 +87,7 @@ class Notify(Action):
     text: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class PostThreadRoot(Action):
     """Post the root message of the referral's thread in the specialty room.
     Feedback: ``ThreadRootPosted(referral_id, room_event_id)``.
@@ -86,7 +100,7 @@ class PostThreadRoot(Action):
     text: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class PostImage(Action):
     """Upload the vault item ``image_id`` (encrypted attachment) and post it in the
     referral's thread (``thread_root_event_id``) as ``filename``.
@@ -113,7 +127,7 @@ class PostedImageRef:
     media_uri: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class RedactOriginalUpload(Action):
     """Redact the GP's original upload (``ImageReceived.upload_ref``) and delete its
     media where allowed. No feedback event."""
@@ -122,7 +136,7 @@ class RedactOriginalUpload(Action):
     reason: str = "Replaced by a cleaned copy"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class RemoveImages(Action):
     """Redact each posted image event, delete its media from the homeserver where the
     bot is allowed, and post ``placeholder`` in the referral thread.
@@ -137,7 +151,7 @@ class RemoveImages(Action):
     reason: str = "Image removed"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class ExportReferral(Action):
     """Export the referral as a FHIR R4 bundle (storage's exporter), and tell
     ``reply_to`` where it went. Feedback: ``ExportCompleted(referral_id)``, after

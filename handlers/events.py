@@ -76,6 +76,13 @@ class CommandReceived:
     text: str
     place: Place
 
+    def __repr__(self) -> str:  # never print the command text (patient refs, opinions)
+        word = self.text.strip().split(" ", 1)[0][:20]
+        return (
+            f"CommandReceived(event_id={self.event_id!r}, actor={self.actor.user_id!r}, "
+            f"at={self.at.isoformat()}, command={word!r}, place={self.place!r})"
+        )
+
 
 @dataclass(frozen=True)
 class ImageReceived:

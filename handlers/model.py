@@ -137,6 +137,13 @@ class ConsentRecord:
     def withdrawn(self) -> bool:
         return self.withdrawn_at is not None
 
+    def __repr__(self) -> str:  # safe for logs: no patient hash, no statement
+        return (
+            f"ConsentRecord(consent_id={self.consent_id!r}, basis={self.basis.value!r}, "
+            f"purposes={sorted(p.value for p in self.purposes)!r}, identifiable={self.identifiable!r}, "
+            f"withdrawn={self.withdrawn!r})"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
 
@@ -227,6 +234,12 @@ class Referral:
     closed_at: datetime | None = None
     exported_at: datetime | None = None
     opened_seq: int = 0  # how many referrals this GP had before: orders referrals opened in the same instant
+
+    def __repr__(self) -> str:  # safe for logs: no question, no opinion
+        return (
+            f"Referral(referral_id={self.referral_id!r}, consent_id={self.consent_id!r}, "
+            f"state={self.state.value!r}, specialty={self.specialty!r}, images={len(self.images)})"
+        )
 
     def image(self, image_id: str) -> ImageItem | None:
         for item in self.images:

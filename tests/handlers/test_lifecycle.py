@@ -190,3 +190,13 @@ def test_actions_round_trip_through_json():
         assert A.action_from_dict(action.to_dict()) == action
     with pytest.raises(ValueError):
         A.action_from_dict({"type": "LaunchMissiles"})
+
+
+def test_reprs_are_safe_for_logs():
+    ref = dataclasses.replace(in_state(ReferralState.OPINION_GIVEN), question="Mrs Smith's mole")
+    consent = dataclasses.replace(CONSENT, best_interests_statement="private words")
+    note = A.Notify(key="k", user_id="@gp:example.org", text="Opinion: melanoma, Mrs Smith")
+    for obj in (ref, consent, note):
+        text = repr(obj)
+        for secret in ("Smith", "melanoma", "private words", "fine", "hmac-sha256"):
+            assert secret not in text, (secret, text)
