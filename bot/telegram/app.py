@@ -48,6 +48,7 @@ class TelegramApp:
 
     async def start(self) -> None:
         from telegram import Bot
+        from telegram.request import HTTPXRequest
 
         from bot.app import directory_actors, open_store
         from bot.metrics import Metrics, MetricsServer, metrics_settings
@@ -66,7 +67,9 @@ class TelegramApp:
             from storage.fhir_export import file_exporter
 
             exporter = file_exporter(self.store, export_dir)
-        bot = Bot(self.tg.token, base_url=self.tg.base_url, base_file_url=self.tg.base_file_url)
+        # the poll loop and the tick loop send concurrently: PTB's default pool has 1 connection
+        bot = Bot(self.tg.token, base_url=self.tg.base_url, base_file_url=self.tg.base_file_url,
+                  request=HTTPXRequest(connection_pool_size=8, media_write_timeout=60.0))
         metrics = None
         settings = metrics_settings(self.config.raw)
         if settings is not None:
