@@ -23,9 +23,10 @@ def sanitize(
     Raises ImageRefused (one plain sentence, ``.reason`` a short code) for
     anything we will not pass on. Never raises anything else for bad input.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError("sanitize() takes bytes")
-    data = bytes(data)
+    if not isinstance(data, bytes):
+        if not isinstance(data, (bytearray, memoryview)):
+            raise TypeError("sanitize() takes bytes")
+        data = bytes(data)
     if not data:
         raise ImageRefused("empty", "That file is empty; please send the photo again.")
     if len(data) > limits.max_bytes:

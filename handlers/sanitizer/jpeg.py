@@ -142,7 +142,6 @@ def sanitize_jpeg(data: bytes, limits: Limits) -> tuple[bytes, JpegInfo, list[st
                     icc_bad = True
                 else:
                     icc_chunks[p[12]] = p[14:]
-                    icc_count = p[13]
             elif marker == 0xE2 and p[:4] == b"MPF\x00":
                 labels.append(L.MPF)
             elif marker == 0xED:
