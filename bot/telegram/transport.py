@@ -171,6 +171,11 @@ class TelegramTransport:
                 # not acknowledged: the same update comes again on the next poll
                 log.warning("an update hit a network problem; it will be retried")
                 return 0
+            except (TimedOut, NetworkError):
+                log.warning("an update hit a network problem; it will be retried")
+                return 0
+            except Exception as exc:  # one bad update must not block every later one
+                log.error("an update could not be handled (%s); skipped", type(exc).__name__)
             self._offset = update.update_id + 1
         if updates:
             await self.drain()

@@ -210,3 +210,22 @@ async def test_bot_down_past_the_48h_window_is_reported_not_hidden(world):
     assert any(i.state.in_chat for i in ref.images)
     topic = world.topic_of(rid)
     assert any("delete them by hand" in t for t in api.bot_texts(DERM_CHAT, topic))
+
+
+async def test_a_bad_update_is_skipped_not_retried_for_ever(world, monkeypatch):
+    api = world.api
+    calls = {"n": 0}
+    real = world.transport._on_private
+
+    async def explode_once(msg):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("unexpected")
+        await real(msg)
+
+    monkeypatch.setattr(world.transport, "_on_private", explode_once)
+    api.user_sends_text(GP_TG, "!help")
+    api.user_sends_text(GP_TG, "!help")
+    await world.step()
+    assert calls["n"] == 2  # the first update was skipped once, the second handled
+    assert len([t for t in world.gp_texts() if "Referral bot" in t]) == 1
