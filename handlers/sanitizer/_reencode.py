@@ -23,6 +23,7 @@ from ._jpeg_path import too_many_pixels_error
 from ._types import ImageRefused, Limits, SanitizedImage
 
 _heif_registered = False
+_MAX_CHUNKS = 100_000  # a 40 MB PNG written in 8 KiB IDAT chunks has ~5000
 
 
 def _register_heif() -> None:
@@ -48,7 +49,11 @@ def _png_labels(data: bytes) -> list[str]:
     labels: list[str] = []
     pos = 8
     n = len(data)
+    chunks = 0
     while pos + 8 <= n:
+        chunks += 1
+        if chunks > _MAX_CHUNKS:
+            raise _refuse_decode(ValueError("too many chunks"))
         length, ctype = struct.unpack_from(">I4s", data, pos)
         body = data[pos + 8:pos + 8 + length]
         if ctype in (b"tEXt", b"zTXt", b"iTXt"):
@@ -74,7 +79,11 @@ def _webp_labels(data: bytes) -> list[str]:
     labels: list[str] = []
     riff_end = 8 + int.from_bytes(data[4:8], "little")
     pos = 12
+    chunks = 0
     while pos + 8 <= min(riff_end, len(data)):
+        chunks += 1
+        if chunks > _MAX_CHUNKS:
+            raise _refuse_decode(ValueError("too many chunks"))
         ctype = data[pos:pos + 4]
         length = int.from_bytes(data[pos + 4:pos + 8], "little")
         body = data[pos + 8:pos + 8 + length]
@@ -129,8 +138,8 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
         raise too_many_pixels_error(w, h, limits)
 
     info = dict(im.info)
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1:
+    # is_animated looks for a second frame only; n_frames would walk every frame (slow on a hostile file)
+    if getattr(im, "is_animated", False):
         if kind in ("gif", "webp"):
             raise ImageRefused("unsupported_format", "Animated images are not supported; please send a still photo.")
         labels.append(L.EXTRA_IMAGES)  # extra TIFF pages / HEIF images: only the primary image is kept

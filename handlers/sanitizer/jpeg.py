@@ -35,6 +35,7 @@ _SOF_ALL = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _ICC_SIG = b"ICC_PROFILE\x00"
 _XMP_SIGS = (b"http://ns.adobe.com/xap/1.0/\x00", b"http://ns.adobe.com/xmp/extension/\x00")
 _MAX_ICC = 4 * 1024 * 1024
+_MAX_SEGMENTS = 4096
 
 
 def _truncated() -> ImageRefused:
@@ -90,10 +91,14 @@ def sanitize_jpeg(data: bytes, limits: Limits) -> tuple[bytes, JpegInfo, list[st
     info = JpegInfo()
     info.sof = None
     scans = 0
+    segments = 0
     pos = 2
     while True:
         if pos >= n:
             raise _truncated()
+        segments += 1
+        if segments > _MAX_SEGMENTS:  # real files have tens; millions would just burn CPU
+            raise _corrupt("too many segments")
         if data[pos] != 0xFF:
             raise _corrupt("expected a marker")
         while pos < n and data[pos] == 0xFF:

@@ -130,3 +130,21 @@ def test_pixel_limit_checked_for_every_format(tmp_path, make):
     src = getattr(g, make)(tmp_path, g.Planted())
     exc = refused(src.read_bytes(), limits=Limits(max_pixels=10_000))
     assert exc.reason == "too_many_pixels"
+
+
+def test_millions_of_tiny_segments_are_refused_quickly(small_jpeg):
+    """A 20 MB file of empty COM segments must not keep the bot busy for seconds."""
+    import time
+
+    hostile = small_jpeg[:2] + b"\xff\xfe\x00\x02" * 5_000_000 + small_jpeg[2:]
+    t0 = time.perf_counter()
+    assert refused(hostile).reason == "corrupt"
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_millions_of_tiny_png_chunks_are_refused(tmp_path):
+    src = tmp_path / "p.png"
+    g.photo(32, 24).save(src)
+    data = src.read_bytes()
+    junk = _png_chunk(b"abCd", b"")
+    assert refused(data[:33] + junk * 2_000_000 + data[33:]).reason == "corrupt"
