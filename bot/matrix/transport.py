@@ -405,7 +405,12 @@ class MatrixTransport:
                 pending = await self.store.pending_actions()
                 if not pending:
                     break
-                for entry in pending:
+                # Posting to the specialists goes first: redacting the GP's upload or
+                # replying to the GP a moment later changes nothing, but the image
+                # reaching the thread is the latency that matters. Everything else
+                # keeps outbox order (removals can only follow their posts).
+                posts = [e for e in pending if isinstance(e.action, (A.PostThreadRoot, A.PostImage))]
+                for entry in (posts[:1] or pending[:1]):
                     try:
                         outcome = await self._execute(entry.action)
                     except asyncio.CancelledError:
@@ -540,10 +545,13 @@ class MatrixTransport:
             problem = (f"The {title} room is not end-to-end encrypted, so I will not post "
                        f"referral images there; turn encryption on.")
         else:
-            resp = await self.client.joined_members(room_id)
-            if not isinstance(resp, JoinedMembersResponse):
-                raise TransientError("member list")
-            members = {m.user_id for m in resp.members} | set(room.invited_users)
+            if not room.members_synced:
+                resp = await self.client.joined_members(room_id)
+                if not isinstance(resp, JoinedMembersResponse):
+                    raise TransientError("member list")
+            # nio's view of the room is what it shares the Megolm keys with, so it is
+            # the membership that decides who can read what we post
+            members = set(room.users) | set(room.invited_users)
             outsiders = sorted(u for u in members
                                if u != self.client.user_id and u not in self.s.directory)
             if outsiders:

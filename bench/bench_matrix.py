@@ -1,0 +1,257 @@
+"""End-to-end Matrix benchmark on a local Synapse with real E2EE clients.
+
+    .venv/bin/python bench/bench_matrix.py [--referrals 50] [--inflight 20] [--json out.json]
+
+1. Latency from the GP pressing "send" on a ~5 MB phone photo (encrypt + upload +
+   event) to the specialist's client holding the clean image event in the referral
+   thread, over N referrals; side by side, interleaved in the same run, with a plain
+   relay bot (download, decrypt, re-encrypt, upload the same bytes, post in a thread;
+   no processing, no database). Target: bot p50 within 1.3x of the relay p50.
+2. Removal lateness: every referral of phase 1 gets an opinion; the images are due
+   for removal at the end of the grace period (read from the bot's store); lateness
+   is when the specialist's client sees the redaction minus that deadline.
+   Target: p99 under 2 s.
+3. 20 referrals in flight at once (refer + photo pairs sent back to back): none lost
+   (each gets exactly one clean image in its own thread); the bot's peak RSS
+   (VmHWM of the bot process) under 250 MB.
+
+The bot runs as its own process (`referral-bot run`), exactly as deployed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.matrix import nioclient  # noqa: E402
+from bot.matrix.people import Person, Seen  # noqa: E402
+from bot.matrix.photo import make_phone_photo  # noqa: E402
+from bot.matrix.world import World  # noqa: E402
+from bot.synapse_local import LocalSynapse  # noqa: E402
+
+GRACE_SECONDS = 6
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def proc_mem(pid: int) -> dict[str, int]:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":", 1)
+                out[k] = int(v.split()[0]) // 1024
+    except OSError:
+        pass
+    return out
+
+
+class Relay:
+    """The baseline: a bot that only moves the bytes (no sanitizing, no store)."""
+
+    def __init__(self, person: Person, room: str, thread_root: str):
+        self.p, self.room, self.root = person, room, thread_root
+        self.done: set[str] = set()
+        self.task: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        while True:
+            s = await self.p.wait_for(lambda s: s.msgtype == "m.image" and s.event_id not in self.done
+                                      and s.sender != self.p.user_id, timeout=3600)
+            self.done.add(s.event_id)
+            data = await nioclient.download_decrypt(self.p.client, s.content["file"])
+            up = await nioclient.upload_encrypted(self.p.client, data, "relay.jpg", "image/jpeg")
+            await nioclient.send(self.p.client, self.room,
+                                 nioclient.image_content(up, "relay.jpg", len(data),
+                                                         thread_root=self.root))
+
+
+async def wait_image(sp: Person, room: str, sender: str, after: float, exclude: set[str],
+                     timeout: float = 120) -> Seen:
+    return await sp.wait_for(lambda s: s.room_id == room and s.msgtype == "m.image"
+                             and s.sender == sender and s.ts >= after
+                             and s.event_id not in exclude, timeout, "an image")
+
+
+async def main(args) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-matrix-"))
+    hs = LocalSynapse(tmp / "synapse")
+    hs.start()
+    print(f"Synapse at {hs.url}; generating {args.photos} phone photos ...", flush=True)
+    photos = [make_phone_photo(seed=20 + i) for i in range(args.photos)]
+    print(f"  photo sizes: {[round(len(p) / 1e6, 2) for p in photos]} MB", flush=True)
+    results: dict = {"referrals": args.referrals, "photo_mb": round(statistics.mean(len(p) for p in photos) / 1e6, 2)}
+    w = await World.create(hs, tmp, suffix="b", policy={
+        "grace_period_seconds": GRACE_SECONDS, "max_lifetime_hours": 72, "reminder_before_hours": 12})
+    proc = None
+    try:
+        # the relay: its own account, a DM with the GP and its own room + thread with the specialist
+        relay_u = hs.register("relay")
+        relay = await Person.login(hs.url, relay_u.user_id, relay_u.password, tmp / "people" / "relay", "relay")
+        w.extra_people.append(relay)
+        relay.start()
+        relay_room = await relay.create_room("Relay room", [w.sp.user_id], encrypted=True)
+        relay_dm = await w.gp.create_room("Relay", [relay.user_id], encrypted=True, direct=True)
+        await w.sp.wait_for(lambda s: s.room_id == relay_room and s.sender == w.sp.user_id
+                            and s.type == "m.room.member", 20, "joining the relay room")
+        await relay.wait_for(lambda s: s.room_id == relay_dm and s.type == "m.room.member"
+                             and s.sender == relay.user_id, 20, "joining the relay DM")
+        relay_root = await relay.say(relay_room, "Relay thread")
+        r = Relay(relay, relay_room, relay_root)
+        r.task = asyncio.create_task(r.run())
+
+        log = open(tmp / "bot.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run", "--config", str(w.config_path),
+                                 "--log-level", "WARNING"], stdout=log, stderr=log)
+        await w.wait_bot_joined(timeout=60)
+        bot = w.bot_user.user_id
+        cid_ans = await w.gp_says("!consent patient=9434765919 by=patient purposes=care "
+                                  "identifiable=yes notes=yes", expect="C-")
+        cid = re.search(r"C-[A-Z0-9]+", cid_ans.body).group(0)
+
+        # ---- phase 1: latency, interleaved bot / relay
+        bot_lat, relay_lat, seen_imgs = [], [], set()
+        referral_images: dict[str, Seen] = {}
+        for i in range(args.referrals):
+            ans = await w.gp_says(f"!refer dermatology {cid} Bench referral {i}", expect=" opened")
+            rid = re.search(r"(R-[A-Z0-9]+) opened", ans.body).group(1)
+            photo = photos[i % len(photos)]
+            for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+                if which == 0:
+                    t0 = time.monotonic()
+                    await w.gp.send_image(w.dm_room, photo, f"IMG_{i:04d}.JPG")
+                    img = await wait_image(w.sp, w.derm_room, bot, t0, seen_imgs)
+                    seen_imgs.add(img.event_id)
+                    assert img.body.startswith(rid), (img.body, rid)
+                    bot_lat.append(img.ts - t0)
+                    referral_images[rid] = img
+                    await w.sp.say(w.derm_room, "!opinion Bench opinion.", thread_root=img.thread_root)
+                else:
+                    t0 = time.monotonic()
+                    await w.gp.send_image(relay_dm, photo, f"IMG_{i:04d}.JPG")
+                    img = await wait_image(w.sp, relay_room, relay.user_id, t0, seen_imgs)
+                    seen_imgs.add(img.event_id)
+                    relay_lat.append(img.ts - t0)
+            if (i + 1) % 10 == 0:
+                print(f"  {i + 1}/{args.referrals}: bot p50 {statistics.median(bot_lat):.3f} s, "
+                      f"relay p50 {statistics.median(relay_lat):.3f} s", flush=True)
+        results["latency_bot_s"] = {"p50": round(pct(bot_lat, 50), 3), "p90": round(pct(bot_lat, 90), 3),
+                                    "max": round(max(bot_lat), 3)}
+        results["latency_relay_s"] = {"p50": round(pct(relay_lat, 50), 3), "p90": round(pct(relay_lat, 90), 3),
+                                      "max": round(max(relay_lat), 3)}
+        results["latency_ratio_p50"] = round(pct(bot_lat, 50) / pct(relay_lat, 50), 3)
+        results["mem_after_phase1_mb"] = proc_mem(proc.pid)
+
+        # ---- phase 2: removal lateness (deadline from the bot's store vs seen redaction)
+        deadline_wait = time.monotonic() + GRACE_SECONDS + 60
+        while time.monotonic() < deadline_wait:
+            if all(img.redacted for img in referral_images.values()):
+                break
+            await asyncio.sleep(0.5)
+        mono_to_wall = time.time() - time.monotonic()
+        redacted_at: dict[str, float] = {}
+        for rid, img in referral_images.items():
+            red = next((s for s in w.sp.seen if s.type == "m.room.redaction"
+                        and (s.content.get("redacts") == img.event_id)), None)
+            if red is not None:
+                redacted_at[rid] = red.ts + mono_to_wall
+        lateness = await removal_lateness(w, redacted_at)
+        results["removal_lateness_s"] = {"n": len(lateness), "p50": round(pct(lateness, 50), 3),
+                                         "p99": round(pct(lateness, 99), 3),
+                                         "max": round(max(lateness), 3) if lateness else None}
+        results["removed_all"] = len(lateness) == len(referral_images)
+
+        # ---- phase 3: 20 referrals in flight at once
+        t0 = time.monotonic()
+        before = set(seen_imgs)
+        for j in range(args.inflight):
+            await w.gp.say(w.dm_room, f"!refer dermatology {cid} Burst referral {j}")
+            await w.gp.send_image(w.dm_room, photos[j % len(photos)], f"BURST_{j:02d}.JPG")
+        peak = 0
+        deadline = time.monotonic() + 300
+        burst: list[Seen] = []
+        while time.monotonic() < deadline:
+            burst = [s for s in w.sp.seen if s.room_id == w.derm_room and s.msgtype == "m.image"
+                     and s.sender == bot and s.event_id not in before]
+            peak = max(peak, proc_mem(proc.pid).get("VmRSS", 0))
+            if len(burst) >= args.inflight:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)
+        burst = [s for s in w.sp.seen if s.room_id == w.derm_room and s.sender == bot
+                 and s.event_id not in before and (s.msgtype == "m.image")]
+        names = sorted(s.body for s in burst)
+        rids = {n.rsplit("-", 1)[0] for n in names}
+        mem = proc_mem(proc.pid)
+        results["inflight"] = {"sent": args.inflight, "images_posted": len(burst),
+                               "distinct_referrals": len(rids),
+                               "all_in_own_thread": len({s.thread_root for s in burst}) == len(burst),
+                               "seconds_to_all": round(time.monotonic() - t0, 2),
+                               "bot_rss_mb_peak_sampled": peak, "bot_vmhwm_mb": mem.get("VmHWM")}
+        results["lost"] = args.inflight - len(rids)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await w.close()
+        hs.stop()
+    return results
+
+
+async def removal_lateness(w: World, redacted_at: dict[str, float]) -> list[float]:
+    """Seen redaction time minus the removal deadline recorded in the bot's store."""
+    from bot.app import open_store
+    from bot.config import load_config
+
+    cfg = load_config(w.config_path)
+    store, _ = await open_store(cfg)
+    out = []
+    try:
+        reader = getattr(store, "read", store.transaction)
+        async with reader() as tx:
+            for rid, when in redacted_at.items():
+                ref = await tx.get_referral(rid)
+                if ref is None or ref.remove_images_at is None:
+                    continue
+                out.append(when - ref.remove_images_at.timestamp())
+    finally:
+        await store.close()
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--referrals", type=int, default=50)
+    ap.add_argument("--inflight", type=int, default=20)
+    ap.add_argument("--photos", type=int, default=4, help="distinct generated photos to cycle")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    a = ap.parse_args()
+    res = asyncio.run(main(a))
+    print(json.dumps(res, indent=2))
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+    ok = (res.get("latency_ratio_p50", 9) <= 1.3 and res["removal_lateness_s"]["p99"] < 2
+          and res.get("lost", 1) == 0 and (res["inflight"]["bot_vmhwm_mb"] or 0) < 250)
+    print("targets met" if ok else "TARGETS NOT MET")
