@@ -502,6 +502,9 @@ class Workflow:
             ref = await self._own_referral(ctx.tx, cmd.referral_id, ev.actor, allow_specialists=True)
             return self._describe(ref)
         if not isinstance(ev.place, DirectChat):
+            ref = await self._thread_referral(ctx.tx, ev.place)
+            if ref is not None:
+                return self._describe(await self._own_referral(ctx.tx, ref.referral_id, ev.actor, allow_specialists=True))
             return "Type !status R-… for one referral, or !status in your direct chat with me for your list."
         refs = await ctx.tx.referrals_by_referrer(ev.actor.user_id)
         active = [r for r in refs if r.state is not ReferralState.CLOSED]

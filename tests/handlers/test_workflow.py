@@ -443,6 +443,8 @@ async def test_status_lists_and_shows():
     text = reply_text(await h.say(GP, "!status"))
     assert rid in text and "posted" in text and "1 in the thread" in text
     assert rid in reply_text(await h.say(DERM, f"!status {rid}", place=thread(rid)))  # roster may look
+    assert rid in reply_text(await h.say(DERM, "!status", place=thread(rid)))  # the thread's referral
+    assert "!status R-" in reply_text(await h.say(DERM, "!status", place=E.SpecialtyThread("dermatology")))
     assert "not one of your" in reply_text(await h.say(OTHER_GP, f"!status {rid}"))
 
 
