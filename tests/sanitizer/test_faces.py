@@ -66,3 +66,11 @@ def test_faces_from_several_threads():
     with ThreadPoolExecutor(max_workers=4) as pool:
         counts = list(pool.map(lambda _: sanitize(data).faces, range(8)))
     assert counts == [1] * 8
+
+
+def test_small_face_in_a_big_photo():
+    """A face about 7% of the picture's height (someone in the background) is still found."""
+    canvas = g.photo(2016, 1512)
+    canvas.paste(Image.open(io.BytesIO(g.face_photo())).resize((600, 600)), (500, 375))
+    assert sanitize(g.jpeg_bytes(canvas)).faces == 1
+    assert sanitize(g.jpeg_bytes(g.photo(2016, 1512))).faces == 0
