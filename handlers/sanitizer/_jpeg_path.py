@@ -21,7 +21,7 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, detect: bool, blur: bool) -
         from PIL import Image
 
         from . import _faces
-        from ._orient import upright
+        from ._orient import stored_box, upright, with_orientation
 
         im = Image.open(BytesIO(clean))
         # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale: only a fraction of the IDCT work.
@@ -29,18 +29,24 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, detect: bool, blur: bool) -
         im.draft("L", (max(1, int(info.width * s)), max(1, int(info.height * s))))
         im = upright(im.convert("L"), info.orientation)
         faces = _faces.detect(im)
+        del im
         if blur and faces:
             from ._jpeg_icc import icc_profile_of
 
             full = Image.open(BytesIO(clean))
             full.load()
             mode = "RGB" if full.mode not in ("L",) else "L"
-            full = upright(full.convert(mode), info.orientation)
-            _faces.blur(full, faces)
+            if full.mode != mode:  # convert() to the same mode would copy ~150 MB for 48 MP
+                full = full.convert(mode)
+            # Blur in the stored orientation (boxes mapped back) and keep the Orientation tag:
+            # rotating the pixels would hold a second full-size copy (~150 MB more at 48 MP).
+            _faces.blur(full, [stored_box(b, info.orientation) for b in faces])
             out = BytesIO()
             icc = icc_profile_of(clean)
             full.save(out, "JPEG", quality=92, optimize=False, **({"icc_profile": icc} if icc else {}))
-            clean = out.getvalue()
+            del full
+            clean = with_orientation(out.getbuffer(), info.orientation)
+            out.close()
             lossless, blurred = False, True
             labels.append(L.FACES_BLURRED)
     return SanitizedImage(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from handlers.sanitizer import sanitize
@@ -74,3 +75,27 @@ def test_small_face_in_a_big_photo():
     canvas.paste(Image.open(io.BytesIO(g.face_photo())).resize((600, 600)), (500, 375))
     assert sanitize(g.jpeg_bytes(canvas)).faces == 1
     assert sanitize(g.jpeg_bytes(g.photo(2016, 1512))).faces == 0
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_blur_lands_on_the_face_whatever_the_orientation(orientation):
+    """Blurring happens in the stored frame (no full-size rotation); the face must still be hit."""
+    from PIL import ImageOps
+
+    upright_im = Image.open(io.BytesIO(g.face_photo())).convert("RGB")
+    inverse = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_270}
+    stored = upright_im.transpose(inverse[orientation]) if orientation != 1 else upright_im
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    data = g.jpeg_bytes(stored, exif=ex.tobytes())
+    shown_in = ImageOps.exif_transpose(decoded(data)).convert("L").resize((64, 64))
+    ref = upright_im.convert("L").resize((64, 64))
+    assert sum(abs(a - b) for a, b in zip(shown_in.tobytes(), ref.tobytes())) / 4096 < 6  # test set-up is right
+    result = sanitize(data, blur_faces=True)
+    assert result.faces == 1 and result.faces_blurred
+    shown = displayed(result.data)
+    assert shown.size == upright_im.size == (result.width, result.height)
+    assert _faces.detect(shown.convert("L")) == []
+    assert decoded(result.data).getexif().get(0x0112, 1) == orientation
