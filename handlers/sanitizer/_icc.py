@@ -101,3 +101,17 @@ def sanitize_icc(profile: bytes) -> bytes | None:
     out = header + table + data
     struct.pack_into(">I", out, 0, len(out))
     return bytes(out)
+
+
+def fits_mode(profile: bytes | None, mode: str) -> bool:
+    """Whether a profile describes pixels of this Pillow mode (a CMYK profile on RGB pixels would be wrong)."""
+    if not profile or len(profile) < 20:
+        return False
+    space = profile[16:20]
+    if mode in ("RGB", "RGBA", "RGBX"):
+        return space == b"RGB "
+    if mode in ("L", "LA", "1", "I;16", "I", "P"):
+        return space == b"GRAY"
+    if mode == "CMYK":
+        return space == b"CMYK"
+    return False

@@ -31,6 +31,7 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, detect: bool, blur: bool) -
         faces = _faces.detect(im)
         del im
         if blur and faces:
+            from ._icc import fits_mode
             from ._jpeg_icc import icc_profile_of
 
             full = Image.open(BytesIO(clean))
@@ -43,6 +44,8 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, detect: bool, blur: bool) -
             _faces.blur(full, [stored_box(b, info.orientation) for b in faces])
             out = BytesIO()
             icc = icc_profile_of(clean)
+            if not fits_mode(icc, full.mode):  # e.g. a CMYK profile after CMYK -> RGB
+                icc = None
             full.save(out, "JPEG", quality=92, optimize=False, **({"icc_profile": icc} if icc else {}))
             del full
             clean = with_orientation(out.getbuffer(), info.orientation)

@@ -18,7 +18,7 @@ from io import BytesIO
 
 from . import _types as L
 from ._exif import TIFF_STRUCTURE, inspect_tiff
-from ._icc import sanitize_icc
+from ._icc import fits_mode, sanitize_icc
 from ._jpeg_path import too_many_pixels_error
 from ._types import ImageRefused, Limits, SanitizedImage
 
@@ -214,6 +214,8 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
     icc = sanitize_icc(info["icc_profile"]) if info.get("icc_profile") else None
     if info.get("icc_profile") and icc is None:
         labels.append(L.ICC_DROPPED)
+    if icc is not None and not fits_mode(icc, clean.mode if kind != "webp" else "RGB"):
+        icc = None  # e.g. a CMYK TIFF's profile on the RGB pixels we write
     extra = {"icc_profile": icc} if icc else {}
     out = BytesIO()
     if kind == "heif" and clean.mode in ("RGB", "L"):

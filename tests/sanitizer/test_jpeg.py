@@ -173,3 +173,14 @@ def test_twelve_megapixel_phone_photo_is_quick():
     assert (result.width, result.height) == (4032, 3024)
     assert result.data[-2:] == b"\xff\xd9"
     assert decoded(result.data).tobytes() == decoded(data).tobytes()
+
+
+def test_profile_colour_space_must_fit_the_pixels_we_write():
+    from handlers.sanitizer._icc import fits_mode, sanitize_icc
+
+    rgb = sanitize_icc(g.planted_icc(g.Planted()))
+    assert rgb is not None and fits_mode(rgb, "RGB") and fits_mode(rgb, "RGBA")
+    cmyk = bytearray(rgb)
+    cmyk[16:20] = b"CMYK"
+    assert not fits_mode(bytes(cmyk), "RGB") and fits_mode(bytes(cmyk), "CMYK")
+    assert not fits_mode(rgb, "L") and not fits_mode(None, "RGB")
