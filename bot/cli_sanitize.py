@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         except OSError as exc:
             failures += 1
-            print(f"{prefix}cannot read or write the file ({exc.strerror or 'I/O error'}).", file=sys.stderr)
+            what = (exc.strerror or "input/output error").lower()
+            print(f"Cannot read or write {exc.filename or path}: {what}.", file=sys.stderr)
             continue
         if args.report:
             rep = result.report()
