@@ -67,12 +67,14 @@ def _png_labels(data: bytes) -> list[str]:
         elif ctype == b"IEND":
             if pos + 12 < n:
                 labels.append(L.TRAILER)
-            break
+            return labels
+        if pos + 12 + length > n:
+            raise _truncated()
         elif ctype not in (b"IHDR", b"PLTE", b"IDAT", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs",
                            b"bKGD", b"hIST", b"sPLT", b"acTL", b"fcTL", b"fdAT", b"cICP"):
             labels.append(L.APP_SEGMENTS)
         pos += 12 + length
-    return labels
+    raise _truncated()  # no IEND: the file was cut short
 
 
 def _webp_labels(data: bytes) -> list[str]:
@@ -98,7 +100,30 @@ def _webp_labels(data: bytes) -> list[str]:
         pos += 8 + length + (length & 1)
     if len(data) > riff_end:
         labels.append(L.TRAILER)
+    elif len(data) < riff_end:
+        raise _truncated()
     return labels
+
+
+def _truncated() -> ImageRefused:
+    return ImageRefused("truncated", "That image is incomplete (the file was cut short); please send it again.")
+
+
+def _check_complete(kind: str, im, data: bytes) -> None:
+    """Our own completeness checks: Pillow's are off when anything in the process (Synapse does)
+    sets ImageFile.LOAD_TRUNCATED_IMAGES, and then a cut-short file decodes half grey."""
+    if kind == "gif" and b"\x3b" not in data[-16:]:
+        raise _truncated()
+    if kind == "tiff":
+        tags = getattr(im, "tag_v2", {})
+        for offs_tag, counts_tag in ((273, 279), (324, 325)):
+            offs, counts = tags.get(offs_tag), tags.get(counts_tag)
+            if offs is None or counts is None:
+                continue
+            offs = offs if isinstance(offs, tuple) else (offs,)
+            counts = counts if isinstance(counts, tuple) else (counts,)
+            if any(int(o) + int(c) > len(data) for o, c in zip(offs, counts)):
+                raise _truncated()
 
 
 def _refuse_decode(exc: BaseException) -> ImageRefused:
@@ -137,6 +162,7 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
     if w * h > limits.max_pixels:
         raise too_many_pixels_error(w, h, limits)
 
+    _check_complete(kind, im, data)
     info = dict(im.info)
     # is_animated looks for a second frame only; n_frames would walk every frame (slow on a hostile file)
     if getattr(im, "is_animated", False):

@@ -148,3 +148,21 @@ def test_millions_of_tiny_png_chunks_are_refused(tmp_path):
     data = src.read_bytes()
     junk = _png_chunk(b"abCd", b"")
     assert refused(data[:33] + junk * 2_000_000 + data[33:]).reason == "corrupt"
+
+
+@pytest.mark.parametrize("make,cut", [("planted_png", 0.6), ("planted_webp", 0.6), ("planted_tiff", 0.5),
+                                      ("planted_gif", 0.7), ("planted_heic", 0.6)])
+def test_truncated_refused_even_when_pillow_is_told_to_load_truncated_images(tmp_path, monkeypatch, make, cut):
+    """Synapse sets ImageFile.LOAD_TRUNCATED_IMAGES globally; our refusals must not depend on it."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    data = getattr(g, make)(tmp_path, g.Planted()).read_bytes()
+    assert refused(data[: int(len(data) * cut)]).reason in ("truncated", "corrupt")
+
+
+def test_truncated_jpeg_refused_even_when_pillow_loads_truncated_images(monkeypatch, small_jpeg):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    assert refused(small_jpeg[:-500]).reason == "truncated"
