@@ -161,6 +161,7 @@ async def main(args) -> dict:
         results["latency_ratio_p50"] = round(pct(bot_lat, 50) / pct(relay_lat, 50), 3)
         results["mem_after_phase1_mb"] = proc_mem(proc.pid)
 
+        print("phase 2: waiting for the removals ...", flush=True)
         # ---- phase 2: removal lateness (deadline from the bot's store vs seen redaction)
         deadline_wait = time.monotonic() + GRACE_SECONDS + 60
         while time.monotonic() < deadline_wait:
@@ -180,6 +181,8 @@ async def main(args) -> dict:
                                          "max": round(max(lateness), 3) if lateness else None}
         results["removed_all"] = len(lateness) == len(referral_images)
 
+        print(f"  removal lateness: {results['removal_lateness_s']}", flush=True)
+        print(f"phase 3: {args.inflight} referrals in flight ...", flush=True)
         # ---- phase 3: 20 referrals in flight at once
         t0 = time.monotonic()
         before = set(seen_imgs)

@@ -121,8 +121,15 @@ async def crypto_housekeeping(client: AsyncClient) -> None:
             await client.keys_claim(users)
 
 
+# Synapse's default is 10 timeline events per room per sync, and a "limited" timeline
+# silently skips the rest: ask for many, and backfill when even that was not enough.
+SYNC_FILTER = {"room": {"timeline": {"limit": 200}}}
+
+
 async def sync_once(client: AsyncClient, timeout_ms: int = 0, since: str | None = None,
                     full_state: bool | None = None, sync_filter: Any = None) -> SyncResponse:
+    if sync_filter is None:
+        sync_filter = SYNC_FILTER
     resp = await client.sync(timeout=timeout_ms, since=since, full_state=full_state,
                              sync_filter=sync_filter)
     if not isinstance(resp, SyncResponse):

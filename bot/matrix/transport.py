@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-from nio import (AsyncClient, JoinedMembersResponse, JoinResponse, MegolmEvent,
-                 RoomCreateResponse, RoomGetEventResponse, RoomRedactResponse, RoomVisibility)
+from nio import (AsyncClient, JoinedMembersResponse, JoinResponse, MegolmEvent, MessageDirection,
+                 RoomCreateResponse, RoomMessagesResponse, RoomRedactResponse, RoomVisibility)
 from nio.exceptions import LocalProtocolError
 
 from bot.matrix import nioclient
@@ -169,7 +169,10 @@ class MatrixTransport:
             await self._on_invite(room_id, info)
         if replay_timeline:
             for room_id, info in resp.rooms.join.items():
-                for ev in info.timeline.events:
+                events = list(info.timeline.events)
+                if info.timeline.limited and info.timeline.prev_batch:
+                    events = await self._backfill(room_id, info.timeline.prev_batch) + events
+                for ev in events:
                     await self._on_timeline_event(room_id, ev)
         else:
             # first start ever: history from before the bot existed is not replayed,
@@ -179,7 +182,30 @@ class MatrixTransport:
                     self._remember_dm(room_id)
         await self._retry_undecrypted()
         self.state.sync_token = resp.next_batch
+        self.state.put("synced_at_ms", str(int(time.time() * 1000)))
         self._wake.set()
+
+    async def _backfill(self, room_id: str, token: str, pages: int = 20) -> list:
+        """Events a limited sync skipped: page back until before the previous sync
+        (with a margin); replaying ones already handled is a no-op in the workflow."""
+        floor_ms = int(self.state.get("synced_at_ms") or 0) - 300_000
+        older: list = []
+        for _ in range(pages):
+            resp = await self.client.room_messages(room_id, start=token,
+                                                   direction=MessageDirection.back, limit=100)
+            if not isinstance(resp, RoomMessagesResponse) or not resp.chunk:
+                break
+            done = False
+            for ev in resp.chunk:
+                if getattr(ev, "server_timestamp", 0) < floor_ms:
+                    done = True
+                    break
+                older.append(ev)
+            if done or not resp.end or resp.end == token:
+                break
+            token = resp.end
+        log.info("backfilled %d events a limited sync skipped", len(older))
+        return list(reversed(older))
 
     # ================================================================= invites
     async def _on_invite(self, room_id: str, info: Any) -> None:
@@ -382,7 +408,8 @@ class MatrixTransport:
         except Exception:
             log.exception("the workflow failed on a %s", type(event).__name__)
             return []
-        self._wake.set()
+        if result:
+            self._wake.set()  # new outbox work: drain now rather than at the next tick
         return result or []
 
     async def _tick_loop(self) -> None:
@@ -392,8 +419,14 @@ class MatrixTransport:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
-            await self._handle(E.Tick(at=self.clock()))
-            await self.drain()
+            try:
+                await self._handle(E.Tick(at=self.clock()))
+                await self.drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the timer die
+                log.exception("tick/drain failed")
+                await asyncio.sleep(1)
 
     async def drain(self) -> int:
         """Execute pending outbox actions in order; returns how many completed."""
