@@ -562,7 +562,7 @@ class Workflow:
                 blurred = self._sanitize(clean.data, blur_faces=True, **kwargs)
         except ImageRefused as exc:
             raise _Refuse(
-                f"{exc} Send the photo as a JPEG, PNG or HEIC image.",
+                str(exc),
                 audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": f"sanitizer.{exc.reason}"}),
             ) from None
         except Exception as exc:  # never a traceback for bad input

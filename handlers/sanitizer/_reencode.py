@@ -153,7 +153,7 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
     try:
         im = Image.open(BytesIO(data), formats=[expected])
     except Image.DecompressionBombError:
-        raise ImageRefused("too_many_pixels", f"That image is too large to process (limit {limits.max_pixels // 1_000_000} megapixels).") from None
+        raise ImageRefused("too_many_pixels", f"That image is too large to process (limit {limits.max_pixels // 1_000_000} megapixels); please send a smaller photo.") from None
     except Exception as exc:
         raise _refuse_decode(exc) from None
     w, h = im.size
