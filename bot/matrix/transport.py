@@ -95,6 +95,7 @@ class MatrixTransport:
         self._action_failures = 0
         self.ready = asyncio.Event()     # set after the first sync was processed
         self.sync_failures = 0
+        self._batch_retries = 0
         self.last_sync_at: float | None = None
         self.on_action_done: Callable[[A.Action, Any], None] | None = None  # hooks for tests/bench
 
@@ -158,10 +159,23 @@ class MatrixTransport:
             except asyncio.CancelledError:
                 raise
             except TransientError:
-                # the batch is not acknowledged: rewind to the saved token and retry
-                log.warning("processing a sync batch hit an outage; will retry it")
-                self.client.next_batch = self.state.sync_token
-                await asyncio.sleep(delay)
+                # the batch is not acknowledged: rewind to the saved token and retry it
+                # (a few times: an error that never clears must not wedge the bot)
+                self._batch_retries += 1
+                if self._batch_retries <= 5:
+                    log.warning("processing a sync batch hit an outage; will retry it")
+                    self.client.next_batch = self.state.sync_token
+                    await asyncio.sleep(min(0.5 * 2 ** self._batch_retries, 10))
+                else:
+                    log.error("a sync batch kept failing; moving on")
+                    self.state.sync_token = resp.next_batch
+                    self._batch_retries = 0
+            except Exception:  # a bug must not stop the bot from syncing
+                log.exception("processing a sync batch failed; moving on")
+                self.state.sync_token = resp.next_batch
+                self._batch_retries = 0
+            else:
+                self._batch_retries = 0
 
     async def _process_sync(self, resp: Any, replay_timeline: bool = True) -> None:
         self.last_sync_at = time.monotonic()
@@ -413,15 +427,21 @@ class MatrixTransport:
         return result or []
 
     async def _tick_loop(self) -> None:
+        """Drain the outbox as soon as there is work; Tick the timers every tick_seconds."""
+        last_tick = time.monotonic()
         while not self._stopping.is_set():
+            wait = max(0.0, last_tick + self.s.tick_seconds - time.monotonic())
             try:
-                await asyncio.wait_for(self._wake.wait(), self.s.tick_seconds)
+                await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
             try:
-                await self._handle(E.Tick(at=self.clock()))
                 await self.drain()
+                if time.monotonic() - last_tick >= self.s.tick_seconds:
+                    last_tick = time.monotonic()
+                    if await self._handle(E.Tick(at=self.clock())):
+                        await self.drain()
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let the timer die
