@@ -200,6 +200,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
         password = _secret(m, "password", "matrix", base)
         token = _secret(m, "access_token", "matrix", base)
         if not password and not token:
+            if m.get("password_env"):
+                raise ConfigError(f"[matrix] password_env names {m['password_env']}, which is not set.")
             raise ConfigError("[matrix] needs password (or access_token): set password_file, "
                               "password_env or REFERRAL_BOT_MATRIX_PASSWORD.")
         pickle = _secret(m, "pickle_key", "matrix", base)

@@ -1,0 +1,113 @@
+"""bot/config.py: TOML config, secrets from files/env, durations, clear errors (no Synapse)."""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pytest
+
+from bot.config import ConfigError, load_config, parse_config
+
+BASE = """
+[matrix]
+homeserver = "https://matrix.example.org/"
+user_id = "@bot:example.org"
+{secret}
+
+[policy]
+grace_period_minutes = 30
+max_lifetime_hours = 48
+reminder_before_seconds = 600
+retention_days = 30
+adult_age = 16
+
+[directory]
+allowed_servers = ["trust.example.org"]
+allowed_users = ["@locum:elsewhere.org"]
+[[directory.clinicians]]
+user_id = "@gp:example.org"
+practice = "P1"
+[[directory.clinicians]]
+user_id = "@derm:example.org"
+role = "specialist"
+specialties = ["Dermatology"]
+
+[specialties.dermatology]
+room = "!room:example.org"
+aliases = ["Derm"]
+roster = ["@extra:example.org"]
+
+[telegram]
+allow_images = false
+"""
+
+
+def write(tmp_path, secret: str):
+    p = tmp_path / "c.toml"
+    p.write_text(BASE.format(secret=secret))
+    return p
+
+
+def test_secret_from_file_and_everything_parsed(tmp_path):
+    (tmp_path / "pw").write_text("s3cret\n")
+    cfg = load_config(write(tmp_path, 'password_file = "pw"'))
+    assert cfg.matrix.password == "s3cret" and "s3cret" not in repr(cfg)
+    assert cfg.matrix.homeserver == "https://matrix.example.org"
+    pol = cfg.policy()
+    assert pol.grace_period == timedelta(minutes=30) and pol.max_lifetime == timedelta(hours=48)
+    assert pol.reminder_lead == timedelta(seconds=600) and pol.default_retention == timedelta(days=30)
+    assert pol.specialties["dermatology"].roster == frozenset({"@derm:example.org", "@extra:example.org"})
+    assert pol.find_specialty("derm").key == "dermatology"
+    assert pol.practices == {"@gp:example.org": "P1"}
+    assert cfg.is_allowed("@gp:example.org") and cfg.is_allowed("@x:trust.example.org")
+    assert cfg.is_allowed("@locum:elsewhere.org") and not cfg.is_allowed("@x:evil.org")
+    assert cfg.raw["telegram"] == {"allow_images": False}   # left for the Telegram transport
+
+
+def test_secret_from_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_PW", "from-env")
+    assert load_config(write(tmp_path, 'password_env = "MY_PW"')).matrix.password == "from-env"
+    monkeypatch.setenv("REFERRAL_BOT_MATRIX_PASSWORD", "default-env")
+    assert load_config(write(tmp_path, "")).matrix.password == "default-env"
+
+
+@pytest.mark.parametrize("secret,needle", [
+    ("", "password"),
+    ('password_file = "missing"', "cannot be read"),
+    ('password_env = "NOPE_NOT_SET"', "not set"),
+])
+def test_missing_secret_is_one_clear_sentence(tmp_path, monkeypatch, secret, needle):
+    monkeypatch.delenv("REFERRAL_BOT_MATRIX_PASSWORD", raising=False)
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, secret))
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[matrix\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="user_id"):
+        parse_config({"matrix": {"homeserver": "h", "user_id": "bot", "password": "x"}})
+    with pytest.raises(ConfigError, match="more than once"):
+        parse_config({"matrix": {"homeserver": "h", "user_id": "@b:s", "password": "x"},
+                      "policy": {"grace_period_minutes": 1, "grace_period_hours": 1}})
+
+
+def test_init_writes_a_config_that_loads_and_a_0600_key(tmp_path, monkeypatch):
+    import argparse
+
+    from bot import cli_init
+
+    cfg = tmp_path / "rb.toml"
+    ns = argparse.Namespace(config=str(cfg), key_file=None, force=False)
+    assert cli_init.run(ns) == 0
+    key = tmp_path / "referral-bot.key"
+    assert (os.stat(key).st_mode & 0o777) == 0o600
+    monkeypatch.setenv("REFERRAL_BOT_MATRIX_PASSWORD", "x")
+    loaded = load_config(cfg)
+    assert loaded.storage.key_file == key.resolve()
+    assert cli_init.run(ns) == 1          # never overwrites silently
