@@ -17,7 +17,11 @@ pytestmark = pytest.mark.synapse
 FAST = {"grace_period_seconds": 2, "max_lifetime_hours": 72, "reminder_before_hours": 12}
 
 
-async def test_full_flow(make_world, tmp_path):
+async def test_full_flow(make_world, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="referral_bot")
     w = await make_world(policy=FAST)
     cid = await flow.consent(w)
     rid = await flow.refer(w, cid)
@@ -57,6 +61,11 @@ async def test_full_flow(make_world, tmp_path):
     await flow.media_gone(w, [clean_mxc, *up.mxcs])
     # exactly one image was ever posted
     assert len(flow.bot_images_in_room(w)) == 1
+    # no log line carries the patient reference, clinical text or an access token
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in ("9434765919", "melanoma", "seborrhoeic", w.app.client.access_token,
+                   w.gp.client.access_token):
+        assert secret.lower() not in logged.lower()
 
 
 async def test_no_consent(make_world):
