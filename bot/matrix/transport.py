@@ -287,6 +287,8 @@ class MatrixTransport:
         if (src.get("unsigned") or {}).get("redacted_because"):
             return
         msgtype = content.get("msgtype")
+        if (content.get("m.relates_to") or {}).get("rel_type") == "m.replace":
+            return  # an edit: the original message was already handled
         specialty = self.room_specialty.get(room_id)
         at = self._ev_time(src)
         if specialty is not None:
@@ -299,14 +301,20 @@ class MatrixTransport:
         room = self.client.rooms.get(room_id)
         if room is None:
             return
-        if room.member_count > 2:
-            await self._say(room_id, "Please talk to me in a direct chat (just you and me); "
-                            "this room has other people in it.", key=f"multi.{event_id}")
-            return
-        if not room.encrypted:
-            await self._say(room_id, "This chat is not end-to-end encrypted, so I will not "
-                            "take consent, referrals or images here: start an encrypted direct "
-                            "chat with me.", key=f"unenc.{event_id}")
+        is_upload = msgtype in ("m.image", "m.file", "m.video", "m.audio")
+        if room.member_count > 2 or not room.encrypted:
+            if room.member_count > 2:
+                text = ("Please talk to me in a direct chat (just you and me); this room has "
+                        "other people in it.")
+            else:
+                text = ("This chat is not end-to-end encrypted, so I will not take consent, "
+                        "referrals or images here: start an encrypted direct chat with me.")
+            if is_upload:
+                # a patient photo must not stay here either: redact it, delete its media
+                self._ledger_upload(room_id, event_id, content)
+                await self._redact_upload(f"{room_id}/{event_id}", "Sent in the wrong chat")
+                text += " I removed your upload from this chat."
+            await self._say(room_id, text, key=f"refuse.{event_id}")
             return
         self.state.set_dm_room(sender, room_id)
         place = E.DirectChat(user_id=sender)
@@ -339,16 +347,10 @@ class MatrixTransport:
 
     async def _on_upload(self, room_id: str, event_id: str, actor: Actor, content: dict,
                          at: datetime, place: E.DirectChat) -> None:
-        upload_ref = f"{room_id}/{event_id}"
+        upload_ref = self._ledger_upload(room_id, event_id, content)
         file_info = content.get("file")
         mxc = (file_info or {}).get("url") or content.get("url")
         info = content.get("info") or {}
-        thumb = (info.get("thumbnail_file") or {}).get("url") or info.get("thumbnail_url")
-        # remember the media at once, so it is deleted even if intake fails
-        if mxc:
-            self.state.record_media(mxc, "original", upload_ref, event_id)
-        if thumb:
-            self.state.record_media(thumb, "thumbnail", upload_ref, event_id)
         data: bytes = b""
         if mxc and isinstance(info.get("size"), int) and info["size"] > self.s.max_image_bytes:
             data = b""  # declared too large: let the workflow refuse it without downloading
@@ -359,6 +361,19 @@ class MatrixTransport:
             filename=str(content.get("filename") or content.get("body") or "upload"),
             declared_mimetype=str(info.get("mimetype") or (file_info or {}).get("mimetype") or ""),
             upload_ref=upload_ref, place=place))
+
+    def _ledger_upload(self, room_id: str, event_id: str, content: dict) -> str:
+        """Remember an upload's media (and thumbnail) at once, so it is deleted even
+        if intake fails; returns the upload reference."""
+        upload_ref = f"{room_id}/{event_id}"
+        mxc = (content.get("file") or {}).get("url") or content.get("url")
+        info = content.get("info") or {}
+        thumb = (info.get("thumbnail_file") or {}).get("url") or info.get("thumbnail_url")
+        if mxc:
+            self.state.record_media(mxc, "original", upload_ref, event_id)
+        if thumb:
+            self.state.record_media(thumb, "thumbnail", upload_ref, event_id)
+        return upload_ref
 
     async def _download(self, mxc: str, file_info: dict | None) -> bytes:
         delay = 0.5

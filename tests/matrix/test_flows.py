@@ -154,6 +154,13 @@ async def test_unencrypted_direct_chat(make_world):
     w = await make_world(policy=FAST, dm_encrypted=False)
     ans = await w.gp_says("!consent patient=9434765919 by=patient purposes=care identifiable=no notes=yes")
     assert "not end-to-end encrypted" in ans.body and "C-" not in ans.body
+    # a photo sent there anyway is taken out of the chat and off the server
+    up = await flow.send_photo(w)
+    reply = await flow.bot_reply(w, up.mark, "removed your upload")
+    assert "not end-to-end encrypted" in reply.body
+    await flow.upload_redacted(w, up)
+    await flow.media_gone(w, up.mxcs)
+    assert flow.bot_images_in_room(w) == []
 
 
 async def test_withdrawal_after_posting(make_world):
@@ -226,10 +233,17 @@ async def test_status_command_after_a_finished_referral(make_world):
     await w.sp.say(w.derm_room, "!opinion Benign.", thread_root=img.thread_root)
     await w.sp.wait_for(lambda s: s.event_id == img.event_id and s.redacted, 20, "removal")
     await flow.media_gone(w, [mxc, *up.mxcs])
-    await asyncio.sleep(0.5)
-    out = subprocess.run([sys.executable, "-m", "bot.cli", "status", "--config", str(w.config_path),
-                          "--json"], capture_output=True, text=True, timeout=60)
-    done = json.loads(out.stdout)
+    # the bot records the removal once the placeholder is posted: poll the status
+    deadline = time.monotonic() + 20
+    while True:
+        out = subprocess.run([sys.executable, "-m", "bot.cli", "status", "--config",
+                              str(w.config_path), "--json"], capture_output=True, text=True,
+                             timeout=60)
+        done = json.loads(out.stdout)
+        if (not done["images_live_in_chat"] and done["media_on_server_not_yet_deleted"] == 0) \
+                or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
     assert done["images_live_in_chat"] == [] and done["overdue"] == []
     assert done["media_on_server_not_yet_deleted"] == 0
     assert "9434765919" not in out.stdout and "melanoma" not in out.stdout.lower()
