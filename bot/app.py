@@ -100,8 +100,16 @@ class BotApp:
             tick_seconds=m.tick_seconds,
             sync_timeout_ms=m.sync_timeout_ms,
         )
+        exporter = None
+        try:
+            from storage.fhir_export import file_exporter
+
+            exporter = file_exporter(self.store, cfg.storage.export_dir, clock=self.clock)
+        except ImportError:  # pragma: no cover - a build without the FHIR exporter
+            log.warning("FHIR export is not available; !export will say so")
         self.transport = MatrixTransport(self.client, self.store, self.workflow, settings,
-                                         self.state, admin=self.admin, clock=self.clock)
+                                         self.state, admin=self.admin, clock=self.clock,
+                                         exporter=exporter)
         await self.transport.start()
         log.info("bot is running")
 

@@ -31,6 +31,7 @@ decrypt_grace_seconds = 60   # wait this long for a late room key before asking 
 backend = "sqlite"
 sqlite_path = "{db_path}"
 key_file = "{key_file}"       # the master key (0600); NOT in the database or its backups
+export_dir = "var/exports"    # where !export writes FHIR R4 bundles (files are 0600)
 
 [policy]
 grace_period_minutes = 60     # after the opinion, images stay this long, then are removed

@@ -76,6 +76,7 @@ class StorageConfig:
     sqlite_path: Path = Path("var/referral-bot.sqlite3")
     dsn: str | None = None
     key_file: Path = Path("var/referral-bot.key")
+    export_dir: Path = Path("var/exports")  # where !export writes FHIR bundles (0600)
     deployment_secret: Secret | None = field(default=None, repr=False)
 
 
@@ -231,6 +232,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
         sqlite_path=_path(s.get("sqlite_path"), base, "var/referral-bot.sqlite3"),
         dsn=s.get("dsn"),
         key_file=_path(s.get("key_file"), base, "var/referral-bot.key"),
+        export_dir=_path(s.get("export_dir"), base, "var/exports"),
         deployment_secret=_secret(s, "deployment_secret", "storage", base),
     )
 

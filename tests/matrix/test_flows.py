@@ -247,3 +247,22 @@ async def test_status_command_after_a_finished_referral(make_world):
     assert done["images_live_in_chat"] == [] and done["overdue"] == []
     assert done["media_on_server_not_yet_deleted"] == 0
     assert "9434765919" not in out.stdout and "melanoma" not in out.stdout.lower()
+
+
+async def test_export_writes_a_fhir_bundle(make_world):
+    import json
+    import os
+    import re
+
+    w = await make_world(policy=FAST)
+    rid = await flow.refer(w, await flow.consent(w))
+    up = await flow.send_photo(w)
+    img, mxc = await flow.clean_image(w)
+    await w.sp.say(w.derm_room, "!opinion Benign.", thread_root=img.thread_root)
+    await flow.bot_reply(w, up.mark, "opinion on")
+    ans = await w.gp_says(f"!export {rid}", expect="exported")
+    path = re.search(r"(/\S+\.fhir\.json)", ans.body).group(1)
+    assert (os.stat(path).st_mode & 0o777) == 0o600
+    bundle = json.loads(open(path).read())
+    assert bundle["resourceType"] == "Bundle"
+    assert "9434765919" not in json.dumps(bundle)
