@@ -25,9 +25,11 @@ def run(args: argparse.Namespace) -> int:
         print("referral-bot demo: exiftool is needed (apt-get install libimage-exiftool-perl).",
               file=sys.stderr)
         return 2
-    try:
-        import synapse  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    # find it without importing it: importing synapse sets Pillow's LOAD_TRUNCATED_IMAGES
+    # for the whole process, which would weaken the sanitizer running in this process
+    if importlib.util.find_spec("synapse") is None:
         print("referral-bot demo: matrix-synapse is needed (pip install 'referral-bot[demo]').",
               file=sys.stderr)
         return 2
