@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from bot.matrix import nioclient
-from bot.matrix.people import Person, Seen
+from bot.matrix.people import Seen
 from bot.matrix.photo import make_photo
 from bot.matrix.world import World
 from bot.synapse_local import LocalSynapse
