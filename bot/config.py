@@ -66,7 +66,7 @@ class MatrixConfig:
     admin_token: Secret | None = field(default=None, repr=False)
     admin_is_bot: bool = False  # the bot account itself is a server admin
     decrypt_grace_seconds: float = 60.0
-    tick_seconds: float = 1.0
+    tick_seconds: float = 0.5
     sync_timeout_ms: int = 30000
 
 
@@ -219,7 +219,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
             admin_token=_secret(m, "admin_token", "matrix", base),
             admin_is_bot=bool(m.get("admin_is_bot", False)),
             decrypt_grace_seconds=float(m.get("decrypt_grace_seconds", 60)),
-            tick_seconds=float(m.get("tick_seconds", 1.0)),
+            tick_seconds=float(m.get("tick_seconds", 0.5)),
             sync_timeout_ms=int(m.get("sync_timeout_ms", 30000)),
         )
 
