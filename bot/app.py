@@ -74,6 +74,20 @@ class BotApp:
         self.client = None
         self.admin = None
         self.state = None
+        self.metrics_server = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port /metrics and /healthz listen on (the real one when 0 was asked), or None."""
+        return self.metrics_server.port if self.metrics_server is not None else None
+
+    def secrets(self) -> list[str]:
+        """Credentials that must never reach a log line (for the redacting log filter)."""
+        m = self.config.matrix
+        found = [m.password, m.access_token, m.admin_token, m.pickle_key]
+        if self.client is not None:
+            found.append(self.client.access_token)
+        return [str(s) for s in found if s]
 
     async def start(self) -> None:
         from bot.matrix import nioclient
@@ -111,9 +125,29 @@ class BotApp:
                                          self.state, admin=self.admin, clock=self.clock,
                                          exporter=exporter)
         await self.transport.start()
+        await self._start_metrics()
         log.info("bot is running")
 
+    async def _start_metrics(self) -> None:
+        """/metrics and /healthz when the config has a [metrics] section."""
+        from bot.metrics import Metrics, MetricsServer, metrics_settings
+
+        try:
+            settings = metrics_settings(self.config.raw)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if settings is None:
+            return
+        metrics = Metrics(self.store, clock=self.clock,
+                          max_sync_lag=max(120.0, 3 * self.config.matrix.sync_timeout_ms / 1000))
+        metrics.add_transport(self.transport)
+        self.metrics_server = MetricsServer(metrics, *settings)
+        await self.metrics_server.start()
+
     async def stop(self) -> None:
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
         if self.transport is not None:
             await self.transport.stop()
         if self.admin is not None:

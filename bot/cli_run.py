@@ -8,8 +8,9 @@ import sys
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, metavar="FILE",
                         help="TOML config file (see `referral-bot init`)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default=None,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="overrides [logging] level (default INFO)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,22 +19,27 @@ def run(args: argparse.Namespace) -> int:
     import signal
 
     from bot.config import ConfigError, load_config
+    from bot.metrics import configure_logging, logging_settings
 
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # nio logs request URLs (with access tokens in query strings) at DEBUG: keep it quiet
-    for noisy in ("nio", "aiohttp", "peewee"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"referral-bot run: {exc}", file=sys.stderr)
         return 2
+    # JSON lines (or text) through the redacting filter: no token, patient reference,
+    # consent text or image bytes reaches a log line
+    level, fmt = logging_settings(config.raw)
+    redactor = configure_logging(args.log_level or level, fmt)
+    # nio logs request URLs (with access tokens in query strings) at DEBUG: keep it quiet
+    for noisy in ("nio", "aiohttp", "peewee"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     async def main() -> int:
         from bot.app import BotApp
 
         app = BotApp(config)
+        for secret in app.secrets():
+            redactor.add_secret(secret)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -47,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
             await app.stop()
             print(f"referral-bot run: could not start: {_plain(exc)}", file=sys.stderr)
             return 1
+        for secret in app.secrets():  # the access token the login just produced
+            redactor.add_secret(secret)
         print("referral-bot is running; press Ctrl-C to stop.", file=sys.stderr)
         await stop.wait()
         await app.stop()
