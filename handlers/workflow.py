@@ -17,6 +17,8 @@ Decisions (also in docs/commands.md):
 * Faces found and the consent does not cover identifiable images: the image is
   blurred at once and only the blurred copy is kept, HELD until the GP types
   ``!blur R-…`` (send it blurred) or ``!discard R-…``. Nothing unblurred is posted.
+  When the consent covers identifiable images the face check is not run at all
+  (nothing depends on it; audited as ``image.faces_not_checked``).
 * Withdrawal beats retention: every image under the consent leaves the chat and
   every vault copy is crypto-shredded at once. Opinions already given stay in
   the record (they are not the image).
@@ -24,6 +26,7 @@ Decisions (also in docs/commands.md):
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from datetime import datetime
@@ -552,14 +555,21 @@ class Workflow:
             )
         if not ev.data:
             raise _Refuse("That file was empty or too large for me to fetch; send a smaller photo (JPEG, PNG or HEIC).")
-        kwargs: dict[str, Any] = {"detect_faces": True}
+        # The face check exists to stop an identifiable image the consent does not cover.
+        # When the consent covers identifiable images nothing depends on it, so it is not
+        # run (it is most of the sanitizer's time on a phone photo); otherwise it is
+        # mandatory and blocks posting. Metadata is stripped either way.
+        check_faces = not consent.identifiable
+        kwargs: dict[str, Any] = {"detect_faces": check_faces}
         if self._limits is not None:
             kwargs["limits"] = self._limits
         try:
-            clean = self._sanitize(ev.data, **kwargs)
+            # CPU-bound work runs in a worker thread so the event loop keeps syncing
+            # and posting (OpenCV and libjpeg release the GIL).
+            clean = await asyncio.to_thread(self._sanitize, ev.data, **kwargs)
             blurred = None
-            if clean.faces > 0 and not consent.identifiable:
-                blurred = self._sanitize(clean.data, blur_faces=True, **kwargs)
+            if check_faces and clean.faces > 0:
+                blurred = await asyncio.to_thread(self._sanitize, clean.data, blur_faces=True, **kwargs)
         except ImageRefused as exc:
             raise _Refuse(
                 str(exc),
@@ -595,6 +605,9 @@ class Workflow:
             height=keep.height,
             removed_metadata=tuple(clean.removed),
         )
+        if not check_faces:  # the record must not read "0 faces found" as if it had looked
+            await tx.append_audit(AuditEntry(actor.user_id, "image.faces_not_checked", ev.at, ref.referral_id,
+                                             ref.consent_id, details={"rule": "consent.identifiable"}))
         ref2 = await ctx.apply(*lc.add_image(ref, item, consent=consent, at=ev.at, actor=actor.user_id))
         removed = ("Removed: " + ", ".join(clean.removed) + ".") if clean.removed else "No hidden data found."
         if blurred is not None:
@@ -606,7 +619,10 @@ class Workflow:
         final = ref2.image(image_id)
         if final is not None and final.state is ImageState.DISCARDED:
             return f"{removed} But {filename} was not sent: the consent no longer covers sharing."
-        face_note = f" It shows {_plural(clean.faces, 'face')}; consent {consent.consent_id} covers identifiable images." if clean.faces else ""
+        if check_faces:
+            face_note = ""  # checked, none found
+        else:
+            face_note = f" Consent {consent.consent_id} covers identifiable images, so I did not check it for faces."
         return f"{removed} {filename} is on its way to {ref.specialty} ({ref.referral_id}).{face_note}"
 
     # ------------------------------------------------------------------ failures
