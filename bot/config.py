@@ -267,10 +267,12 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
 
     specialties: dict[str, SpecialtyConfig] = {}
     for key, spec in (raw.get("specialties", {}) or {}).items():
-        if not isinstance(spec, dict) or not spec.get("room"):
+        if not isinstance(spec, dict):
+            raise ConfigError(f"[specialties.{key}] must be a table.")
+        if matrix is not None and not spec.get("room"):  # Telegram-only configs use forum groups
             raise ConfigError(f"[specialties.{key}] needs room (the room id of an encrypted room).")
         specialties[key.lower()] = SpecialtyConfig(
-            key=key.lower(), room=str(spec["room"]), title=str(spec.get("title", "")),
+            key=key.lower(), room=str(spec.get("room", "")), title=str(spec.get("title", "")),
             aliases=tuple(spec.get("aliases", [])), roster=tuple(spec.get("roster", [])))
 
     return Config(

@@ -111,3 +111,16 @@ def test_init_writes_a_config_that_loads_and_a_0600_key(tmp_path, monkeypatch):
     loaded = load_config(cfg)
     assert loaded.storage.key_file == key.resolve()
     assert cli_init.run(ns) == 1          # never overwrites silently
+
+
+def test_specialty_room_needed_for_matrix_only(tmp_path):
+    """A Telegram-only config names no Matrix rooms; a Matrix config must name each one."""
+    import tomllib
+
+    raw = tomllib.loads(BASE.format(secret='password = "x"'))
+    del raw["specialties"]["dermatology"]["room"]
+    with pytest.raises(ConfigError, match=r"\[specialties.dermatology\] needs room"):
+        parse_config(raw)
+    del raw["matrix"]
+    cfg = parse_config(raw, need_matrix=False)
+    assert cfg.matrix is None and cfg.specialties["dermatology"].room == ""
