@@ -1,6 +1,6 @@
 # The two commands a fresh machine needs: `make demo` and `make test`.
 # Each one installs what it needs first (scripts/bootstrap.sh).
-.PHONY: bootstrap demo test test-fast test-synapse bench
+.PHONY: bootstrap demo test test-fast test-synapse bench bench-matrix
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -19,3 +19,6 @@ test-synapse: bootstrap
 
 bench: bootstrap
 	.venv/bin/python bench/bench_sanitize.py
+
+bench-matrix: bootstrap
+	.venv/bin/python bench/bench_matrix.py --referrals 50 --inflight 20
