@@ -147,6 +147,10 @@ async def main(args) -> dict:
             photo = photos[i % len(photos)]
             for k in range(3):
                 which = order[(i + k) % 3]
+                # let the bot finish the previous referral's housekeeping (redacting the
+                # GP's upload, deleting its media, replies, the opinion) first, so that
+                # no path is timed while Synapse is busy with another's leftovers
+                await asyncio.sleep(args.settle)
                 if which == "relay":
                     t0 = time.monotonic()
                     await w.gp.send_image(relay_dm, photo, f"IMG_{i:04d}.JPG")
@@ -286,6 +290,8 @@ if __name__ == "__main__":
     ap.add_argument("--referrals", type=int, default=50)
     ap.add_argument("--inflight", type=int, default=20)
     ap.add_argument("--photos", type=int, default=4, help="distinct generated photos to cycle")
+    ap.add_argument("--settle", type=float, default=1.0,
+                    help="quiet seconds before each timed send in phase 1")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
     res = asyncio.run(main(a))

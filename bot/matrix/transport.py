@@ -35,7 +35,7 @@ from bot.matrix.admin import SynapseAdmin
 from bot.matrix.state import TransportState
 from handlers import actions as A
 from handlers import events as E
-from handlers.model import Actor
+from handlers.model import Actor, ImageState
 
 log = logging.getLogger("referral_bot.matrix")
 
@@ -68,6 +68,11 @@ class TransportSettings:
     max_image_bytes: int = MAX_DOWNLOAD
 
 
+def _pre_ref(image_id: str) -> str:
+    """Media-ledger reference of an image uploaded ahead of its PostImage."""
+    return f"pre.{image_id}"
+
+
 def _txn(key: str, suffix: str = "") -> str:
     return re.sub(r"[^A-Za-z0-9._~-]", "_", f"rb.{key}{suffix}")[:200]
 
@@ -98,6 +103,8 @@ class MatrixTransport:
         self._batch_retries = 0
         self.last_sync_at: float | None = None
         self.on_action_done: Callable[[A.Action, Any], None] | None = None  # hooks for tests/bench
+        # referral id -> task uploading its waiting images while the thread root is posted
+        self._pre_uploads: dict[str, asyncio.Task] = {}
 
     # ================================================================= lifecycle
     async def start(self) -> None:
@@ -472,6 +479,7 @@ class MatrixTransport:
             while True:
                 pending = await self.store.pending_actions()
                 if not pending:
+                    await self._drop_unused_pre_uploads()
                     break
                 # Posting to the specialists goes first: redacting the GP's upload or
                 # replying to the GP a moment later changes nothing, but the image
@@ -515,6 +523,13 @@ class MatrixTransport:
                 room_id = await self._safe_room(action.specialty)
             except RoomUnsafe as why:
                 return self._failed(action, str(why), action.referral_id)
+            if action.referral_id not in self._pre_uploads:
+                # Encrypt and upload the referral's images to the media repository while
+                # the root is sent. The ciphertext is unreadable without the keys, which
+                # only travel inside the image event, and that is still sent after the
+                # root (PostImage needs the root's event id).
+                self._pre_uploads[action.referral_id] = asyncio.create_task(
+                    self._pre_upload(action.referral_id), name="matrix-pre-upload")
             event_id = await self._say(room_id, action.text, key=action.key)
             return E.ThreadRootPosted(event_id=f"done:{action.key}", at=at,
                                       referral_id=action.referral_id, room_event_id=event_id)
@@ -640,15 +655,22 @@ class MatrixTransport:
             room_id = await self._safe_room(action.specialty)
         except RoomUnsafe as why:
             return self._failed(action, str(why), action.referral_id)
-        data = await self.store.vault_get(action.image_id)
-        if data is None:
-            return self._failed(action, "The image is no longer in the vault.", action.referral_id)
-        # a crash after an earlier upload of this same action leaves an orphan: delete it
-        for old in self.state.media_for_ref(action.key):
-            await self._delete_media(old)
-        up = await nioclient.upload_encrypted(self.client, data, action.filename, action.media_type)
+        pre = await self._take_pre_upload(action)
+        if pre is not None:
+            up, size = pre
+        else:
+            data = await self.store.vault_get(action.image_id)
+            if data is None:
+                return self._failed(action, "The image is no longer in the vault.", action.referral_id)
+            # a crash after an earlier upload of this same action (or a pre-upload made
+            # before a crash) leaves an orphan: delete it
+            for old in self.state.media_for_ref(action.key) + self.state.media_for_ref(_pre_ref(action.image_id)):
+                await self._delete_media(old)
+            up = await nioclient.upload_encrypted(self.client, data, action.filename, action.media_type)
+            size = len(data)
+            del data
         self.state.record_media(up.mxc, "posted", action.key)
-        content = nioclient.image_content(up, action.filename, len(data), action.width,
+        content = nioclient.image_content(up, action.filename, size, action.width,
                                           action.height, thread_root=action.thread_root_event_id)
         try:
             event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(action.key))
@@ -657,6 +679,68 @@ class MatrixTransport:
         self.state.record_media(up.mxc, "posted", action.key, event_id)
         return E.ImagePosted(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
                              image_id=action.image_id, room_event_id=event_id, media_uri=up.mxc)
+
+    async def _pre_upload(self, referral_id: str) -> dict[str, tuple[Any, int, str, str]]:
+        """Upload the referral's waiting images; image id -> (upload, size, filename, type).
+        Best effort: whatever fails here is uploaded again by PostImage."""
+        out: dict[str, tuple[Any, int, str, str]] = {}
+        try:
+            reader = getattr(self.store, "read", None) or self.store.transaction
+            async with reader() as tx:
+                ref = await tx.get_referral(referral_id)
+            for item in (ref.images if ref is not None else ()):
+                if item.state is not ImageState.WAITING:
+                    continue
+                data = await self.store.vault_get(item.image_id)
+                if data is None:
+                    continue
+                up = await nioclient.upload_encrypted(self.client, data, item.filename, item.media_type)
+                # in the ledger at once, so it is deleted even if it is never used
+                self.state.record_media(up.mxc, "posted", _pre_ref(item.image_id))
+                out[item.image_id] = (up, len(data), item.filename, item.media_type)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("pre-upload failed (%s); the image will be uploaded when posted",
+                        type(exc).__name__)
+        return out
+
+    async def _take_pre_upload(self, action: A.PostImage) -> tuple[Any, int] | None:
+        task = self._pre_uploads.get(action.referral_id)
+        if task is None:
+            return None
+        try:
+            ready = await task
+        except Exception:
+            self._pre_uploads.pop(action.referral_id, None)
+            return None
+        hit = ready.pop(action.image_id, None)
+        if not ready:
+            self._pre_uploads.pop(action.referral_id, None)
+        if hit is None:
+            return None
+        up, size, filename, media_type = hit
+        if (filename, media_type) != (action.filename, action.media_type):
+            await self._delete_media(up.mxc)  # not what this action posts: never used
+            return None
+        return up, size
+
+    async def _drop_unused_pre_uploads(self) -> None:
+        """Nothing left to post: delete pre-uploads no PostImage took (e.g. the referral
+        was cancelled, or the post failed for good)."""
+        for referral_id in list(self._pre_uploads):
+            task = self._pre_uploads.pop(referral_id)
+            try:
+                ready = await task
+            except Exception:
+                continue
+            for up, _size, _f, _t in ready.values():
+                try:
+                    await self._delete_media(up.mxc)
+                except TransientError:
+                    # stays in the media ledger; the ciphertext is useless without the
+                    # keys, which were never sent anywhere
+                    log.warning("could not delete an unused pre-upload")
 
     async def _redact(self, room_id: str, event_id: str, reason: str, key: str) -> None:
         resp = await self.client.room_redact(room_id, event_id, reason=reason, tx_id=_txn(key))
