@@ -96,6 +96,7 @@ async def wait_image(sp: Person, room: str, sender: str, after: float, exclude: 
 
 async def main(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-matrix-"))
+    print(f"working directory (bot.log): {tmp}", flush=True)
     hs = LocalSynapse(tmp / "synapse")
     hs.start()
     print(f"Synapse at {hs.url}; generating {args.photos} phone photos ...", flush=True)
@@ -123,7 +124,7 @@ async def main(args) -> dict:
 
         log = open(tmp / "bot.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run", "--config", str(w.config_path),
-                                 "--log-level", "WARNING"], stdout=log, stderr=log)
+                                 "--log-level", args.bot_log_level], stdout=log, stderr=log)
         await w.wait_bot_joined(timeout=60)
         bot = w.bot_user.user_id
         # two consents for the same patient: one covering identifiable images (the face
@@ -292,6 +293,8 @@ if __name__ == "__main__":
     ap.add_argument("--photos", type=int, default=4, help="distinct generated photos to cycle")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="quiet seconds before each timed send in phase 1")
+    ap.add_argument("--bot-log-level", default="WARNING",
+                    help="DEBUG shows the transport's per-action timings in bot.log")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
     res = asyncio.run(main(a))

@@ -437,14 +437,19 @@ class MatrixTransport:
 
     # ================================================================= workflow
     async def _handle(self, event: Any) -> list:
+        t0 = time.perf_counter()
         try:
             result = await self.workflow.handle(event)
+            log.debug("handled %s in %.1f ms", type(event).__name__, (time.perf_counter() - t0) * 1000)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("the workflow failed on a %s", type(event).__name__)
             return []
         if result:
+            for action in result:
+                if isinstance(action, A.PostThreadRoot):
+                    self._start_pre_upload(action.referral_id)
             self._wake.set()  # new outbox work: drain now rather than at the next tick
         return result or []
 
@@ -487,8 +492,11 @@ class MatrixTransport:
                 # keeps outbox order (removals can only follow their posts).
                 posts = [e for e in pending if isinstance(e.action, (A.PostThreadRoot, A.PostImage))]
                 for entry in (posts[:1] or pending[:1]):
+                    t0 = time.perf_counter()
                     try:
                         outcome = await self._execute(entry.action)
+                        log.debug("executed %s in %.1f ms", type(entry.action).__name__,
+                                  (time.perf_counter() - t0) * 1000)
                     except asyncio.CancelledError:
                         raise
                     except (TransientError, OSError, asyncio.TimeoutError,
@@ -503,6 +511,8 @@ class MatrixTransport:
                     if outcome is not None:
                         await self._handle(outcome)
                     await self.store.complete_action(entry.outbox_id)
+                    log.debug("completed %s after %.1f ms", type(entry.action).__name__,
+                              (time.perf_counter() - t0) * 1000)
                     done += 1
                     if self.on_action_done:
                         self.on_action_done(entry.action, outcome)
@@ -523,13 +533,7 @@ class MatrixTransport:
                 room_id = await self._safe_room(action.specialty)
             except RoomUnsafe as why:
                 return self._failed(action, str(why), action.referral_id)
-            if action.referral_id not in self._pre_uploads:
-                # Encrypt and upload the referral's images to the media repository while
-                # the root is sent. The ciphertext is unreadable without the keys, which
-                # only travel inside the image event, and that is still sent after the
-                # root (PostImage needs the root's event id).
-                self._pre_uploads[action.referral_id] = asyncio.create_task(
-                    self._pre_upload(action.referral_id), name="matrix-pre-upload")
+            self._start_pre_upload(action.referral_id)  # usually already under way
             event_id = await self._say(room_id, action.text, key=action.key)
             return E.ThreadRootPosted(event_id=f"done:{action.key}", at=at,
                                       referral_id=action.referral_id, room_event_id=event_id)
@@ -655,7 +659,9 @@ class MatrixTransport:
             room_id = await self._safe_room(action.specialty)
         except RoomUnsafe as why:
             return self._failed(action, str(why), action.referral_id)
+        t0 = time.perf_counter()
         pre = await self._take_pre_upload(action)
+        log.debug("pre-upload %s, waited %.1f ms", "used" if pre else "not used", (time.perf_counter() - t0) * 1000)
         if pre is not None:
             up, size = pre
         else:
@@ -680,10 +686,20 @@ class MatrixTransport:
         return E.ImagePosted(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
                              image_id=action.image_id, room_event_id=event_id, media_uri=up.mxc)
 
+    def _start_pre_upload(self, referral_id: str) -> None:
+        """Encrypt and upload the referral's waiting images to the media repository while
+        its thread root is posted. The ciphertext is unreadable without the keys, which
+        only travel inside the image event, and that is still sent after the root
+        (PostImage needs the root's event id) and only after the room checks."""
+        if referral_id not in self._pre_uploads:
+            self._pre_uploads[referral_id] = asyncio.create_task(
+                self._pre_upload(referral_id), name="matrix-pre-upload")
+
     async def _pre_upload(self, referral_id: str) -> dict[str, tuple[Any, int, str, str]]:
         """Upload the referral's waiting images; image id -> (upload, size, filename, type).
         Best effort: whatever fails here is uploaded again by PostImage."""
         out: dict[str, tuple[Any, int, str, str]] = {}
+        t0 = time.perf_counter()
         try:
             reader = getattr(self.store, "read", None) or self.store.transaction
             async with reader() as tx:
@@ -698,6 +714,7 @@ class MatrixTransport:
                 # in the ledger at once, so it is deleted even if it is never used
                 self.state.record_media(up.mxc, "posted", _pre_ref(item.image_id))
                 out[item.image_id] = (up, len(data), item.filename, item.media_type)
+                log.debug("pre-uploaded an image in %.1f ms", (time.perf_counter() - t0) * 1000)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -12,6 +12,9 @@ import cv2
 import numpy as np
 
 DETECT_MAX_SIDE = 800  # 640 missed a face 7% of the picture high and misfired on flowers
+SCALE_FACTOR = 1.1  # step between the cascade's window sizes
+MIN_NEIGHBORS = 10
+MIN_FACE_DIVISOR = 20  # smallest face looked for: 1/20 of the short side
 _local = threading.local()  # CascadeClassifier objects are not shared between threads
 
 
@@ -39,10 +42,11 @@ def detect(gray) -> list[tuple[float, float, float, float]]:
     if min(sw, sh) < 24:
         return []
     arr = cv2.equalizeHist(arr)
-    min_side = max(24, min(sw, sh) // 20)  # faces down to ~5% of the short side
+    min_side = max(24, min(sw, sh) // MIN_FACE_DIVISOR)  # faces down to ~5% of the short side
     # minNeighbors=10: on the shared corpus + test portraits, 5 found the same 5 known faces
     # but 20 false ones (leaf textures, flowers); 10 left 5 (two of them real people).
-    found = _get_cascade().detectMultiScale(arr, scaleFactor=1.1, minNeighbors=10, minSize=(min_side, min_side))
+    found = _get_cascade().detectMultiScale(arr, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS,
+                                            minSize=(min_side, min_side))
     return [(float(x) / sw, float(y) / sh, float(bw) / sw, float(bh) / sh) for (x, y, bw, bh) in found]
 
 
