@@ -745,12 +745,13 @@ class MatrixTransport:
     async def _drop_unused_pre_uploads(self) -> None:
         """Nothing left to post: delete pre-uploads no PostImage took (e.g. the referral
         was cancelled, or the post failed for good)."""
-        for referral_id in list(self._pre_uploads):
-            task = self._pre_uploads.pop(referral_id)
-            try:
-                ready = await task
-            except Exception:
+        for referral_id, task in list(self._pre_uploads.items()):
+            if not task.done():
+                continue  # never wait here: the timers run on this task too
+            del self._pre_uploads[referral_id]
+            if task.cancelled() or task.exception() is not None:
                 continue
+            ready = task.result()
             for up, _size, _f, _t in ready.values():
                 try:
                     await self._delete_media(up.mxc)
