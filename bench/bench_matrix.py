@@ -139,7 +139,7 @@ async def main(args) -> dict:
 
         # ---- phase 1: latency, interleaved: bot (consent covers identifiable images),
         # bot (consent does not: face check), relay; the order rotates every referral
-        lat: dict[str, list[float]] = {"ident": [], "nonident": [], "relay": []}
+        lat: dict[str, list[float]] = {"ident": [], "nonident": [], "relay": [], "ident_root_exists": []}
         root_lat: dict[str, list[float]] = {"ident": [], "nonident": []}
         seen_imgs: set[str] = set()
         referral_images: dict[str, Seen] = {}
@@ -172,6 +172,17 @@ async def main(args) -> dict:
                 if root is not None:
                     root_lat[which].append(root.ts - t0)
                 referral_images[rid] = img
+                if which == "ident" and args.second_image:
+                    # a second photo for the same referral: its thread root exists, so this
+                    # is the bot's path without the root post (what posting the root when
+                    # the referral is opened would give)
+                    await asyncio.sleep(args.settle)
+                    t0 = time.monotonic()
+                    await w.gp.send_image(w.dm_room, photo, f"IMG_{i:04d}b.JPG")
+                    img2 = await wait_image(w.sp, w.derm_room, bot, t0, seen_imgs)
+                    seen_imgs.add(img2.event_id)
+                    assert img2.body.startswith(rid) and img2.thread_root == img.thread_root, (img2.body, rid)
+                    lat["ident_root_exists"].append(img2.ts - t0)
                 await w.sp.say(w.derm_room, "!opinion Bench opinion.", thread_root=img.thread_root)
             if (i + 1) % 10 == 0:
                 print(f"  {i + 1}/{args.referrals}: p50 bot/identifiable {statistics.median(lat['ident']):.3f} s, "
@@ -186,6 +197,9 @@ async def main(args) -> dict:
         results["latency_bot_identifiable_consent_s"] = summary(lat["ident"])
         results["latency_bot_face_check_s"] = summary(lat["nonident"])
         relay50 = pct(lat["relay"], 50)
+        if lat["ident_root_exists"]:
+            results["latency_bot_identifiable_root_exists_s"] = summary(lat["ident_root_exists"])
+            results["ratio_p50_identifiable_root_exists"] = round(pct(lat["ident_root_exists"], 50) / relay50, 3)
         results["ratio_p50_identifiable_consent"] = round(pct(lat["ident"], 50) / relay50, 3)
         results["ratio_p50_face_check"] = round(pct(lat["nonident"], 50) / relay50, 3)
         results["face_check_cost_p50_s"] = round(pct(lat["nonident"], 50) - pct(lat["ident"], 50), 3)
@@ -293,6 +307,8 @@ if __name__ == "__main__":
     ap.add_argument("--photos", type=int, default=4, help="distinct generated photos to cycle")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="quiet seconds before each timed send in phase 1")
+    ap.add_argument("--no-second-image", dest="second_image", action="store_false",
+                    help="skip the timed second photo per covered-consent referral")
     ap.add_argument("--bot-log-level", default="WARNING",
                     help="DEBUG shows the transport's per-action timings in bot.log")
     ap.add_argument("--json", default=None, help="also write the results here")
