@@ -104,6 +104,10 @@ class TransportState:
     def mark_media_deleted(self, mxc: str) -> None:
         self._exec("UPDATE media SET deleted_at=? WHERE mxc=?", (time.time(), mxc))
 
+    def all_media(self) -> list[str]:
+        """Every mxc ever recorded, deleted or not (for checks that nothing is left)."""
+        return [r[0] for r in self._exec("SELECT mxc FROM media ORDER BY created_at")]
+
     def live_media(self) -> list[tuple[str, str, str]]:
         return self._exec("SELECT mxc, kind, ref FROM media WHERE deleted_at IS NULL "
                           "ORDER BY created_at")

@@ -84,6 +84,20 @@ async def media_gone(w: World, mxcs: list[str], timeout: float = 15.0) -> None:
         await asyncio.sleep(0.3)
 
 
+async def nothing_left_on_server(w: World, timeout: float = 15.0) -> None:
+    """Every piece of media the bot ever recorded (GP uploads and thumbnails, clean images,
+    unused pre-uploads) is deleted in its ledger and answers 404 on the server."""
+    state = w.app.transport.state
+    deadline = time.monotonic() + timeout
+    while state.live_media():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"media still live in the bot's ledger: {state.live_media()}")
+        await asyncio.sleep(0.3)
+    recorded = state.all_media()
+    assert recorded, "the bot recorded no media at all: the check would prove nothing"
+    await media_gone(w, recorded, timeout=max(1.0, deadline - time.monotonic()))
+
+
 def bot_images_in_room(w: World) -> list[Seen]:
     return [s for s in w.sp.seen if s.room_id == w.derm_room and s.sender == w.bot_user.user_id
             and (s.msgtype == "m.image" or (s.before_redaction or {}).get("msgtype") == "m.image")]

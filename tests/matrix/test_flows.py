@@ -59,6 +59,7 @@ async def test_full_flow(make_world, tmp_path, caplog):
                         and "removed" in s.body.lower() and s.sender == w.bot_user.user_id,
                         20, "the placeholder")
     await flow.media_gone(w, [clean_mxc, *up.mxcs])
+    await flow.nothing_left_on_server(w)
     # exactly one image was ever posted
     assert len(flow.bot_images_in_room(w)) == 1
     # no log line carries the patient reference, clinical text or an access token
@@ -133,6 +134,7 @@ async def test_outsider_in_specialty_room(make_world):
     await flow.media_gone(w, up.mxcs)
     await asyncio.sleep(1)
     assert flow.bot_images_in_room(w) == []
+    await flow.nothing_left_on_server(w)  # an image encrypted+uploaded early is deleted too
     assert not [s for s in w.outsider.seen if s.msgtype == "m.image"]
     assert not [s for s in w.outsider.seen if rid in s.body and "melanoma" in s.body.lower()]
 
@@ -147,6 +149,7 @@ async def test_unencrypted_specialty_room(make_world):
     assert rid in note.body
     await flow.media_gone(w, up.mxcs)
     assert flow.bot_images_in_room(w) == []
+    await flow.nothing_left_on_server(w)
     assert not [s for s in w.sp.seen if "melanoma" in s.body.lower()]
 
 
