@@ -215,12 +215,14 @@ class Database:
         return db
 
     async def _configure(self) -> None:
+        # busy_timeout first: switching to WAL takes a lock, and a second process (the
+        # `status` command next to the running bot) must wait for it, not fail at once
         for pragma in (
+            "PRAGMA busy_timeout = 5000",
             "PRAGMA journal_mode = WAL",
             "PRAGMA foreign_keys = ON",
             "PRAGMA secure_delete = ON",
             "PRAGMA synchronous = FULL",
-            "PRAGMA busy_timeout = 5000",
         ):
             await self.conn.execute(pragma)
 
@@ -275,9 +277,13 @@ class Database:
         target = latest if target_version is None else target_version
         if target > latest:
             raise StorageError(f"no migration {target:03d} (latest is {latest:03d})")
-        async with self.transaction() as tx:
-            await tx.execute(Q.CREATE_SCHEMA_VERSION)
+        # read first: a database that is up to date (the usual case, and always for a
+        # second process such as `status` next to the running bot) takes no write lock
         current = await self.schema_version()
+        if current == 0:
+            async with self.transaction() as tx:
+                await tx.execute(Q.CREATE_SCHEMA_VERSION)
+            current = await self.schema_version()
         if current > latest:
             raise SchemaTooNew(
                 f"database schema is version {current}, newer than this program knows ({latest}); upgrade referral-bot"

@@ -185,3 +185,25 @@ def test_timestamps_must_be_aware():
     assert from_text(to_text(T0)) == T0
     with pytest.raises(ValueError):
         to_text(datetime(2026, 1, 1))
+
+
+async def test_opening_an_up_to_date_database_takes_no_write_lock(db_path):
+    """`referral-bot status` opens the store next to the running bot; a long write
+    transaction of the bot must not make that open fail (it did: 'database is locked')."""
+    import time
+
+    first = await Database.open(db_path)
+    await first.close()
+    holder = sqlite3.connect(str(db_path), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+    try:
+        t0 = time.monotonic()
+        second = await Database.open(db_path)
+        try:
+            assert await second.schema_version() == latest_version()
+        finally:
+            await second.close()
+        assert time.monotonic() - t0 < 2.0  # not after waiting out the busy timeout
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
