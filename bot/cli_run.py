@@ -16,7 +16,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
-    import signal
 
     from bot.config import ConfigError, load_config
     from bot.metrics import configure_logging, logging_settings
@@ -36,33 +35,17 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         from bot.app import BotApp
+        from bot.serve import serve_until_signalled
 
         app = BotApp(config)
-        for secret in app.secrets():
-            redactor.add_secret(secret)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except NotImplementedError:  # pragma: no cover
-                pass
-        try:
-            await app.start()
-        except Exception as exc:  # a clear sentence, not a traceback
-            await app.stop()
-            print(f"referral-bot run: could not start: {_plain(exc)}", file=sys.stderr)
-            return 1
-        for secret in app.secrets():  # the access token the login just produced
-            redactor.add_secret(secret)
-        print("referral-bot is running; press Ctrl-C to stop.", file=sys.stderr)
-        await stop.wait()
-        await app.stop()
-        return 0
+
+        def hide_secrets() -> None:  # again after start: the login produced an access token
+            for secret in app.secrets():
+                redactor.add_secret(secret)
+
+        hide_secrets()
+        return await serve_until_signalled(
+            app, "run", "referral-bot is running; press Ctrl-C to stop.", on_started=hide_secrets)
 
     return asyncio.run(main())
 
-
-def _plain(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

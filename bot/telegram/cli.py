@@ -14,7 +14,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     from bot.config import ConfigError, load_config
     from bot.metrics import configure_logging, logging_settings
@@ -28,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     redactor = configure_logging(args.log_level or level, fmt)
 
     async def main() -> int:
+        from bot.serve import serve_until_signalled
         from bot.telegram.app import TelegramApp
 
         try:
@@ -36,23 +36,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"referral-bot telegram: {exc}", file=sys.stderr)
             return 2
         redactor.add_secret(app.tg.token)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except NotImplementedError:  # pragma: no cover
-                pass
-        try:
-            await app.start()
-        except Exception as exc:  # one clear sentence, not a traceback
-            await app.stop()
-            text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
-            print(f"referral-bot telegram: could not start: {text}", file=sys.stderr)
-            return 1
-        print("referral-bot (Telegram) is running; press Ctrl-C to stop.", file=sys.stderr)
-        await stop.wait()
-        await app.stop()
-        return 0
+        return await serve_until_signalled(
+            app, "telegram", "referral-bot (Telegram) is running; press Ctrl-C to stop.")
 
     return asyncio.run(main())
