@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from typing import Any, Callable
@@ -24,11 +25,23 @@ async def serve_until_signalled(app: Any, command: str, banner: str,
             loop.add_signal_handler(sig, stop.set)
         except NotImplementedError:  # pragma: no cover - not on this platform
             pass
-    try:
-        await app.start()
-    except Exception as exc:
+    # start-up retries an unreachable server with backoff: a stop request must still end it
+    starting = asyncio.create_task(app.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await starting
         await app.stop()
-        print(f"referral-bot {command}: could not start: {plain(exc)}", file=sys.stderr)
+        print(f"referral-bot {command}: stopped before start-up finished "
+              "(is the server reachable?)", file=sys.stderr)
+        return 1
+    stopping.cancel()
+    if starting.exception() is not None:
+        await app.stop()
+        print(f"referral-bot {command}: could not start: {plain(starting.exception())}",
+              file=sys.stderr)
         return 1
     if on_started is not None:
         on_started()
