@@ -33,6 +33,7 @@ from nio.exceptions import LocalProtocolError
 from bot.matrix import nioclient
 from bot.matrix.admin import SynapseAdmin
 from bot.matrix.state import TransportState
+from bot.outbox import OutboxLoop
 from handlers import actions as A
 from handlers import events as E
 from handlers.model import Actor, ImageState
@@ -77,32 +78,26 @@ def _txn(key: str, suffix: str = "") -> str:
     return re.sub(r"[^A-Za-z0-9._~-]", "_", f"rb.{key}{suffix}")[:200]
 
 
-class MatrixTransport:
+class MatrixTransport(OutboxLoop):
+    transient_errors = (TransientError, OSError, asyncio.TimeoutError, nioclient.MatrixCallError)
+    max_backoff = 10.0
+
     def __init__(self, client: AsyncClient, store: Any, workflow: Any,
                  settings: TransportSettings, state: TransportState,
                  admin: SynapseAdmin | None = None,
                  clock: Callable[[], datetime] = utcnow,
                  exporter: Callable[[str], Awaitable[str]] | None = None):
+        super().__init__(store, workflow, clock, settings.tick_seconds)
         self.client = client
-        self.store = store
-        self.workflow = workflow
         self.s = settings
         self.state = state
         self.admin = admin
-        self.clock = clock
         self.exporter = exporter
         self.room_specialty = {room: key for key, room in settings.specialty_rooms.items()}
-        self._drain_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
-        self._action_backoff_until = 0.0
-        self._action_failures = 0
         self.ready = asyncio.Event()     # set after the first sync was processed
         self.sync_failures = 0
         self._batch_retries = 0
         self.last_sync_at: float | None = None
-        self.on_action_done: Callable[[A.Action, Any], None] | None = None  # hooks for tests/bench
         # referral id -> task uploading its waiting images while the thread root is posted
         self._pre_uploads: dict[str, asyncio.Task] = {}
 
@@ -110,23 +105,13 @@ class MatrixTransport:
     async def start(self) -> None:
         """Catch up (first sync, due timers, pending outbox) and start the loops."""
         await self._first_sync()
-        await self._handle(E.Tick(at=self.clock()))
-        await self.drain()
+        await self.tick()
         self.ready.set()
         self._tasks = [asyncio.create_task(self._sync_loop(), name="matrix-sync"),
                        asyncio.create_task(self._tick_loop(), name="matrix-tick")]
 
     async def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
-        self._tasks = []
+        await self._stop_tasks()
 
     async def run_forever(self) -> None:
         await self.start()
@@ -435,88 +420,22 @@ class MatrixTransport:
                                     "never received its key). Please send it again.",
                                     key=f"utd.{event_id}")
 
-    # ================================================================= workflow
-    async def _handle(self, event: Any) -> list:
-        t0 = time.perf_counter()
-        try:
-            result = await self.workflow.handle(event)
-            log.debug("handled %s in %.1f ms", type(event).__name__, (time.perf_counter() - t0) * 1000)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the workflow failed on a %s", type(event).__name__)
-            return []
-        if result:
-            for action in result:
-                if isinstance(action, A.PostThreadRoot):
-                    self._start_pre_upload(action.referral_id)
-            self._wake.set()  # new outbox work: drain now rather than at the next tick
-        return result or []
+    # ================================================================= outbox hooks
+    def _on_new_actions(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, A.PostThreadRoot):
+                self._start_pre_upload(action.referral_id)
 
-    async def _tick_loop(self) -> None:
-        """Drain the outbox as soon as there is work; Tick the timers every tick_seconds."""
-        last_tick = time.monotonic()
-        while not self._stopping.is_set():
-            wait = max(0.0, last_tick + self.s.tick_seconds - time.monotonic())
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                await self.drain()
-                if time.monotonic() - last_tick >= self.s.tick_seconds:
-                    last_tick = time.monotonic()
-                    if await self._handle(E.Tick(at=self.clock())):
-                        await self.drain()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never let the timer die
-                log.exception("tick/drain failed")
-                await asyncio.sleep(1)
+    def _next_batch(self, pending: list) -> list:
+        """Posting to the specialists goes first: redacting the GP's upload or replying to
+        the GP a moment later changes nothing, but the image reaching the thread is the
+        latency that matters. Everything else keeps outbox order (removals can only
+        follow their posts). One at a time, so a new post can overtake the queue."""
+        posts = [e for e in pending if isinstance(e.action, (A.PostThreadRoot, A.PostImage))]
+        return posts[:1] or pending[:1]
 
-    async def drain(self) -> int:
-        """Execute pending outbox actions in order; returns how many completed."""
-        if time.monotonic() < self._action_backoff_until:
-            return 0
-        done = 0
-        async with self._drain_lock:
-            while True:
-                pending = await self.store.pending_actions()
-                if not pending:
-                    await self._drop_unused_pre_uploads()
-                    break
-                # Posting to the specialists goes first: redacting the GP's upload or
-                # replying to the GP a moment later changes nothing, but the image
-                # reaching the thread is the latency that matters. Everything else
-                # keeps outbox order (removals can only follow their posts).
-                posts = [e for e in pending if isinstance(e.action, (A.PostThreadRoot, A.PostImage))]
-                for entry in (posts[:1] or pending[:1]):
-                    t0 = time.perf_counter()
-                    try:
-                        outcome = await self._execute(entry.action)
-                        log.debug("executed %s in %.1f ms", type(entry.action).__name__,
-                                  (time.perf_counter() - t0) * 1000)
-                    except asyncio.CancelledError:
-                        raise
-                    except (TransientError, OSError, asyncio.TimeoutError,
-                            nioclient.MatrixCallError) as exc:
-                        self._action_failures += 1
-                        wait = min(0.5 * 2 ** (self._action_failures - 1), 10)
-                        self._action_backoff_until = time.monotonic() + wait
-                        log.warning("action %s failed (%s); retrying in %.1f s",
-                                    type(entry.action).__name__, type(exc).__name__, wait)
-                        return done
-                    self._action_failures = 0
-                    if outcome is not None:
-                        await self._handle(outcome)
-                    await self.store.complete_action(entry.outbox_id)
-                    log.debug("completed %s after %.1f ms", type(entry.action).__name__,
-                              (time.perf_counter() - t0) * 1000)
-                    done += 1
-                    if self.on_action_done:
-                        self.on_action_done(entry.action, outcome)
-        return done
+    async def _on_idle(self) -> None:
+        await self._drop_unused_pre_uploads()
 
     # ================================================================= actions
     async def _execute(self, action: A.Action) -> Any:

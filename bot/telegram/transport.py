@@ -33,6 +33,7 @@ from typing import Any, Awaitable, Callable
 from telegram import Bot, InputFile, Message, Update
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 
+from bot.outbox import OutboxLoop
 from bot.telegram.config import TelegramConfig
 from handlers import actions as A
 from handlers import events as E
@@ -80,27 +81,22 @@ def _split_ref(ref: str) -> tuple[int, int]:
     return int(chat), int(rest)
 
 
-class TelegramTransport:
+class TelegramTransport(OutboxLoop):
+    transient_errors = (TransientError, TimedOut, NetworkError, RetryAfter, OSError)
+    max_backoff = 30.0
+
     def __init__(self, bot: Bot, store: Any, workflow: Any, settings: TelegramSettings,
                  clock: Callable[[], datetime] = utcnow,
                  exporter: Callable[[str], Awaitable[str]] | None = None,
                  metrics: Any = None):
+        super().__init__(store, workflow, clock, settings.config.tick_seconds)
         self.bot = bot
-        self.store = store
-        self.workflow = workflow
         self.s = settings
         self.cfg = settings.config
-        self.clock = clock
         self.exporter = exporter
         self.metrics = metrics
         self.name = "telegram"
         self._offset: int | None = None
-        self._drain_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
-        self._backoff_until = 0.0
-        self._failures = 0
         self.last_sync_at: float | None = None  # monotonic time of the last successful getUpdates
         self.poll_failures = 0
         self.delete_failures = 0
@@ -109,23 +105,13 @@ class TelegramTransport:
     async def start(self, loops: bool = True) -> None:
         """Check the token (getMe), run due timers and the pending outbox, start the loops."""
         await self.bot.initialize()
-        await self._handle(E.Tick(at=self.clock()))
-        await self.drain()
+        await self.tick()
         if loops:
             self._tasks = [asyncio.create_task(self._poll_loop(), name="telegram-poll"),
                            asyncio.create_task(self._tick_loop(), name="telegram-tick")]
 
     async def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
-        self._tasks = []
+        await self._stop_tasks()
         try:
             await self.bot.shutdown()
         except Exception:
@@ -144,19 +130,6 @@ class TelegramTransport:
                 log.warning("getUpdates failed (%s); retrying in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
-
-    async def _tick_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.cfg.tick_seconds)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            await self.tick()
-
-    async def tick(self) -> None:
-        await self._handle(E.Tick(at=self.clock()))
-        await self.drain()
 
     # ================================================================= updates
     async def poll_once(self, timeout: float = 0) -> int:
@@ -290,49 +263,13 @@ class TelegramTransport:
         elif thread_id is not None:
             await self._handle(E.ThreadActivity(event_id=event_id, actor=actor, at=at, place=place))
 
-    # ================================================================= workflow
-    async def _handle(self, event: Any) -> list:
-        try:
-            result = await self.workflow.handle(event)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the workflow failed on a %s", type(event).__name__)
-            return []
-        self._wake.set()
-        return result or []
-
-    async def drain(self) -> int:
-        """Execute pending outbox actions in order; returns how many completed."""
-        if time.monotonic() < self._backoff_until:
-            return 0
-        done = 0
-        async with self._drain_lock:
-            while True:
-                pending = await self.store.pending_actions()
-                if not pending:
-                    break
-                for entry in pending:
-                    try:
-                        outcome = await self._execute(entry.action)
-                    except asyncio.CancelledError:
-                        raise
-                    except (TransientError, TimedOut, NetworkError, RetryAfter, OSError) as exc:
-                        self._failures += 1
-                        wait = min(0.5 * 2 ** (self._failures - 1), 30)
-                        if isinstance(exc, RetryAfter):
-                            ra = exc.retry_after
-                            wait = max(wait, ra.total_seconds() if hasattr(ra, "total_seconds") else float(ra))
-                        self._backoff_until = time.monotonic() + wait
-                        log.warning("action %s failed (%s); retrying in %.1f s",
-                                    type(entry.action).__name__, type(exc).__name__, wait)
-                        return done
-                    self._failures = 0
-                    if outcome is not None:
-                        await self._handle(outcome)
-                    await self.store.complete_action(entry.outbox_id)
-                    done += 1
-        return done
+    # ================================================================= outbox hooks
+    def _retry_wait(self, exc: BaseException, wait: float) -> float:
+        """Telegram's flood control says how long to wait: never retry sooner."""
+        if isinstance(exc, RetryAfter):
+            ra = exc.retry_after
+            return max(wait, ra.total_seconds() if hasattr(ra, "total_seconds") else float(ra))
+        return wait
 
     # ================================================================= actions
     def _failed(self, action: A.Action, reason: str, referral_id: str | None) -> E.ActionFailed:
