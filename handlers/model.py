@@ -164,6 +164,11 @@ class ReferralState(str, enum.Enum):
     CLOSED = "closed"  # nothing of the referral left in any chat
 
 
+#: states in which a referral still waits for an opinion (images may be added)
+OPEN_STATES = frozenset({ReferralState.OPENED, ReferralState.IMAGES_RECEIVED, ReferralState.POSTED,
+                         ReferralState.DISCUSSED})
+
+
 class CloseReason(str, enum.Enum):
     OPINION = "opinion"
     CANCELLED = "cancelled"
@@ -261,12 +266,7 @@ class Referral:
     @property
     def is_open(self) -> bool:
         """Still waiting for an opinion (images may be added)."""
-        return self.state in (
-            ReferralState.OPENED,
-            ReferralState.IMAGES_RECEIVED,
-            ReferralState.POSTED,
-            ReferralState.DISCUSSED,
-        )
+        return self.state in OPEN_STATES
 
     def next_due_at(self) -> datetime | None:
         """Earliest time a ``Tick`` has work to do for this referral (None = never).

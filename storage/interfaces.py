@@ -104,6 +104,11 @@ class Transaction(Protocol):
         """All referrals (any state) opened by this GP, oldest first."""
         ...
 
+    async def open_referrals_by_referrer(self, user_id: str) -> list[Referral]:
+        """This GP's referrals that are still open (``Referral.is_open``), oldest first.
+        Indexed, so intake does not read the GP's whole history."""
+        ...
+
     async def referral_by_thread(self, thread_root_event_id: str) -> Referral | None:
         """The referral whose ``thread_root_event_id`` is this event id, or None."""
         ...

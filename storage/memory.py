@@ -77,6 +77,9 @@ class _MemoryTransaction:
     async def referrals_by_referrer(self, user_id: str) -> list[Referral]:
         return self._sorted([r for r in self._s.referrals.values() if r.referrer == user_id])
 
+    async def open_referrals_by_referrer(self, user_id: str) -> list[Referral]:
+        return [r for r in await self.referrals_by_referrer(user_id) if r.is_open]
+
     async def referral_by_thread(self, thread_root_event_id: str) -> Referral | None:
         for r in self._s.referrals.values():
             if r.thread_root_event_id == thread_root_event_id:

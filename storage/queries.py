@@ -8,6 +8,8 @@ AUTOINCREMENT / SERIAL, so no dialect-specific "last insert id" is needed.
 """
 from __future__ import annotations
 
+from handlers.model import OPEN_STATES
+
 # --- schema bookkeeping -------------------------------------------------------
 CREATE_SCHEMA_VERSION = (
     "CREATE TABLE IF NOT EXISTS schema_version ("
@@ -96,6 +98,10 @@ _REFERRAL_COLS = "SELECT referral_id, doc FROM referrals"
 REFERRAL_GET = _REFERRAL_COLS + " WHERE referral_id = ?"
 REFERRALS_BY_CONSENT = _REFERRAL_COLS + " WHERE consent_id = ? ORDER BY opened_at, referral_id"
 REFERRALS_BY_REFERRER = _REFERRAL_COLS + " WHERE referrer = ? ORDER BY opened_at, referral_id"
+OPEN_REFERRALS_BY_REFERRER = (
+    _REFERRAL_COLS + " WHERE referrer = ? AND state IN ("
+    + ", ".join(f"'{state.value}'" for state in sorted(OPEN_STATES)) + ") ORDER BY opened_at, referral_id"
+)
 REFERRAL_BY_THREAD = _REFERRAL_COLS + " WHERE thread_root_event_id = ? ORDER BY opened_at, referral_id LIMIT 1"
 REFERRALS_DUE = (
     _REFERRAL_COLS + " WHERE next_due_at IS NOT NULL AND next_due_at <= ? ORDER BY next_due_at, referral_id"

@@ -137,6 +137,9 @@ class SQLiteTransaction:
     async def referrals_by_referrer(self, user_id: str) -> list[Referral]:
         return [self._referral(r) for r in await self._tx.fetchall(Q.REFERRALS_BY_REFERRER, (user_id,))]
 
+    async def open_referrals_by_referrer(self, user_id: str) -> list[Referral]:
+        return [self._referral(r) for r in await self._tx.fetchall(Q.OPEN_REFERRALS_BY_REFERRER, (user_id,))]
+
     async def referral_by_thread(self, thread_root_event_id: str) -> Referral | None:
         row = await self._tx.fetchone(Q.REFERRAL_BY_THREAD, (thread_root_event_id,))
         return None if row is None else self._referral(row)

@@ -164,6 +164,20 @@ async def test_referral_round_trip_with_images_and_indexes(store):
         assert (await tx.referral_by_thread("$root9")).referral_id == "R-1"
 
 
+async def test_open_referrals_by_referrer_leaves_out_finished_ones(store):
+    states = list(ReferralState)
+    refs = [referral(f"R-{i}", opened=T0 + timedelta(minutes=i), state=st) for i, st in enumerate(states)]
+    other = referral("R-X", opened=T0, referrer="@other:example.org")
+    async with store.transaction() as tx:
+        for r in reversed(refs + [other]):
+            await tx.save_referral(r)
+    async with store.transaction() as tx:
+        got = await tx.open_referrals_by_referrer("@gp:example.org")
+    assert [r.referral_id for r in got] == [r.referral_id for r in refs if r.is_open]
+    assert {r.state for r in got} == {ReferralState.OPENED, ReferralState.IMAGES_RECEIVED,
+                                      ReferralState.POSTED, ReferralState.DISCUSSED}
+
+
 async def test_due_referrals_follow_next_due_at(store):
     a = referral("R-A", opened=T0)  # reminder at +6d
     b = referral("R-B", opened=T0 + timedelta(days=2))  # reminder at +8d
