@@ -23,6 +23,12 @@ Decisions (also in docs/commands.md):
   every vault copy is crypto-shredded at once. Opinions already given stay in
   the record (they are not the image).
 * Retention applies to the vault copy, counted from receipt; export also shreds it.
+
+A transport may set ``Workflow.on_image_cleared`` to hear about a cleaned image that is
+about to be posted before the transaction commits, so it can encrypt and upload the
+bytes to its media store while the rest of the event is saved (the upload reveals
+nothing: the key travels only in the post, which still waits for the outbox). If the
+transaction then fails, the image never gets a post and the transport drops it.
 """
 from __future__ import annotations
 
@@ -80,7 +86,7 @@ from handlers.patientref import PatientRefHasher
 from handlers.policy import Policy
 from storage.interfaces import Store, Transaction
 
-__all__ = ["Workflow"]
+__all__ = ["ClearedImage", "Workflow"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +99,17 @@ _STATE_WORDS = {
     ReferralState.IMAGES_EXPIRED: "removing images",
     ReferralState.CLOSED: "closed",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class ClearedImage:
+    """A cleaned image the workflow has decided to post (see ``on_image_cleared``)."""
+
+    referral_id: str
+    image_id: str
+    filename: str
+    media_type: str
+    data: bytes
 
 
 class _Refuse(Exception):
@@ -159,6 +176,9 @@ class Workflow:
         self.hasher = hasher
         self._sanitize = sanitize
         self._limits = limits
+        #: called (synchronously, inside the transaction) with a ClearedImage; see the
+        #: module docstring. Must not block or raise.
+        self.on_image_cleared: Callable[[ClearedImage], None] | None = None
 
     # ------------------------------------------------------------------ entry point
     async def handle(self, event: Any) -> list[Action]:
@@ -539,7 +559,7 @@ class Workflow:
 
         tx = ctx.tx
         actor = ev.actor
-        open_refs = [r for r in await tx.referrals_by_referrer(actor.user_id) if r.is_open]
+        open_refs = await tx.open_referrals_by_referrer(actor.user_id)
         if not open_refs:
             raise _Refuse("You have no open referral for this photo: record consent with !consent and open one with !refer first.")
         ref = max(open_refs, key=lambda r: (r.opened_at, r.opened_seq))
@@ -589,7 +609,6 @@ class Workflow:
         while ref.image(image_id) is not None or await tx.vault_get(image_id) is not None:
             attempt += 1
             image_id = make_id("I", ev.event_id, attempt)
-        await tx.vault_put(image_id, keep.data, keep.media_type)
         item = ImageItem(
             image_id=image_id,
             referral_id=ref.referral_id,
@@ -608,7 +627,17 @@ class Workflow:
         if not check_faces:  # the record must not read "0 faces found" as if it had looked
             await tx.append_audit(AuditEntry(actor.user_id, "image.faces_not_checked", ev.at, ref.referral_id,
                                              ref.consent_id, details={"rule": "consent.identifiable"}))
-        ref2 = await ctx.apply(*lc.add_image(ref, item, consent=consent, at=ev.at, actor=actor.user_id))
+        ref2, effects = lc.add_image(ref, item, consent=consent, at=ev.at, actor=actor.user_id)
+        final = ref2.image(image_id)
+        if (final is not None and final.state in (ImageState.WAITING, ImageState.POSTING)
+                and self.on_image_cleared is not None):
+            # before the vault write and the commit, so the transport's upload overlaps them
+            try:
+                self.on_image_cleared(ClearedImage(ref.referral_id, image_id, filename, keep.media_type, keep.data))
+            except Exception:  # an optimisation only: the post uploads from the vault anyway
+                log.warning("on_image_cleared failed", exc_info=True)
+        await tx.vault_put(image_id, keep.data, keep.media_type)
+        await ctx.apply(ref2, effects)
         removed = ("Removed: " + ", ".join(clean.removed) + ".") if clean.removed else "No hidden data found."
         if blurred is not None:
             return (
@@ -616,7 +645,6 @@ class Workflow:
                 f"does not cover identifiable images, so I am holding it (not sent). "
                 f"Type !blur {ref.referral_id} to send it with faces blurred, or !discard {ref.referral_id} to drop it."
             )
-        final = ref2.image(image_id)
         if final is not None and final.state is ImageState.DISCARDED:
             return f"{removed} But {filename} was not sent: the consent no longer covers sharing."
         if check_faces:

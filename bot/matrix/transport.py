@@ -98,12 +98,18 @@ class MatrixTransport(OutboxLoop):
         self.sync_failures = 0
         self._batch_retries = 0
         self.last_sync_at: float | None = None
-        # referral id -> task uploading its waiting images while the thread root is posted
+        # image id -> task encrypting and uploading a cleared image while the workflow
+        # saves it and the thread root is posted (see _on_image_cleared)
         self._pre_uploads: dict[str, asyncio.Task] = {}
+        self._unsettled: set[str] = set()   # pre-uploads whose workflow transaction is still open
+        self._upload_slots = asyncio.Semaphore(2)  # bounds the image copies held in memory
+        if hasattr(workflow, "on_image_cleared"):
+            workflow.on_image_cleared = self._on_image_cleared
 
     # ================================================================= lifecycle
     async def start(self) -> None:
         """Catch up (first sync, due timers, pending outbox) and start the loops."""
+        await self._drop_orphan_pre_uploads()
         await self._first_sync()
         await self.tick()
         self.ready.set()
@@ -112,6 +118,9 @@ class MatrixTransport(OutboxLoop):
 
     async def stop(self) -> None:
         await self._stop_tasks()
+        for task in self._pre_uploads.values():
+            task.cancel()  # whatever reached the server is swept at the next start
+        self._pre_uploads.clear()
 
     async def run_forever(self) -> None:
         await self.start()
@@ -347,7 +356,9 @@ class MatrixTransport(OutboxLoop):
         if mxc and isinstance(info.get("size"), int) and info["size"] > self.s.max_image_bytes:
             data = b""  # declared too large: let the workflow refuse it without downloading
         elif mxc:
+            t0 = time.perf_counter()
             data = await self._download(mxc, file_info)
+            log.debug("downloaded an upload in %.1f ms", (time.perf_counter() - t0) * 1000)
         await self._handle(E.ImageReceived(
             event_id=event_id, actor=actor, at=at, data=data,
             filename=str(content.get("filename") or content.get("body") or "upload"),
@@ -421,10 +432,13 @@ class MatrixTransport(OutboxLoop):
                                     key=f"utd.{event_id}")
 
     # ================================================================= outbox hooks
-    def _on_new_actions(self, actions: list) -> None:
-        for action in actions:
-            if isinstance(action, A.PostThreadRoot):
-                self._start_pre_upload(action.referral_id)
+    async def _handle(self, event: Any) -> list:
+        try:
+            return await super()._handle(event)
+        finally:
+            # the transaction that cleared these images has committed or rolled back:
+            # from now on an unused pre-upload is really unused
+            self._unsettled.clear()
 
     def _next_batch(self, pending: list) -> list:
         """Posting to the specialists goes first: redacting the GP's upload or replying to
@@ -452,7 +466,6 @@ class MatrixTransport(OutboxLoop):
                 room_id = await self._safe_room(action.specialty)
             except RoomUnsafe as why:
                 return self._failed(action, str(why), action.referral_id)
-            self._start_pre_upload(action.referral_id)  # usually already under way
             event_id = await self._say(room_id, action.text, key=action.key)
             return E.ThreadRootPosted(event_id=f"done:{action.key}", at=at,
                                       referral_id=action.referral_id, room_event_id=event_id)
@@ -605,54 +618,46 @@ class MatrixTransport(OutboxLoop):
         return E.ImagePosted(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
                              image_id=action.image_id, room_event_id=event_id, media_uri=up.mxc)
 
-    def _start_pre_upload(self, referral_id: str) -> None:
-        """Encrypt and upload the referral's waiting images to the media repository while
-        its thread root is posted. The ciphertext is unreadable without the keys, which
-        only travel inside the image event, and that is still sent after the root
-        (PostImage needs the root's event id) and only after the room checks."""
-        if referral_id not in self._pre_uploads:
-            self._pre_uploads[referral_id] = asyncio.create_task(
-                self._pre_upload(referral_id), name="matrix-pre-upload")
+    def _on_image_cleared(self, image: Any) -> None:
+        """The workflow cleared an image for posting (its transaction is still open):
+        encrypt and upload it now, so the upload overlaps the vault write, the commit
+        and the thread root. The ciphertext is unreadable without the keys, which only
+        travel inside the image event; that is still sent by PostImage, after the room
+        checks, and only if the transaction committed."""
+        if image.image_id in self._pre_uploads:
+            return
+        self._unsettled.add(image.image_id)
+        self._pre_uploads[image.image_id] = asyncio.create_task(
+            self._pre_upload(image.image_id, image.data, image.filename, image.media_type),
+            name="matrix-pre-upload")
 
-    async def _pre_upload(self, referral_id: str) -> dict[str, tuple[Any, int, str, str]]:
-        """Upload the referral's waiting images; image id -> (upload, size, filename, type).
-        Best effort: whatever fails here is uploaded again by PostImage."""
-        out: dict[str, tuple[Any, int, str, str]] = {}
+    async def _pre_upload(self, image_id: str, data: bytes, filename: str,
+                          media_type: str) -> tuple[Any, int, str, str] | None:
+        """(upload, size, filename, type), or None if it failed (PostImage then uploads
+        from the vault)."""
         t0 = time.perf_counter()
         try:
-            reader = getattr(self.store, "read", None) or self.store.transaction
-            async with reader() as tx:
-                ref = await tx.get_referral(referral_id)
-            for item in (ref.images if ref is not None else ()):
-                if item.state is not ImageState.WAITING:
-                    continue
-                data = await self.store.vault_get(item.image_id)
-                if data is None:
-                    continue
-                up = await nioclient.upload_encrypted(self.client, data, item.filename, item.media_type)
-                # in the ledger at once, so it is deleted even if it is never used
-                self.state.record_media(up.mxc, "posted", _pre_ref(item.image_id))
-                out[item.image_id] = (up, len(data), item.filename, item.media_type)
-                log.debug("pre-uploaded an image in %.1f ms", (time.perf_counter() - t0) * 1000)
+            async with self._upload_slots:
+                up = await nioclient.upload_encrypted(self.client, data, filename, media_type)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("pre-upload failed (%s); the image will be uploaded when posted",
                         type(exc).__name__)
-        return out
+            return None
+        # in the ledger at once, so it is deleted even if it is never used
+        self.state.record_media(up.mxc, "posted", _pre_ref(image_id))
+        log.debug("pre-uploaded an image in %.1f ms", (time.perf_counter() - t0) * 1000)
+        return up, len(data), filename, media_type
 
     async def _take_pre_upload(self, action: A.PostImage) -> tuple[Any, int] | None:
-        task = self._pre_uploads.get(action.referral_id)
+        task = self._pre_uploads.pop(action.image_id, None)
         if task is None:
             return None
         try:
-            ready = await task
+            hit = await task
         except Exception:
-            self._pre_uploads.pop(action.referral_id, None)
             return None
-        hit = ready.pop(action.image_id, None)
-        if not ready:
-            self._pre_uploads.pop(action.referral_id, None)
         if hit is None:
             return None
         up, size, filename, media_type = hit
@@ -662,22 +667,29 @@ class MatrixTransport(OutboxLoop):
         return up, size
 
     async def _drop_unused_pre_uploads(self) -> None:
-        """Nothing left to post: delete pre-uploads no PostImage took (e.g. the referral
-        was cancelled, or the post failed for good)."""
-        for referral_id, task in list(self._pre_uploads.items()):
-            if not task.done():
+        """Nothing left to post: delete finished pre-uploads no PostImage took (the
+        transaction rolled back, the referral was cancelled, the post failed for good)."""
+        for image_id, task in list(self._pre_uploads.items()):
+            if not task.done() or image_id in self._unsettled:
                 continue  # never wait here: the timers run on this task too
-            del self._pre_uploads[referral_id]
-            if task.cancelled() or task.exception() is not None:
+            del self._pre_uploads[image_id]
+            if task.cancelled() or task.exception() is not None or task.result() is None:
                 continue
-            ready = task.result()
-            for up, _size, _f, _t in ready.values():
-                try:
-                    await self._delete_media(up.mxc)
-                except TransientError:
-                    # stays in the media ledger; the ciphertext is useless without the
-                    # keys, which were never sent anywhere
-                    log.warning("could not delete an unused pre-upload")
+            try:
+                await self._delete_media(task.result()[0].mxc)
+            except TransientError:
+                # stays in the media ledger (swept at the next start); the ciphertext is
+                # useless without the keys, which were never sent anywhere
+                log.warning("could not delete an unused pre-upload")
+
+    async def _drop_orphan_pre_uploads(self) -> None:
+        """At start: pre-uploads are only held in memory, so any the ledger shows without
+        an event are from before a crash or stop and will never be posted."""
+        for mxc in self.state.unposted_media(_pre_ref("")):
+            try:
+                await self._delete_media(mxc)
+            except TransientError:
+                log.warning("could not delete a pre-upload left from the last run")
 
     async def _redact(self, room_id: str, event_id: str, reason: str, key: str) -> None:
         resp = await self.client.room_redact(room_id, event_id, reason=reason, tx_id=_txn(key))
