@@ -185,8 +185,14 @@ def open_referral(
     policy: Policy,
     opened_seq: int = 0,
 ) -> tuple[Referral, Effects]:
-    """A new referral in state ``opened``. The caller has already checked the consent
-    (``check_cover``) and that the specialty exists."""
+    """A new referral in state ``opened``, with its thread root requested at once.
+    The caller has already checked the consent (``check_cover``) and that the
+    specialty exists.
+
+    The root (question, no patient identifiers) is posted when the referral opens,
+    not when the first photo arrives: the specialists see the question straight
+    away, the GP learns of an unsafe specialty room before sending a photo, and a
+    photo then needs one post, not two in a row. Photos follow in the thread."""
     expires_at = at + policy.max_lifetime
     reminder_at = max(at, expires_at - policy.reminder_lead)
     ref = Referral(
@@ -200,8 +206,11 @@ def open_referral(
         expires_at=expires_at,
         reminder_at=reminder_at,
         opened_seq=opened_seq,
+        root_requested=True,
     )
-    return ref, Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty)])
+    eff = Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty)])
+    eff.actions.append(PostThreadRoot(referral_id=referral_id, specialty=specialty, text=_root_text(ref, consent)))
+    return ref, eff
 
 
 # ------------------------------------------------------------------ images
@@ -248,8 +257,8 @@ def _root_text(ref: Referral, consent: ConsentRecord) -> str:
         f"Referral {ref.referral_id} from a GP at {ref.practice}.\n"
         f"Question: {ref.question}\n"
         f"Consent {consent.consent_id}: care / second opinion; identifiable images {covers}.\n"
-        f"Discuss in this thread. Give the opinion here with !opinion <text>. "
-        f"Images are removed after the opinion."
+        f"The photos follow in this thread. Discuss them here and give the opinion here with "
+        f"!opinion <text>. Images are removed after the opinion."
     )
 
 

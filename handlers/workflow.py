@@ -433,8 +433,8 @@ class Workflow:
         )
         await ctx.apply(ref, eff)
         return (
-            f"Referral {rid} opened for {spec.title or spec.key}. Send the photo(s) here now. "
-            f"I strip hidden data, post them to the specialists, and remove them after the opinion "
+            f"Referral {rid} opened for {spec.title or spec.key}; I am starting its thread in the specialists' room. "
+            f"Send the photo(s) here now. I strip hidden data, post them in that thread, and remove them after the opinion "
             f"(or at {lc.fmt_time(ref.expires_at)} if nobody answers)."
         )
 
@@ -677,7 +677,7 @@ class Workflow:
             eff.actions.append(
                 Notify(
                     user_id=ref.referrer,
-                    text=f"I could not post {ref.referral_id} to the {ref.specialty} room: {ev.reason} Your image was not shared; ask your administrator, or !cancel {ref.referral_id}.",
+                    text=f"I could not post {ref.referral_id} to the {ref.specialty} room: {ev.reason} Nothing of it was shared; ask your administrator, or !cancel {ref.referral_id}.",
                 )
             )
             await ctx.apply(ref2, eff)

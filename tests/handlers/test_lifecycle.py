@@ -122,15 +122,30 @@ def test_illegal_messages_are_plain(state, inp, words):
         CALLS[inp](in_state(state))
 
 
-def test_thread_root_requested_once_and_images_wait_for_it():
-    ref, eff = lc.add_image(fresh(), item(1), consent=CONSENT, at=T0, actor=GP.user_id)
-    assert [type(a) for a in eff.actions] == [A.PostThreadRoot]
+def test_thread_root_requested_at_open_and_images_wait_for_it():
+    ref, eff = lc.open_referral(referral_id="R-LIFE01", consent=CONSENT, referrer=GP.user_id,
+                                practice="Riverside Surgery", specialty="dermatology",
+                                question="Itchy plaque?", at=T0, policy=POLICY)
+    (root,) = eff.actions
+    assert isinstance(root, A.PostThreadRoot) and ref.root_requested
+    assert "Itchy plaque?" in root.text and "photos follow" in root.text
+    ref, eff = lc.add_image(ref, item(1), consent=CONSENT, at=T0, actor=GP.user_id)
+    assert eff.actions == []  # root already requested: the image waits for it
     ref, eff = lc.add_image(ref, item(2), consent=CONSENT, at=T0, actor=GP.user_id)
-    assert eff.actions == []  # root already requested
+    assert eff.actions == []
     ref, eff = lc.root_posted(ref, room_event_id="$root", consent=CONSENT, at=T0)
     assert [a.image_id for a in eff.actions] == ["I-000001", "I-000002"]
     ref2, eff2 = lc.root_posted(ref, room_event_id="$root", consent=CONSENT, at=T0)
     assert eff2.actions == [] and ref2 == ref  # duplicate feedback
+
+
+def test_a_failed_root_is_requested_again_by_the_next_image():
+    ref, _ = lc.post_failed(fresh(), at=T0, root=True)
+    assert not ref.root_requested
+    ref, eff = lc.add_image(ref, item(1), consent=CONSENT, at=T0, actor=GP.user_id)
+    assert [type(a) for a in eff.actions] == [A.PostThreadRoot]
+    ref, eff = lc.root_posted(ref, room_event_id="$root", consent=CONSENT, at=T0)
+    assert [a.image_id for a in eff.actions] == ["I-000001"]
 
 
 def test_withdrawn_consent_stops_waiting_images_at_root_time():

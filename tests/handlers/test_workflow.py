@@ -53,15 +53,18 @@ def exif_of(data: bytes, tmp_path) -> dict:
 
 async def test_happy_path_consent_refer_image_opinion_removal(tmp_path):
     h = Harness()
-    cid, rid = await open_referral(h)
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    acts = await h.say(GP, f"!refer derm {cid} Is this a BCC?")
+    rid = referral_id_from(acts)
+    # the thread root (question, no patient identifiers) is requested when the referral opens
+    root = next(a for a in acts if isinstance(a, A.PostThreadRoot))
+    assert "Is this a BCC?" in root.text and "9434765919" not in root.text
     upload = jpeg_with_metadata()
     acts = await h.send_image(GP, upload)
     text = reply_text(acts)
     assert "GPS location" in text and "camera serial number" in text and f"{rid}-1.jpg" in text
     assert any(isinstance(a, A.RedactOriginalUpload) for a in acts)
-    assert not any(isinstance(a, A.PostImage) for a in acts)  # waits for the thread root
-    root = next(a for a in acts if isinstance(a, A.PostThreadRoot))
-    assert "Is this a BCC?" in root.text and "9434765919" not in root.text
+    assert not any(isinstance(a, (A.PostImage, A.PostThreadRoot)) for a in acts)  # waits for the root
 
     await h.drain()
     ref = h.store.referral(rid)

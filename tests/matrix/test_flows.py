@@ -25,6 +25,11 @@ async def test_full_flow(make_world, tmp_path, caplog):
     w = await make_world(policy=FAST)
     cid = await flow.consent(w)
     rid = await flow.refer(w, cid)
+    # the thread opens with the referral: the specialists see the question before any photo
+    opened = await w.sp.wait_for(lambda s: s.room_id == w.derm_room and s.sender == w.bot_user.user_id
+                                 and rid in s.body and s.thread_root is None, 20, "the thread root")
+    assert "melanoma" in opened.body.lower() and "photos follow" in opened.body
+    assert flow.bot_images_in_room(w) == []
     photo = make_photo(1024, 768)
     up = await flow.send_photo(w, photo)
     removed = await flow.bot_reply(w, up.mark, "removed")
@@ -33,9 +38,7 @@ async def test_full_flow(make_world, tmp_path, caplog):
     # the specialist: a bot-authored thread root with the question, then the clean image in it
     img, clean_mxc = await flow.clean_image(w)
     thread = img.thread_root
-    root = next(s for s in w.sp.seen if s.event_id == thread)
-    assert root.sender == w.bot_user.user_id and rid in root.body and "melanoma" in root.body.lower()
-    assert root.thread_root is None
+    assert thread == opened.event_id  # in the thread opened with the referral
     assert img.body.startswith(rid) and img.body.endswith(".jpg")
     assert "url" not in img.content and img.content["file"]["url"] == clean_mxc   # encrypted
     info = img.content.get("info") or {}
@@ -122,7 +125,11 @@ async def test_bad_files_are_refused(make_world, kind):
 
 async def test_outsider_in_specialty_room(make_world):
     w = await make_world(policy=FAST, with_outsider=True)
+    mark = time.monotonic()
     rid = await flow.refer(w, await flow.consent(w))
+    # the GP learns it when the referral opens, before sending any photo
+    early = await flow.bot_reply(w, mark, "could not post")
+    assert rid in early.body and "outside the clinician directory" in early.body
     up = await flow.send_photo(w)
     # the room is told why, the GP is told the image was not shared
     said = await w.sp.wait_for(lambda s: s.room_id == w.derm_room and s.sender == w.bot_user.user_id
