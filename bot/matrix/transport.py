@@ -101,7 +101,9 @@ class MatrixTransport(OutboxLoop):
         # image id -> task encrypting and uploading a cleared image while the workflow
         # saves it and the thread root is posted (see _on_image_cleared)
         self._pre_uploads: dict[str, asyncio.Task] = {}
-        self._unsettled: set[str] = set()   # pre-uploads whose workflow transaction is still open
+        # pre-uploads whose workflow transaction is still open -> the task handling that event
+        self._unsettled: dict[str, asyncio.Task | None] = {}
+        self._handling: set[asyncio.Task | None] = set()  # tasks inside a workflow call
         self._upload_slots = asyncio.Semaphore(2)  # bounds the image copies held in memory
         if hasattr(workflow, "on_image_cleared"):
             workflow.on_image_cleared = self._on_image_cleared
@@ -433,12 +435,16 @@ class MatrixTransport(OutboxLoop):
 
     # ================================================================= outbox hooks
     async def _handle(self, event: Any) -> list:
+        me = asyncio.current_task()
+        self._handling.add(me)
         try:
             return await super()._handle(event)
         finally:
+            self._handling.discard(me)
             # the transaction that cleared these images has committed or rolled back:
-            # from now on an unused pre-upload is really unused
-            self._unsettled.clear()
+            # from now on an unused pre-upload of theirs is really unused
+            for image_id in [i for i, task in self._unsettled.items() if task is me]:
+                del self._unsettled[image_id]
 
     def _next_batch(self, pending: list) -> list:
         """Posting to the specialists goes first: redacting the GP's upload or replying to
@@ -620,13 +626,14 @@ class MatrixTransport(OutboxLoop):
 
     def _on_image_cleared(self, image: Any) -> None:
         """The workflow cleared an image for posting (its transaction is still open):
-        encrypt and upload it now, so the upload overlaps the vault write, the commit
-        and the thread root. The ciphertext is unreadable without the keys, which only
+        encrypt and upload it now, so the upload overlaps the vault write and the
+        commit. The ciphertext is unreadable without the keys, which only
         travel inside the image event; that is still sent by PostImage, after the room
         checks, and only if the transaction committed."""
         if image.image_id in self._pre_uploads:
             return
-        self._unsettled.add(image.image_id)
+        if asyncio.current_task() in self._handling:
+            self._unsettled[image.image_id] = asyncio.current_task()
         self._pre_uploads[image.image_id] = asyncio.create_task(
             self._pre_upload(image.image_id, image.data, image.filename, image.media_type),
             name="matrix-pre-upload")
