@@ -20,6 +20,10 @@ An input that is not allowed in the current state raises ``IllegalTransition``
 whose message is one plain sentence for the user (the workflow replies with it).
 The table ``ALLOWED`` is the single source of truth for what is allowed where.
 
+Opening a referral requests its thread root (``PostThreadRoot``) at once; images wait
+for it if they arrive first, and a root that failed is requested again by the next
+image.
+
 Per-image states (``ImageState``): held (faces, consent not identifiable) ->
 waiting (no thread root yet) -> posting (PostImage enqueued) -> posted ->
 removing (RemoveImages enqueued) -> removed; or discarded (never shown). No
