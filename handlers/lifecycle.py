@@ -564,14 +564,16 @@ def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effe
     if ref.is_open and at >= ref.expires_at:
         ref, e = _start_removal(ref, at=at, reason=CloseReason.EXPIRED, actor=BOT_ACTOR)
         e.audit.insert(0, _audit(BOT_ACTOR, "referral.expired", at, ref))
+        removing = any(isinstance(a, RemoveImages) for a in e.actions)
+        outcome = "its images are removed" if removing else "no image of it was shared"
         e.actions.append(
             Notify(
                 user_id=ref.referrer,
-                text=f"{ref.referral_id} ({ref.specialty}) got no opinion in time and has expired; its images are removed. Open a new referral with !refer if you still need advice.",
+                text=f"{ref.referral_id} ({ref.specialty}) got no opinion in time and has expired; {outcome}. Open a new referral with !refer if you still need advice.",
             )
         )
         if ref.thread_root_event_id is not None:
-            e.actions.append(Reply(to=_thread(ref), text=f"{ref.referral_id} expired without an opinion; its images are removed."))
+            e.actions.append(Reply(to=_thread(ref), text=f"{ref.referral_id} expired without an opinion; {outcome}."))
         eff.extend(e)
     elif ref.is_open and not ref.reminder_sent and at >= ref.reminder_at:
         ref = dataclasses.replace(ref, reminder_sent=True)

@@ -189,6 +189,20 @@ def test_reminder_then_expiry_timeline():
     assert eff.actions == []
     ref, eff = lc.tick(ref, at=ref.expires_at, policy=POLICY)
     assert ref.state is ReferralState.IMAGES_EXPIRED and any(isinstance(a, A.RemoveImages) for a in eff.actions)
+    note = next(a for a in eff.actions if isinstance(a, A.Reply))
+    assert "expired without an opinion; its images are removed" in note.text
+
+
+def test_expiry_of_a_thread_without_images_says_so():
+    # the thread opens with the referral, so it may expire before any photo was shared
+    ref, _ = lc.root_posted(fresh(), room_event_id="$root", consent=CONSENT, at=T0)
+    ref, eff = lc.tick(ref, at=ref.expires_at, policy=POLICY)
+    assert ref.state is ReferralState.CLOSED
+    assert not any(isinstance(a, A.RemoveImages) for a in eff.actions)
+    (note,) = [a for a in eff.actions if isinstance(a, A.Reply)]
+    (told,) = [a for a in eff.actions if isinstance(a, A.Notify)]
+    assert note.text.endswith("expired without an opinion; no image of it was shared.")
+    assert "no image of it was shared" in told.text and "images are removed" not in told.text
 
 
 def test_referral_round_trips_through_json():
