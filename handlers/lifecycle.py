@@ -483,7 +483,9 @@ def withdraw(ref: Referral, *, at: datetime, actor: str) -> tuple[Referral, Effe
     else:
         ref, eff = _start_removal(ref, at=at, reason=CloseReason.WITHDRAWN, actor=actor)
         if ref.thread_root_event_id is not None:
-            eff.actions.append(Reply(to=_thread(ref), text=f"Consent for {ref.referral_id} was withdrawn; its images are being removed."))
+            removing = any(isinstance(a, RemoveImages) for a in eff.actions)
+            outcome = "its images are being removed" if removing else "the referral is closed"
+            eff.actions.append(Reply(to=_thread(ref), text=f"Consent for {ref.referral_id} was withdrawn; {outcome}."))
     for item in ref.images:
         if not item.shredded:
             eff.shred.append(item.image_id)

@@ -193,6 +193,13 @@ def test_reminder_then_expiry_timeline():
     assert "expired without an opinion; its images are removed" in note.text
 
 
+def test_withdrawal_of_a_thread_without_images_says_so():
+    ref, _ = lc.root_posted(fresh(), room_event_id="$root", consent=CONSENT, at=T0)
+    ref, eff = lc.withdraw(ref, at=T0, actor=GP.user_id)
+    (note,) = [a for a in eff.actions if isinstance(a, A.Reply)]
+    assert ref.state is ReferralState.CLOSED and note.text.endswith("was withdrawn; the referral is closed.")
+
+
 def test_expiry_of_a_thread_without_images_says_so():
     # the thread opens with the referral, so it may expire before any photo was shared
     ref, _ = lc.root_posted(fresh(), room_event_id="$root", consent=CONSENT, at=T0)
