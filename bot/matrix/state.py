@@ -108,6 +108,10 @@ class TransportState:
         """Every mxc ever recorded, deleted or not (for checks that nothing is left)."""
         return [r[0] for r in self._exec("SELECT mxc FROM media ORDER BY created_at")]
 
+    def ref_of(self, mxc: str) -> str | None:
+        rows = self._exec("SELECT ref FROM media WHERE mxc=?", (mxc,))
+        return rows[0][0] if rows else None
+
     def unposted_media(self, ref_prefix: str) -> list[str]:
         """Live media under references starting with ``ref_prefix`` that no event carries."""
         return [r[0] for r in self._exec(

@@ -600,16 +600,20 @@ class MatrixTransport(OutboxLoop):
         t0 = time.perf_counter()
         pre = await self._take_pre_upload(action)
         log.debug("pre-upload %s, waited %.1f ms", "used" if pre else "not used", (time.perf_counter() - t0) * 1000)
+        earlier: list[str] = []
         if pre is not None:
             up, size = pre
         else:
             data = await self.store.vault_get(action.image_id)
             if data is None:
                 return self._failed(action, "The image is no longer in the vault.", action.referral_id)
-            # a crash after an earlier upload of this same action (or a pre-upload made
-            # before a crash) leaves an orphan: delete it
-            for old in self.state.media_for_ref(action.key) + self.state.media_for_ref(_pre_ref(action.image_id)):
-                await self._delete_media(old)
+            # This action ran before (a crash, or an outage after the upload). Its earlier
+            # upload may be what Synapse already posted: the send below reuses the
+            # transaction id, so Synapse then answers with that first event, which
+            # carries the earlier upload. So nothing is deleted here; the earlier uploads
+            # are tied to the event below and deleted with it at removal.
+            earlier = (self.state.media_for_ref(action.key)
+                       + self.state.media_for_ref(_pre_ref(action.image_id)))
             up = await nioclient.upload_encrypted(self.client, data, action.filename, action.media_type)
             size = len(data)
             del data
@@ -620,7 +624,8 @@ class MatrixTransport(OutboxLoop):
             event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(action.key))
         except nioclient.MatrixCallError as exc:
             raise TransientError(str(exc)) from None
-        self.state.record_media(up.mxc, "posted", action.key, event_id)
+        for mxc in [*earlier, up.mxc]:
+            self.state.record_media(mxc, "posted", action.key, event_id)
         return E.ImagePosted(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
                              image_id=action.image_id, room_event_id=event_id, media_uri=up.mxc)
 
@@ -690,9 +695,16 @@ class MatrixTransport(OutboxLoop):
                 log.warning("could not delete an unused pre-upload")
 
     async def _drop_orphan_pre_uploads(self) -> None:
-        """At start: pre-uploads are only held in memory, so any the ledger shows without
-        an event are from before a crash or stop and will never be posted."""
+        """At start: pre-uploads are only held in memory, so one the ledger shows without
+        an event is from before a crash or stop. It is deleted unless its image still has
+        a PostImage in the outbox: the crash may have come after that post was sent and
+        before its event was recorded, and the re-run then ties it to the event."""
+        posting = {entry.action.image_id for entry in await self.store.pending_actions(limit=100_000)
+                   if isinstance(entry.action, A.PostImage)}
         for mxc in self.state.unposted_media(_pre_ref("")):
+            ref = self.state.ref_of(mxc)
+            if ref is not None and ref[len(_pre_ref("")):] in posting:
+                continue
             try:
                 await self._delete_media(mxc)
             except TransientError:

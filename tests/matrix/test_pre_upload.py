@@ -10,6 +10,7 @@ import pytest
 
 from bot.matrix import nioclient
 from bot.matrix.photo import make_photo
+from handlers import actions as A
 from handlers.workflow import ClearedImage
 from tests.matrix import flow
 
@@ -54,3 +55,58 @@ async def test_uploads_left_from_before_a_stop_are_deleted_at_start(make_world):
     await w.wait_bot_joined()
     await flow.media_gone(w, [up.mxc])
     assert w.app.transport.state.unposted_media("pre.") == []
+
+
+async def test_a_post_run_again_keeps_the_image_already_posted(make_world):
+    w = await make_world(policy={"grace_period_seconds": 2, "max_lifetime_hours": 72})
+    done: list = []
+    w.app.transport.on_action_done = lambda action, outcome: done.append(action)
+    await flow.refer(w, await flow.consent(w))
+    await flow.send_photo(w)
+    img, clean_mxc = await flow.clean_image(w)
+    deadline = time.monotonic() + 10
+    while not any(isinstance(a, A.PostImage) for a in done):
+        assert time.monotonic() < deadline, "PostImage never completed"
+        await asyncio.sleep(0.1)
+    post = next(a for a in done if isinstance(a, A.PostImage))
+    # the same PostImage again, as after a crash between sending the event and recording
+    # it: the early upload died with the process, so the post uploads from the vault
+    # again, and Synapse answers the reused transaction id with the first event
+    outcome = await w.app.transport._execute(post)
+    assert outcome.room_event_id == img.event_id
+    await asyncio.sleep(1)
+    assert len(flow.bot_images_in_room(w)) == 1
+    # what the specialist sees still downloads: the first upload was not deleted
+    assert await w.sp.download_image(img)
+    # and after the opinion every upload of it, the second one too, is gone
+    await w.sp.say(w.derm_room, "!opinion Benign.", thread_root=img.thread_root)
+    await w.sp.wait_for(lambda s: s.event_id == img.event_id and s.redacted, 20, "the removal")
+    await flow.nothing_left_on_server(w)
+    assert outcome.media_uri != clean_mxc and outcome.media_uri in w.app.transport.state.all_media()
+
+
+async def test_an_upload_whose_post_is_still_pending_survives_the_start(make_world):
+    from bot.app import open_store
+    from bot.config import load_config
+
+    w = await make_world()
+    up = await nioclient.upload_encrypted(w.app.client, make_photo(320, 240), "x.jpg", "image/jpeg")
+    # as if the bot died after sending the post of a pre-uploaded image and before
+    # recording it: the ledger has the upload without an event, the PostImage is pending
+    w.app.transport.state.record_media(up.mxc, "posted", "pre.I-PENDING")
+    await w.stop_bot()
+    store, _ = await open_store(load_config(w.config_path))
+    try:
+        async with store.transaction() as tx:
+            await tx.enqueue([A.PostImage(referral_id="R-GONE", specialty="dermatology",
+                                          thread_root_event_id="$nothing", image_id="I-PENDING",
+                                          filename="R-GONE-1.jpg", media_type="image/jpeg",
+                                          key="test/pending")])
+    finally:
+        await store.close()
+    await w.start_bot()
+    await w.wait_bot_joined()
+    await asyncio.sleep(1.5)
+    # not swept at start: the event the pending post re-runs into may carry it
+    assert await nioclient.download_bytes(w.gp.client, up.mxc) is not None
+    assert up.mxc in w.app.transport.state.unposted_media("pre.")
