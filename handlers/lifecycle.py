@@ -41,6 +41,7 @@ from handlers.consent import check_cover
 from handlers.events import DirectChat, SpecialtyThread
 from handlers.model import (
     BOT_ACTOR,
+    OPEN_STATES,
     AuditEntry,
     CloseReason,
     ConsentRecord,
@@ -94,7 +95,7 @@ class Input(str, enum.Enum):
     RETENTION = "retention"  # vault retention ended for an image (tick)
 
 
-_OPEN = (S.OPENED, S.IMAGES_RECEIVED, S.POSTED, S.DISCUSSED)
+_OPEN = tuple(s for s in S if s in OPEN_STATES)  # in lifecycle order
 _ALL = tuple(S)
 
 #: input -> states in which it is accepted. Anything else raises IllegalTransition.

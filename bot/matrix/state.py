@@ -108,14 +108,11 @@ class TransportState:
         """Every mxc ever recorded, deleted or not (for checks that nothing is left)."""
         return [r[0] for r in self._exec("SELECT mxc FROM media ORDER BY created_at")]
 
-    def ref_of(self, mxc: str) -> str | None:
-        rows = self._exec("SELECT ref FROM media WHERE mxc=?", (mxc,))
-        return rows[0][0] if rows else None
-
-    def unposted_media(self, ref_prefix: str) -> list[str]:
-        """Live media under references starting with ``ref_prefix`` that no event carries."""
-        return [r[0] for r in self._exec(
-            "SELECT mxc FROM media WHERE deleted_at IS NULL AND room_event IS NULL "
+    def unposted_media(self, ref_prefix: str) -> list[tuple[str, str]]:
+        """(mxc, ref) of live media under references starting with ``ref_prefix`` that no
+        event carries."""
+        return [(r[0], r[1]) for r in self._exec(
+            "SELECT mxc, ref FROM media WHERE deleted_at IS NULL AND room_event IS NULL "
             "AND substr(ref, 1, ?) = ? ORDER BY created_at", (len(ref_prefix), ref_prefix))]
 
     def live_media(self) -> list[tuple[str, str, str]]:

@@ -701,9 +701,9 @@ class MatrixTransport(OutboxLoop):
         before its event was recorded, and the re-run then ties it to the event."""
         posting = {entry.action.image_id for entry in await self.store.pending_actions(limit=100_000)
                    if isinstance(entry.action, A.PostImage)}
-        for mxc in self.state.unposted_media(_pre_ref("")):
-            ref = self.state.ref_of(mxc)
-            if ref is not None and ref[len(_pre_ref("")):] in posting:
+        prefix = _pre_ref("")
+        for mxc, ref in self.state.unposted_media(prefix):
+            if ref[len(prefix):] in posting:
                 continue
             try:
                 await self._delete_media(mxc)
