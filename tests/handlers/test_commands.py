@@ -147,7 +147,7 @@ def test_consent_synonyms_and_forms(text, field, value):
 @pytest.mark.parametrize(
     "text, hint",
     [
-        ("!consent", "patient=<ref>"),
+        ("!consent", "!consent patient=<NHS no.>"),
         ("!consent patient", "key=value"),
         ("!consent colour=blue", "Unknown field"),
         ("!consent by=cousin", "by= takes"),

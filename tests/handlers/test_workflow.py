@@ -30,7 +30,9 @@ from .helpers import (
     reply_text,
 )
 
-CONSENT_IDENT = "!consent patient=9434765919 by=patient purposes=care identifiable=yes notes=yes"
+CONSENT_IDENT = (
+    "!consent patient=9434765919 by=patient adult=yes purposes=care identifiable=yes notes=yes specialties=dermatology"
+)
 
 
 def thread(rid: str) -> E.SpecialtyThread:
@@ -338,7 +340,8 @@ async def test_age_out_between_referral_and_image():
     h = Harness()
     # the child turns 16 on 2026-03-05 (T0 is 2026-03-02)
     cid = consent_id_from(
-        await h.say(GP, "!consent patient=X1 by=parent dob=2010-03-05 purposes=care identifiable=no notes=yes")
+        await h.say(GP, "!consent patient=4000000004 by=parent dob=2010-03-05 purposes=care identifiable=no notes=yes "
+            'specialties=derm statement="Parent wants eczema reviewed; child too young to decide; photos guide treatment"')
     )
     rid = referral_id_from(await h.say(GP, f"!refer derm {cid} eczema"))
     h.advance(days=3)
@@ -433,7 +436,7 @@ async def test_commands_in_the_wrong_place_and_unknown_things():
     assert "no referrals" in reply_text(await h.say(GP, "!status"))
     assert "There is no consent" in reply_text(await h.say(GP, "!refer derm C-ZZZZZZ rash"))
     assert "choose one of: dermatology, plastics" in reply_text(await h.say(GP, "!refer cardiology C-ZZZZZZ rash"))
-    text = reply_text(await h.say(GP, "!consent patient=X by=parent purposes=care identifiable=no notes=yes"))
+    text = reply_text(await h.say(GP, "!consent patient=9434765919 by=parent purposes=care identifiable=no notes=yes specialties=derm"))
     assert text.startswith("Consent not recorded:") and "dob=" in text
     assert [e.details for e in h.store.audit if e.action == "consent.refused"] == [{"rule": "who.parent"}]
 
