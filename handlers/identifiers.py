@@ -37,7 +37,8 @@ What counts (docs/commands.md "Identifier guard" has the same list for users):
   valid in the text with the UK as the default region (landlines, mobiles,
   international ``+…``), plus anything shaped like a UK number even when that
   library does not know the range (a trunk ``0`` or ``+44``/``0044`` then 9-10
-  digits, in any grouping), because a mistyped phone number is still personal.
+  digits, in any grouping) and any ``+`` number of 7-15 digits, because a
+  mistyped or fictional-looking phone number is still personal.
 * **Email address**: ``local@domain.tld``.
 * **Street address**: a house number, one to three capitalised words and a street
   word ("12 High St", "4a Mill Lane", "Flat 2, 10 Station Road"). Not in the
@@ -241,6 +242,9 @@ _UK_PHONE = re.compile(
     r"(?![ \-]?\d)(?!\w)"
 )
 
+# Any "+country" number of 7-15 digits (E.164 allows 15), whatever the library knows.
+_INTL_PHONE = re.compile(r"(?<![\w+])(?:\+|00(?=[1-9]))\d{1,3}[ \-.]?(?:\(\d{1,4}\)[ \-.]?)?\d(?:[ \-.]?\d){5,13}(?![\w])")
+
 # --------------------------------------------------------------------------- email
 _EMAIL = re.compile(r"(?<![\w.+\-])[A-Za-z0-9][A-Za-z0-9._%+\-]*@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9\-]+)+")
 
@@ -255,12 +259,14 @@ _ADDRESS = re.compile(
 
 # --------------------------------------------------------------------------- names
 _TITLES = r"(?:Mrs|Mr|Ms|Miss|Mx|Dr|Prof|Master|Sir|Dame|Lady|Lord|Revd|Rev)"
-_CAP_NAME = r"[A-Z][a-z'’]+(?:-[A-Z][a-z'’]+)?"
+# a capitalised name: "Doe", "McDonald", "O'Brien", "Smith-Jones", "Li"
+_NAME_PART = r"[A-Z](?:[a-z]|['’][A-Z]|[A-Z](?=[a-z]))*[a-z]"
+_CAP_NAME = rf"{_NAME_PART}(?:-{_NAME_PART})?"
 _INITIAL = r"[A-Z]\.?"
 _TITLED_NAME = re.compile(
     rf"(?<![\w.])(?:{_TITLES}|MRS|MR|MISS|MX)\.?\s+(?:{_INITIAL}\s*){{0,3}}(?:{_CAP_NAME}|[A-Z]{{2,}}\b)(?![\w])"
 )
-_LOWER_TITLE = re.compile(r"(?<![\w.])(?:mrs|mr|mx)\.?\s+(?P<w>[a-z][a-z'’\-]+)\b")
+_LOWER_TITLE = re.compile(r"(?<![\w.])(?:mrs|mr|mx)\.?\s+(?:[a-z]\.\s*|[a-z]\s+(?=[a-z]))*(?P<w>[a-z][a-z'’\-]+)\b")
 _LOWER_TITLE_CAP = re.compile(rf"(?<![\w.])(?:miss|ms|dr|prof)\.?\s+(?:{_INITIAL}\s*){{0,3}}{_CAP_NAME}(?![\w])")
 #: words after a lower-case "mr" that are imaging, not a name (MR = magnetic resonance)
 _MR_WORDS = frozenset(
@@ -286,6 +292,14 @@ class _Claims:
 
     def take(self, start: int, end: int) -> None:
         self.spans.append((start, end))
+
+    def masked(self, text: str) -> str:
+        """*text* with claimed spans blanked to letters (same length), so a library
+        scanning for numbers does not glue a date onto the phone number before it."""
+        chars = list(text)
+        for s, e in self.spans:
+            chars[s:e] = "x" * (e - s)
+        return "".join(chars)
 
 
 def _year(text: str, today: date) -> int:
@@ -362,7 +376,7 @@ def _find_postcodes(text: str, claims: _Claims) -> bool:
 
 def _find_phones(text: str, claims: _Claims) -> bool:
     found = False
-    for match in phonenumbers.PhoneNumberMatcher(text, "GB", leniency=phonenumbers.Leniency.VALID):
+    for match in phonenumbers.PhoneNumberMatcher(claims.masked(text), "GB", leniency=phonenumbers.Leniency.VALID):
         if claims.free(match.start, match.end):
             claims.take(match.start, match.end)
             found = True
@@ -428,6 +442,12 @@ def find_identifiers(
         if claims.free(m.start(1), m.end(1)):
             claims.take(m.start(1), m.end(1))
             kinds.add(IdentifierKind.NHS_NUMBER)
+    # a number with an international prefix is a phone number, even if its digits
+    # happen to pass modulus 11 ("+44 123 493 1869")
+    for m in _INTL_PHONE.finditer(text):
+        if claims.free(m.start(), m.end()):
+            claims.take(m.start(), m.end())
+            kinds.add(IdentifierKind.PHONE)
     for m in _NHS_SHAPED.finditer(text):
         if claims.free(m.start(), m.end()) and nhs_check_digit_ok(m.group(1) + m.group(3) + m.group(4)):
             claims.take(m.start(), m.end())
