@@ -217,3 +217,15 @@ def test_file_exporter_for_the_transports(deployment, tmp_path):
     path = tmp_path / "exports" / "R-7K3QX9-20260301T090000Z.fhir.json"
     assert where == str(path) and stat.S_IMODE(path.stat().st_mode) == 0o600
     Bundle.model_validate_json(path.read_text())
+
+
+def test_a_deceased_patients_statement_is_filed_as_known_wishes():
+    """Issue 12: for a patient who has died the statement is their known wishes / the views
+    of those close to them; the record must not call it a best-interests statement."""
+    from handlers.model import ConsentBasis
+
+    r = _full_referral()
+    c = dataclasses.replace(consent(), basis=ConsentBasis.DECEASED_WISHES,
+                            best_interests_statement="Asked that his photos be used to teach; wife agrees.")
+    text = export_bundle(c, r, [ExportImage(r.images[0], JPEG)], at=T0 + timedelta(days=1)).json()
+    assert "known-wishes-statement" in text and "best-interests" not in text
