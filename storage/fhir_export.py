@@ -168,19 +168,31 @@ def _consent_resource(consent: ConsentRecord, subject: dict[str, Any], at: datet
     }
 
 
+SYSTEM_NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
+
+
 def build_bundle(
     consent: ConsentRecord,
     referral: Referral,
     images: Sequence[ExportImage],
     *,
     at: datetime,
+    nhs_number: str | None = None,
+    document: bool = False,
+    version: int = 1,
 ) -> dict[str, Any]:
-    """The bundle as plain JSON (not yet validated: see :func:`export_bundle`)."""
+    """The bundle as plain JSON (not yet validated: see :func:`export_bundle`).
+    ``nhs_number``: when filing into the record, the patient is identified by it
+    (system https://fhir.nhs.uk/Id/nhs-number) so the receiving system can match them;
+    otherwise only by the bot's pseudonymous keyed hash."""
     if consent.consent_id != referral.consent_id:
         raise ExportError(f"consent {consent.consent_id} is not the consent of referral {referral.referral_id}")
     rid = referral.referral_id
-    subject = {"identifier": {"system": SYSTEM_PATIENT_REF, "value": consent.patient_ref},
-               "display": "Patient (pseudonymous reference held by the referral bot)"}
+    if nhs_number:
+        subject = {"identifier": {"system": SYSTEM_NHS_NUMBER, "value": nhs_number}, "display": f"NHS number {nhs_number}"}
+    else:
+        subject = {"identifier": {"system": SYSTEM_PATIENT_REF, "value": consent.patient_ref},
+                   "display": "Patient (pseudonymous reference held by the referral bot)"}
     url_sr, url_consent, url_report = _uid(rid, "ServiceRequest"), _uid(rid, "Consent"), _uid(rid, "DiagnosticReport")
     media_urls = [_uid(rid, "Media", im.item.image_id) for im in images]
 
@@ -254,10 +266,35 @@ def build_bundle(
             "media": [{"link": {"reference": u}} for u in media_urls],
             "conclusion": referral.opinion,
         }})
+    bundle_type = "collection"
+    if document:
+        # a FHIR document: a Composition first, its sections pointing at the resources
+        # (https://hl7.org/fhir/R4/documents.html), which a GP system can file as one letter
+        sections = [
+            {"title": "Clinical question", "entry": [{"reference": url_sr}]},
+            {"title": "Consent", "entry": [{"reference": url_consent}]},
+        ]
+        if media_urls:
+            sections.append({"title": "Images", "entry": [{"reference": u} for u in media_urls]})
+        if referral.opinion is not None:
+            sections.append({"title": "Specialist opinion", "entry": [{"reference": url_report}]})
+        composition = {
+            "resourceType": "Composition",
+            "identifier": {"system": SYSTEM_REFERRAL, "value": f"{rid}/v{version}"},
+            "status": "final",
+            "type": {"coding": [{"system": "http://loinc.org", "code": "11488-4", "display": "Consult note"}]},
+            "subject": subject,
+            "date": _iso(at),
+            "author": [_user(referral.opinion_by or referral.referrer)],
+            "title": f"Specialist advice and guidance: {referral.specialty} ({rid})",
+            "section": sections,
+        }
+        entries.insert(0, {"fullUrl": _uid(rid, "Composition", str(version)), "resource": composition})
+        bundle_type = "document"
     bundle = {
         "resourceType": "Bundle",
-        "identifier": {"system": SYSTEM_REFERRAL, "value": rid},
-        "type": "collection",
+        "identifier": {"system": SYSTEM_REFERRAL, "value": rid if not document else f"{rid}/v{version}"},
+        "type": bundle_type,
         "timestamp": _iso(at),
         "entry": entries,
     }
@@ -281,8 +318,9 @@ def validate(bundle: dict[str, Any]) -> Any:
         raise ExportError(f"the FHIR bundle did not validate at {where or 'top level'}: {first.get('msg')}") from None
 
 
-def export_bundle(consent: ConsentRecord, referral: Referral, images: Sequence[ExportImage], *, at: datetime) -> ExportResult:
-    bundle = build_bundle(consent, referral, images, at=at)
+def export_bundle(consent: ConsentRecord, referral: Referral, images: Sequence[ExportImage], *, at: datetime,
+                  nhs_number: str | None = None, document: bool = False, version: int = 1) -> ExportResult:
+    bundle = build_bundle(consent, referral, images, at=at, nhs_number=nhs_number, document=document, version=version)
     validate(bundle)
     return ExportResult(
         referral_id=referral.referral_id,
