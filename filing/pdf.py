@@ -130,6 +130,7 @@ def render_pdf(record: RecordDocument, *, title: str = "") -> bytes:
     elif not with_data:
         d.para("The images were destroyed at the end of their retention before this version was filed.")
     width = (pdf.w - 2 * _MARGIN - 6) / 2
+    keep: list[io.BytesIO] = []
     for row in range(0, len(with_data), 2):
         pair = with_data[row:row + 2]
         sizes = []
@@ -144,7 +145,9 @@ def render_pdf(record: RecordDocument, *, title: str = "") -> bytes:
         top = pdf.get_y() + 1
         for col, (img, (w_mm, h_mm)) in enumerate(zip(pair, sizes)):
             x = _MARGIN + col * (width + 6)
-            pdf.image(io.BytesIO(img.data), x=x, y=top, w=w_mm, h=h_mm)
+            stream = io.BytesIO(img.data)
+            keep.append(stream)  # fpdf2 caches images by object id: keep each one alive
+            pdf.image(stream, x=x, y=top, w=w_mm, h=h_mm)
             d.font(8)
             pdf.set_xy(x, top + h_mm + 0.5)
             note = img.filename + (f" - {img.faces} face(s) blurred" if img.faces_blurred else "")
