@@ -626,9 +626,10 @@ def record_consent(
     """Check a ``!consent`` against every ``record`` rule; return the record or raise
     ``ConsentRefused``.
 
-    Kept: a keyed hash of the reference plus its scheme and last 3 characters; the
-    year and month of birth (not the day); the parent's age-out date. The exact date
-    of birth and the reference itself are used here and dropped.
+    Kept in the record: a keyed hash of the reference plus its scheme and last 3
+    characters; the year and month of birth (not the day); the parent's age-out date.
+    The exact date of birth is used here and dropped. (The reference itself goes only
+    to the vault, encrypted, for filing: handlers/workflow.py.)
     """
     today = at.astimezone(timezone.utc).date()
     age = age_on(cmd.dob, today) if cmd.dob is not None and cmd.dob <= today else None

@@ -36,6 +36,9 @@ from handlers.identifiers import nhs_check_digit_ok
 __all__ = [
     "PatientRefHasher",
     "normalise_patient_ref",
+    "patient_ref_vault_id",
+    "PATIENT_REF_MEDIA_TYPE",
+    "is_nhs_number",
     "PatientRefScheme",
     "CheckedPatientRef",
     "PatientRefInvalid",
@@ -44,6 +47,20 @@ __all__ = [
 ]
 
 NHS_NUMBER_LABEL = "NHS no."
+
+#: the vault keeps the reference itself (for filing only) under this media type
+PATIENT_REF_MEDIA_TYPE = "application/x-referral-bot-patient-ref"
+
+
+def patient_ref_vault_id(consent_id: str) -> str:
+    """The vault id of a consent's patient reference: encrypted under its own data key,
+    beside the consent, shredded with it (withdrawal, end of the record's retention)."""
+    return f"{consent_id}.patient-ref"
+
+
+def is_nhs_number(ref: str) -> bool:
+    """A 10-digit NHS number whose modulus-11 check digit holds (NHS Data Dictionary)."""
+    return nhs_check_digit_ok(normalise_patient_ref(ref))
 
 _DROP = re.compile(r"[\s\-.]+")
 
