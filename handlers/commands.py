@@ -275,7 +275,7 @@ def _parse_purposes(value: str) -> frozenset[Purpose]:
                 "Consent must name each purpose explicitly: write e.g. purposes=care,teaching instead of 'all'."
             )
         if w not in _PURPOSE_WORDS:
-            raise CommandError(f"Unknown purpose {w!r}: use care, teaching, audit, research or publication.")
+            raise CommandError("Unknown purpose in purposes=: use care, teaching, audit, research or publication.")
         out.add(_PURPOSE_WORDS[w])
     return frozenset(out)
 

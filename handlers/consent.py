@@ -432,7 +432,7 @@ def _r_deceased_purposes(c: _Recording) -> str | None:
 def _r_statement_identifiers(c: _Recording) -> str | None:
     if not c.statement:
         return None
-    found = find_identifiers(c.statement, today=c.today, reference_patterns=[s.compiled() for s in c.policy.patient_ref_schemes])
+    found = find_identifiers(c.statement, today=c.today, reference_patterns=c.policy.reference_patterns())
     if not found:
         return None
     return (f"The statement contains what looks like {found.describe()}; describe people by their role "

@@ -62,3 +62,8 @@ class Policy:
 
     def specialty_names(self) -> list[str]:
         return sorted(self.specialties)
+
+    def reference_patterns(self) -> list:
+        """Compiled patterns of the deployment's own reference schemes, for the identifier
+        guard (``handlers.identifiers.find_identifiers(..., reference_patterns=...)``)."""
+        return [scheme.compiled() for scheme in self.patient_ref_schemes]
