@@ -153,7 +153,7 @@ async def play(out: TextIO, keep_running: bool = False, workdir: Path | None = N
                with_pacs: bool = False) -> int:
     pacs = None
     if with_pacs:
-        from filing.orthanc_local import OrthancServer, OrthancUnavailable
+        from bot.filing.orthanc_local import OrthancServer, OrthancUnavailable
 
         try:
             pacs = await asyncio.to_thread(OrthancServer.start)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from filing.record import RecordDocument, load_record
+from bot.filing.record import RecordDocument, load_record
 from tests.handlers.helpers import DERM, GP, Harness, consent_id_from, jpeg_with_metadata, policy, referral_id_from
 
 NHS = "9434765919"
@@ -47,7 +47,7 @@ async def filed():
 
 @pytest.fixture(scope="module")
 def orthanc():
-    from filing.orthanc_local import OrthancServer, OrthancUnavailable
+    from bot.filing.orthanc_local import OrthancServer, OrthancUnavailable
 
     try:
         server = OrthancServer.start()

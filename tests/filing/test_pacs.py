@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from filing.dicom import NHS_NUMBER_OID, VL_PHOTOGRAPHIC_IMAGE, uid_for
-from filing.sinks import DicomWebSink, SinkError
+from bot.filing.dicom import NHS_NUMBER_OID, VL_PHOTOGRAPHIC_IMAGE, uid_for
+from bot.filing.sinks import DicomWebSink, SinkError
 
 from .conftest import NHS, make_referral, record_of
 
