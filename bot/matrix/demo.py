@@ -193,7 +193,7 @@ async def _play(out: TextIO, keep_running: bool, workdir: Path | None, pacs) -> 
         await world.wait_bot_joined()
         bot = world.bot_user.user_id
         tr.step("The GP records the patient's consent")
-        ans = await world.gp_says("!consent patient=9434765919 by=patient purposes=care "
+        ans = await world.gp_says("!consent patient=9434765919 by=patient adult=yes purposes=care specialties=dermatology "
                                   "identifiable=no notes=yes", expect="C-")
         tr.flush()
         consent_id = re.search(r"C-[A-Z0-9]+", ans.body).group(0)

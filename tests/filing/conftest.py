@@ -18,7 +18,8 @@ async def make_referral(*, images: int = 2, identifiable: bool = False, withdraw
 
     h = Harness(policy=policy(filing_enabled=True))
     cid = consent_id_from(await h.say(
-        GP, f"!consent patient={NHS[:3]}-{NHS[3:6]}-{NHS[6:]} by=patient purposes={purposes} "
+        GP, f"!consent patient={NHS[:3]}-{NHS[3:6]}-{NHS[6:]} by=patient adult=yes specialties=dermatology "
+            f"purposes={purposes} "
             f"identifiable={'yes' if identifiable else 'no'} notes=yes"))
     rid = referral_id_from(await h.say(GP, f"!refer derm {cid} {QUESTION}"))
     await h.drain()
