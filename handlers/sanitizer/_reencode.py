@@ -136,11 +136,36 @@ def _refuse_decode(exc: BaseException) -> ImageRefused:
 _PNG_MODES = {"1", "L", "LA", "RGB", "RGBA", "I;16"}
 
 
+def declared_size(data: bytes, kind: str) -> tuple[int, int] | None:
+    """Width and height as the file's own header states them, read before any decoder sees
+    the file: some decoders allocate the whole canvas when they open it (a 34-byte WebP
+    declaring 16384x16384 once cost 1.2 GB). None when the header does not say (the decoder
+    then refuses the file)."""
+    if kind == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if kind == "gif" and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if kind == "webp":
+        ctype, body = data[12:16], data[20:30]
+        if ctype == b"VP8X" and len(body) == 10:
+            return 1 + int.from_bytes(body[4:7], "little"), 1 + int.from_bytes(body[7:10], "little")
+        if ctype == b"VP8 " and len(body) == 10 and body[3:6] == b"\x9d\x01\x2a":
+            return struct.unpack("<H", body[6:8])[0] & 0x3FFF, struct.unpack("<H", body[8:10])[0] & 0x3FFF
+        if ctype == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+            bits = int.from_bytes(body[1:5], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
 def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: bool) -> SanitizedImage:
     from PIL import Image
 
     if kind == "heif":
         _register_heif()
+    size = declared_size(data, kind)
+    if size is not None and size[0] * size[1] > limits.max_pixels:
+        raise too_many_pixels_error(size[0], size[1], limits)
+
     labels: list[str] = []
     if kind == "png":
         labels += _png_labels(data)
