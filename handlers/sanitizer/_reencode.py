@@ -157,7 +157,7 @@ def declared_size(data: bytes, kind: str) -> tuple[int, int] | None:
     return None
 
 
-def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: bool) -> SanitizedImage:
+def sanitize_other(data: bytes, kind: str, limits: Limits, want) -> SanitizedImage:
     from PIL import Image
 
     if kind == "heif":
@@ -249,18 +249,29 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
         clean.info["transparency"] = transparency
     del im
 
-    faces: list = []
-    blurred = False
-    if detect:
-        from . import _faces
+    face_boxes: list = []
+    text_boxes: list = []
+    faces_blurred = text_blurred = False
+    if want.faces or want.text:
+        import numpy as np
 
-        faces = _faces.detect(clean.convert("L"))
-        if blur and faces:
+        from . import _detect
+
+        rgb = clean if clean.mode == "RGB" else clean.convert("RGB")
+        if max(rgb.size) > _detect.WORK_SIDE:
+            rgb = rgb.copy() if rgb is clean else rgb
+            rgb.thumbnail((_detect.WORK_SIDE, _detect.WORK_SIDE), Image.Resampling.BILINEAR)
+        face_boxes, text_boxes = _detect.check(np.asarray(rgb), want_faces=want.faces, want_text=want.text)
+        del rgb
+        to_blur = (face_boxes if want.blur_faces else []) + (text_boxes if want.blur_text else [])
+        if to_blur:
             if clean.mode not in ("RGB", "RGBA", "L"):
                 clean = clean.convert("RGBA" if clean.mode == "LA" else "RGB")
-            _faces.blur(clean, faces)
-            blurred = True
-            labels.append(L.FACES_BLURRED)
+            _detect.blur(clean, to_blur)
+            faces_blurred = bool(want.blur_faces and face_boxes)
+            text_blurred = bool(want.blur_text and text_boxes)
+            labels += [L.FACES_BLURRED] * faces_blurred + [L.TEXT_BLURRED] * text_blurred
+    blurred = faces_blurred or text_blurred
 
     icc = sanitize_icc(info["icc_profile"]) if info.get("icc_profile") else None
     if info.get("icc_profile") and icc is None:
@@ -289,8 +300,11 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
         width=clean.size[0],
         height=clean.size[1],
         removed=L.ordered(labels),
-        faces=len(faces),
-        faces_blurred=blurred,
-        faces_checked=detect,
+        face_boxes=face_boxes,
+        faces_blurred=faces_blurred,
+        faces_checked=want.faces,
         lossless=lossless and not blurred,
+        text_boxes=text_boxes,
+        text_checked=want.text,
+        text_blurred=text_blurred,
     )
