@@ -48,6 +48,7 @@ TEXT_MIN_SIDE = 4  # px in the detector's input: smaller specks are not text any
 # lesion (a "word-shaped" blob); inside such a box almost no pixel is an edge. Measured on the
 # evaluation set: text boxes 0.03-0.36 edge pixels, lesion boxes 0.000-0.003.
 TEXT_EDGE_DENSITY = 0.02
+TEXT_BLUR_CELLS = 2  # blocks across a text line's height when it is blurred
 
 
 _verified: dict[str, str] = {}
@@ -294,8 +295,11 @@ def text(rgb: np.ndarray) -> list[Box]:
 
 # ------------------------------------------------------------------ blurring
 
-def blur(im, boxes):
-    """Pixelate then blur each box (padded) in a PIL RGB/L image, in place; returns it."""
+def blur(im, boxes, *, cells: int = 8):
+    """Pixelate then blur each box (padded) in a PIL RGB/L image, in place; returns it.
+    ``cells``: pixel blocks across the box's short side (8 for a face; 2 for a line of
+    text, so each letter melts into the block beside it and the text detector no longer
+    sees a line of text)."""
     from PIL import ImageFilter
 
     W, H = im.size
@@ -310,10 +314,10 @@ def blur(im, boxes):
         region = im.crop((x0, y0, x1, y1))
         # coarse enough that the face detector no longer finds the blurred face (it still
         # found one with cells of 1/12 and a blur of 1/15 of the box)
-        cell = max(2, min(x1 - x0, y1 - y0) // 8)
+        cell = max(2, min(x1 - x0, y1 - y0) // cells)
         small = region.resize((max(1, (x1 - x0) // cell), max(1, (y1 - y0) // cell)), resample=0)
         region = small.resize(region.size, resample=0)
-        region = region.filter(ImageFilter.GaussianBlur(max(2, min(x1 - x0, y1 - y0) // 10)))
+        region = region.filter(ImageFilter.GaussianBlur(max(2, cell * 8 // 10)))
         im.paste(region, (x0, y0))
     return im
 

@@ -33,7 +33,9 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, want: "Wanted") -> Sanitize
         im = upright(im.convert("RGB"), info.orientation)
         face_boxes, text_boxes = _detect.check(np.asarray(im), want_faces=want.faces, want_text=want.text)
         del im
-        to_blur = (face_boxes if want.blur_faces else []) + (text_boxes if want.blur_text else [])
+        blur_faces = face_boxes if want.blur_faces else []
+        blur_text = text_boxes if want.blur_text else []
+        to_blur = blur_faces + blur_text
         if to_blur:
             from ._icc import fits_mode
             from ._jpeg_icc import icc_profile_of
@@ -45,7 +47,8 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, want: "Wanted") -> Sanitize
                 full = full.convert(mode)
             # Blur in the stored orientation (boxes mapped back) and keep the Orientation tag:
             # rotating the pixels would hold a second full-size copy (~150 MB more at 48 MP).
-            _detect.blur(full, [stored_box(b, info.orientation) for b in to_blur])
+            _detect.blur(full, [stored_box(b, info.orientation) for b in blur_faces])
+            _detect.blur(full, [stored_box(b, info.orientation) for b in blur_text], cells=_detect.TEXT_BLUR_CELLS)
             out = BytesIO()
             icc = icc_profile_of(clean)
             if not fits_mode(icc, full.mode):  # e.g. a CMYK profile after CMYK -> RGB

@@ -263,11 +263,14 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, want) -> SanitizedIma
             rgb.thumbnail((_detect.WORK_SIDE, _detect.WORK_SIDE), Image.Resampling.BILINEAR)
         face_boxes, text_boxes = _detect.check(np.asarray(rgb), want_faces=want.faces, want_text=want.text)
         del rgb
-        to_blur = (face_boxes if want.blur_faces else []) + (text_boxes if want.blur_text else [])
+        blur_faces = face_boxes if want.blur_faces else []
+        blur_text = text_boxes if want.blur_text else []
+        to_blur = blur_faces + blur_text
         if to_blur:
             if clean.mode not in ("RGB", "RGBA", "L"):
                 clean = clean.convert("RGBA" if clean.mode == "LA" else "RGB")
-            _detect.blur(clean, to_blur)
+            _detect.blur(clean, blur_faces)
+            _detect.blur(clean, blur_text, cells=_detect.TEXT_BLUR_CELLS)
             faces_blurred = bool(want.blur_faces and face_boxes)
             text_blurred = bool(want.blur_text and text_boxes)
             labels += [L.FACES_BLURRED] * faces_blurred + [L.TEXT_BLURRED] * text_blurred
