@@ -157,8 +157,25 @@ def bench_in_process(files: list[Path], reps: int) -> dict[str, float]:
                 t0 = time.perf_counter()
                 fn()
                 out.append(time.perf_counter() - t0)
+    # what the turned passes (when nothing is found upright) cost, and what the text check costs
+    from handlers.sanitizer import _detect
+
+    no_turn, faces_only = [], []
+    _detect.TURNED_PASSES = False
+    try:
+        for d in phone5mb * max(1, reps // 2):
+            t0 = time.perf_counter()
+            sanitize(d, detect_faces=True, detect_text=True)
+            no_turn.append(time.perf_counter() - t0)
+    finally:
+        _detect.TURNED_PASSES = True
+    for d in phone5mb * max(1, reps // 2):
+        t0 = time.perf_counter()
+        sanitize(d, detect_faces=True)
+        faces_only.append(time.perf_counter() - t0)
     med = lambda v: statistics.median(v) * 1000  # noqa: E731
-    return {"fast": med(fast), "check": med(check), "check5": med(check5), "peer": med(peer), "peer5": med(peer5)}
+    return {"fast": med(fast), "check": med(check), "check5": med(check5), "peer": med(peer), "peer5": med(peer5),
+            "check5_no_turn": med(no_turn), "check5_faces_only": med(faces_only)}
 
 
 def bench_evalset(cache: Path) -> dict:
@@ -260,6 +277,8 @@ def main() -> int:
           f"   {inproc['peer']:>15.1f}")
     print(f"  5 MB bench_matrix photos (4 photos x reps)                         {inproc['check5']:>10.1f}"
           f"   {inproc['peer5']:>15.1f}")
+    print(f"  5 MB photos, ours without the turned passes / faces only (no text)  {inproc['check5_no_turn']:>6.1f}"
+          f" / {inproc['check5_faces_only']:.1f}")
     o, c = ev["ours"], ev["cascade"]
     print()
     print(f"evaluation set ({len(ev['cases'])} pictures; tests/sanitizer/evalset.py; 12 MP)       ours      cascade")

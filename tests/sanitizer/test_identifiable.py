@@ -137,3 +137,12 @@ def test_models_and_their_licence_ship_with_the_package():
     notice = (_detect.MODELS / "NOTICE.md").read_text()
     for name, digest in _detect._SHA256.items():
         assert name in notice and digest in notice
+
+
+def test_the_demo_and_benchmark_skin_photos_are_not_flagged():
+    """The product's own generated skin photos (demo, Matrix benchmark) carry nothing to find."""
+    from bot.matrix.photo import make_phone_photo, make_photo
+
+    for data in (make_photo(seed=3), make_phone_photo(seed=21)):
+        result = sanitize(data, detect_faces=True, detect_text=True)
+        assert (result.faces, result.text_regions) == (0, 0)
