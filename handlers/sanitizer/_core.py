@@ -1,8 +1,8 @@
-"""Entry point: size checks, format sniffing, dispatch, face detection."""
+"""Entry point: size checks, format sniffing, dispatch (the face/text check runs inside each path)."""
 from __future__ import annotations
 
 from ._sniff import sniff
-from ._types import DetectorUnavailable, ImageRefused, Limits, SanitizedImage
+from ._types import DetectorUnavailable, ImageRefused, Limits, SanitizedImage, Wanted
 
 _DEFAULT_LIMITS = Limits()
 # Errors decoders raise on damaged input. Anything else reaching sanitize() is still turned
@@ -40,8 +40,6 @@ def sanitize(
             f"That file is too big ({len(data) / 1e6:.1f} MB, limit {limits.max_bytes / 1e6:.0f} MB); please send a smaller photo.",
         )
     kind = sniff(data)
-    from ._jpeg_path import Wanted
-
     want = Wanted(detect_faces, detect_text, blur_faces, blur_text)
     try:
         if kind == "jpeg":

@@ -4,12 +4,12 @@ from __future__ import annotations
 from io import BytesIO
 
 from . import _types as L
-from ._types import Limits, SanitizedImage
+from ._types import Limits, SanitizedImage, Wanted
 from .jpeg import sanitize_jpeg
 from .jpeg import too_many_pixels as too_many_pixels_error  # noqa: F401 (shared message)
 
 
-def sanitize_jpeg_image(data: bytes, limits: Limits, want: "Wanted") -> SanitizedImage:
+def sanitize_jpeg_image(data: bytes, limits: Limits, want: Wanted) -> SanitizedImage:
     clean, info, labels = sanitize_jpeg(data, limits)
     w, h = info.width, info.height
     if info.orientation >= 5:
@@ -76,13 +76,3 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, want: "Wanted") -> Sanitize
         text_checked=want.text,
         text_blurred=text_blurred,
     )
-
-
-class Wanted:
-    """Which checks to run and what to blur (blurring something implies looking for it)."""
-
-    __slots__ = ("faces", "text", "blur_faces", "blur_text")
-
-    def __init__(self, faces: bool, text: bool, blur_faces: bool, blur_text: bool) -> None:
-        self.blur_faces, self.blur_text = blur_faces, blur_text
-        self.faces, self.text = faces or blur_faces, text or blur_text

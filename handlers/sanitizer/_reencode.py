@@ -20,7 +20,7 @@ from . import _types as L
 from ._exif import TIFF_STRUCTURE, inspect_tiff
 from ._icc import fits_mode, sanitize_icc
 from ._jpeg_path import too_many_pixels_error
-from ._types import ImageRefused, Limits, SanitizedImage
+from ._types import ImageRefused, Limits, SanitizedImage, Wanted
 
 _heif_registered = False
 _MAX_CHUNKS = 100_000  # a 40 MB PNG written in 8 KiB IDAT chunks has ~5000
@@ -157,7 +157,7 @@ def declared_size(data: bytes, kind: str) -> tuple[int, int] | None:
     return None
 
 
-def sanitize_other(data: bytes, kind: str, limits: Limits, want) -> SanitizedImage:
+def sanitize_other(data: bytes, kind: str, limits: Limits, want: Wanted) -> SanitizedImage:
     from PIL import Image
 
     if kind == "heif":

@@ -29,6 +29,16 @@ class Limits:
         return f"Limits(max_bytes={self.max_bytes}, max_pixels={self.max_pixels})"
 
 
+class Wanted:
+    """Which checks to run and what to blur (blurring something implies looking for it)."""
+
+    __slots__ = ("faces", "text", "blur_faces", "blur_text")
+
+    def __init__(self, faces: bool, text: bool, blur_faces: bool, blur_text: bool) -> None:
+        self.blur_faces, self.blur_text = blur_faces, blur_text
+        self.faces, self.text = faces or blur_faces, text or blur_text
+
+
 class ImageRefused(ValueError):
     """The input is not something we will pass on.
 
