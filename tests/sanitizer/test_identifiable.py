@@ -61,7 +61,7 @@ def test_no_face_on_skin_photos_or_package_photos(cases, results):
 def test_face_recall_on_the_set(cases, results):
     labelled = [n for n, c in cases.items() if c.faces]
     found = [n for n in labelled if _found(cases[n], results[n])]
-    assert len(found) / len(labelled) >= 0.75, sorted(set(labelled) - set(found))
+    assert len(found) / len(labelled) >= 0.85, sorted(set(labelled) - set(found))
 
 
 @pytest.mark.parametrize("name", [
