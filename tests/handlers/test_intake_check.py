@@ -13,7 +13,7 @@ from handlers.model import ImageState
 from handlers.sanitizer import sanitize
 from tests.sanitizer import evalset
 
-from .helpers import GP, GP2, Harness, face_jpeg, jpeg_with_metadata, reply_text
+from .helpers import CONSENT_OK, GP, GP2, Harness, face_jpeg, jpeg_with_metadata, reply_text
 from .test_workflow import CONSENT_IDENT, open_referral
 
 
@@ -105,7 +105,7 @@ async def test_replies_say_what_was_checked():
     await open_referral(h2, CONSENT_IDENT)
     text = reply_text(await h2.send_image(GP, face_jpeg()))
     assert "so I did not check it for faces or text" in text
-    consent = reply_text(await h2.say(GP, "!consent patient=9434765919 by=patient purposes=care identifiable=no notes=yes"))
+    consent = reply_text(await h2.say(GP, CONSENT_OK))
     assert "faces will be blurred" not in consent and "check each photo for faces and text" in consent
 
 
