@@ -660,10 +660,14 @@ class Workflow:
         return await asyncio.to_thread(self._sanitize, data, **kwargs)
 
     async def _cleaned(self, ctx: _Ctx, ev: ImageReceived, check: bool) -> Any:
-        """The prepared result if it was checked as this consent needs; otherwise (a referral
-        opened or a consent changed in between) clean it now, inside the transaction."""
+        """The prepared result if it was cleaned as this consent needs; otherwise clean it
+        again now, inside the transaction: the check was skipped but this consent needs it (a
+        referral opened in between), or something was blurred that this consent lets the
+        specialist see (the GP's other open referral needed the check, this one does not)."""
         prepared = ctx.prepared
-        if prepared is None or (check and not prepared.checked):
+        blurred = prepared is not None and prepared.result is not None and (
+            prepared.result.faces_blurred or prepared.result.text_blurred)
+        if prepared is None or (check and not prepared.checked) or (not check and blurred):
             prepared = _Prepared(check, await self._clean(ev.data, check))
         if prepared.error is not None:
             raise prepared.error

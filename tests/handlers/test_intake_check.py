@@ -118,3 +118,23 @@ async def test_a_face_and_text_together_are_both_named():
     await open_referral(h)
     text = reply_text(await h.send_image(GP, buf.getvalue()))
     assert "I found 1 face and text" in text
+
+
+async def test_a_covering_consent_gets_the_photo_unblurred_even_if_another_referral_needed_the_check():
+    """The GP has two open referrals: the older under a consent that does not cover
+    identifiable images (so the photo is checked and blurred before the transaction), the
+    newer (where the photo goes) under one that does. The specialist gets it unblurred."""
+    h = Harness()
+    gate = GatedSanitizer()
+    gate.release.set()
+    h.workflow = type(h.workflow)(h.store, h.policy, h.workflow.hasher, sanitize=gate)
+    await open_referral(h)
+    h.advance(minutes=1)
+    _cid, rid = await open_referral(h, CONSENT_IDENT)
+    acts = await h.send_image(GP, face_jpeg())
+    assert [c.get("blur_faces", False) for c in gate.calls] == [True, False]
+    assert "covers identifiable" in reply_text(acts)
+    (item,) = h.store.referral(rid).images
+    assert item.state is not ImageState.HELD and not item.faces_blurred
+    kept = await h.store.vault_get(item.image_id)
+    assert kept == sanitize(face_jpeg(), detect_faces=False).data  # the lossless clean copy, face intact
