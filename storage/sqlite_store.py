@@ -239,8 +239,13 @@ class SQLiteStore:
         db = await Database.open(Path(path), create=create)
         store = cls(db, keys)
         try:
-            async with db.transaction() as tx:
-                await store._vault.check_key(tx)
+            # read first: a database that already knows its key (always, for a second
+            # process such as `status` next to the running bot) takes no write lock
+            async with db.read() as tx:
+                known = await store._vault.check_key(tx, record=False)
+            if not known:
+                async with db.transaction() as tx:
+                    await store._vault.check_key(tx)
         except BaseException:
             await db.close()
             raise
