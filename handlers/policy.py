@@ -35,6 +35,16 @@ class Policy:
     specialties: dict[str, Specialty] = field(default_factory=dict)
     practices: dict[str, str] = field(default_factory=dict)
     max_images_per_referral: int = 10
+    # times shown to people are in this IANA zone, with its abbreviation (storage stays UTC)
+    time_zone: str = "Europe/London"
+    # a photo the bot could not place is kept (clean, in the vault, never posted) this long
+    # for the GP to say which referral it is for; then it is destroyed and the GP is told
+    unassigned_photo_ttl: timedelta = timedelta(minutes=10)
+    # a referral still counts as "waiting for photos" this long after its last photo, so a
+    # burst of photos of one patient is not split by a referral opened meanwhile
+    photo_window: timedelta = timedelta(minutes=10)
+    # !morephotos keeps the referral open this much longer (from the request's deadline)
+    more_photos_extension: timedelta = timedelta(days=2)
 
     def find_specialty(self, word: str) -> Specialty | None:
         """Specialty by key, alias, or title (case-insensitive); None if unknown."""
@@ -46,3 +56,14 @@ class Policy:
 
     def specialty_names(self) -> list[str]:
         return sorted(self.specialties)
+
+    def specialty_words(self) -> frozenset[str]:
+        """Every word that names a specialty (keys, aliases, one-word titles), lower case:
+        the grammar never reads one of them as an id."""
+        words: set[str] = set()
+        for spec in self.specialties.values():
+            words.add(spec.key.lower())
+            words.update(a.lower() for a in spec.aliases)
+            if spec.title and " " not in spec.title.strip():
+                words.add(spec.title.strip().lower())
+        return frozenset(words)

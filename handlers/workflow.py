@@ -13,7 +13,15 @@ Decisions (also in docs/commands.md):
 
 * The GP's original upload is always redacted (``RedactOriginalUpload``), even when
   the image is refused: the raw photo must not stay in any chat.
-* An image goes to the GP's most recently opened referral that is still open.
+* A photo goes to a referral only when it is unambiguous which one (never a guess):
+  a caption naming ``R-…``, a reply to one of the bot's messages about that referral,
+  or the only one of the GP's open referrals that is waiting for photos. Otherwise it
+  is cleaned and held in the vault (not posted) and the GP is asked (``!photo R-…``);
+  unclaimed, it is destroyed after ``Policy.unassigned_photo_ttl`` and the GP is told.
+* The conversation: a roster specialist's message in the thread is relayed to the GP
+  (tagged with the referral and the specialist's name); the GP's answer (a reply to
+  that message, or ``!reply R-…``) is posted in the thread as "the referring GP
+  (practice)". Only roster members are relayed; relays are audited, never their text.
 * Faces found and the consent does not cover identifiable images: the image is
   blurred at once and only the blurred copy is kept, HELD until the GP types
   ``!blur R-…`` (send it blurred) or ``!discard R-…``. Nothing unblurred is posted.
@@ -41,8 +49,10 @@ from typing import Any, Callable
 from handlers import lifecycle as lc
 from handlers.actions import Action, ExportReferral, Notify, RedactOriginalUpload, RemoveImages, Reply
 from handlers.commands import (
-    HELP_TEXT,
+    HELP_GP,
+    HELP_SPECIALIST,
     HELP_TOPICS,
+    AddendumCmd,
     BlurCmd,
     CancelCmd,
     CommandError,
@@ -50,10 +60,14 @@ from handlers.commands import (
     DiscardCmd,
     ExportCmd,
     HelpCmd,
+    MorePhotosCmd,
     OpinionCmd,
+    PhotoCmd,
     ReferCmd,
+    ReplyCmd,
     StatusCmd,
     WithdrawCmd,
+    is_command,
     parse_command,
 )
 from handlers.consent import ConsentRefused, check_cover, record_consent
@@ -65,13 +79,14 @@ from handlers.events import (
     ImagePosted,
     ImageReceived,
     ImagesRemoved,
+    MessageSent,
     Place,
     SpecialtyThread,
     ThreadActivity,
     ThreadRootPosted,
     Tick,
 )
-from handlers.ids import make_id
+from handlers.ids import find_ids, make_id
 from handlers.model import (
     BOT_ACTOR,
     Actor,
@@ -81,9 +96,11 @@ from handlers.model import (
     ImageState,
     Referral,
     ReferralState,
+    UnassignedPhoto,
 )
 from handlers.patientref import PatientRefHasher
 from handlers.policy import Policy
+from handlers.timefmt import fmt_clock, fmt_date
 from storage.interfaces import Store, Transaction
 
 __all__ = ["ClearedImage", "Workflow"]
@@ -220,9 +237,11 @@ class Workflow:
         elif isinstance(event, ImageReceived):
             await self._image(ctx, event)
         elif isinstance(event, ThreadActivity):
-            ref = await self._thread_referral(ctx.tx, event.place)
+            await self._thread_message(ctx, event)
+        elif isinstance(event, MessageSent):
+            ref = await ctx.tx.get_referral(event.referral_id)
             if ref is not None:
-                await ctx.apply(*lc.discussed(ref, at=event.at, actor=event.actor.user_id))
+                await ctx.tx.save_referral(ref.remember_dm_event(event.room_event_id))
         elif isinstance(event, ThreadRootPosted):
             ref = await ctx.tx.get_referral(event.referral_id)
             if ref is not None:
@@ -265,12 +284,20 @@ class Workflow:
                 ctx = _Ctx(tx, f"tick:{at.isoformat()}:{ref.referral_id}")
                 await ctx.apply(*lc.tick(ref, at=at, policy=self.policy))
                 out.extend(await ctx.flush())
+            told = await self._destroy_due_photos(tx, at)
+            if told:
+                ctx = _Ctx(tx, f"tick:{at.isoformat()}:unassigned")
+                ctx.add(*told)
+                out.extend(await ctx.flush())
             return out
 
     # ------------------------------------------------------------------ commands
     async def _command(self, ctx: _Ctx, ev: CommandReceived) -> None:
+        if isinstance(ev.place, DirectChat) and not is_command(ev.text):
+            await self._gp_plain_text(ctx, ev)
+            return
         try:
-            cmd = parse_command(ev.text)
+            cmd = parse_command(ev.text, self.policy.specialty_words())
         except CommandError as exc:
             ctx.add(Reply(to=ev.place, text=str(exc)))
             return
@@ -293,22 +320,36 @@ class Workflow:
             raise _Refuse(f"Use {what} in your direct chat with me, not in a specialty room.")
 
     async def _own_referral(self, tx: Transaction, rid: str, actor: Actor, *, allow_specialists: bool = False) -> Referral:
+        """The referral if *actor* may act on it. The refusal reads the same whether or not
+        the id exists, so nobody learns that someone else's referral does."""
         ref = await tx.get_referral(rid)
-        if ref is None:
-            raise _Refuse(f"There is no referral {rid}; check the id with !status.")
-        if ref.referrer == actor.user_id:
-            return ref
-        if allow_specialists:
-            spec = self.policy.specialties.get(ref.specialty)
-            if spec is not None and actor.user_id in spec.roster:
+        if ref is not None:
+            if ref.referrer == actor.user_id:
                 return ref
-        raise _Refuse(f"{rid} is not one of your referrals.")
+            if allow_specialists and self._on_roster(ref, actor):
+                return ref
+        raise _Refuse(f"{rid} is not one of your referrals; check the id with !status.")
+
+    def _on_roster(self, ref: Referral, actor: Actor) -> bool:
+        spec = self.policy.specialties.get(ref.specialty)
+        return spec is not None and actor.user_id in spec.roster
 
     async def _run_command(self, ctx: _Ctx, ev: CommandReceived, cmd: Any) -> str | None:
         tx = ctx.tx
         actor = ev.actor
         if isinstance(cmd, HelpCmd):
-            return HELP_TOPICS.get(cmd.topic, HELP_TEXT) if cmd.topic else HELP_TEXT
+            # the commands of the room it is asked in: the GP's, or the specialists'
+            default = HELP_GP if isinstance(ev.place, DirectChat) else HELP_SPECIALIST
+            return HELP_TOPICS.get(cmd.topic, default) if cmd.topic else default
+        if isinstance(cmd, PhotoCmd):
+            self._in_direct_chat(ev, "!photo")
+            return await self._assign_photos(ctx, ev, cmd)
+        if isinstance(cmd, ReplyCmd):
+            return await self._reply_cmd(ctx, ev, cmd)
+        if isinstance(cmd, MorePhotosCmd):
+            return await self._more_photos(ctx, ev, cmd)
+        if isinstance(cmd, AddendumCmd):
+            return await self._addendum(ctx, ev, cmd)
         if isinstance(cmd, ConsentCmd):
             self._in_direct_chat(ev, "!consent")
             return await self._consent(ctx, ev, cmd)
@@ -337,8 +378,12 @@ class Workflow:
             )
             ctx.add(ExportReferral(referral_id=ref.referral_id, requested_by=actor.user_id, reply_to=ev.place))
             return f"Exporting {ref.referral_id} as a FHIR record; I will tell you when it is done. The vault copy of its images is then destroyed."
+        if isinstance(cmd, DiscardCmd) and cmd.referral_id is None:
+            self._in_direct_chat(ev, "!discard")
+            return await self._discard_unassigned(ctx, ev)
         if isinstance(cmd, (BlurCmd, DiscardCmd)):
             self._in_direct_chat(ev, "!blur / !discard")
+            assert cmd.referral_id is not None
             ref = await self._own_referral(tx, cmd.referral_id, actor)
             if isinstance(cmd, DiscardCmd):
                 ref = await ctx.apply(*lc.discard_held(ref, at=ev.at, actor=actor.user_id))
@@ -347,7 +392,7 @@ class Workflow:
             refusal = check_cover(consent, actor=actor, at=ev.at, policy=self.policy)
             if refusal is not None:
                 raise _Refuse(refusal.message)
-            ref = await ctx.apply(*lc.release_held(ref, consent=consent, at=ev.at, actor=actor.user_id))
+            ref = await ctx.apply(*lc.release_held(ref, consent=consent, at=ev.at, actor=actor.user_id, policy=self.policy))
             return f"Sending the held image(s) of {ref.referral_id} with faces blurred."
         raise _Refuse("Type !help for the list of commands.")
 
@@ -390,11 +435,11 @@ class Workflow:
             f"images kept {consent.retention.days} days",
         ]
         if consent.age_out_at is not None:
-            parts.append(f"stops covering new sharing on {consent.age_out_at.date().isoformat()}")
+            parts.append(f"stops covering new sharing on {fmt_date(consent.age_out_at, self.policy.time_zone)}")
         return "; ".join(parts) + f". Next: !refer <specialty> {consent_id} <question>."
 
     # ---- !refer
-    async def _refer(self, ctx: _Ctx, ev: CommandReceived, cmd: ReferCmd) -> str:
+    async def _refer(self, ctx: _Ctx, ev: CommandReceived, cmd: ReferCmd) -> str | None:
         tx = ctx.tx
         if len(cmd.question) > 2000:
             raise _Refuse("The question is too long (over 2000 characters); keep it to a short paragraph.")
@@ -432,11 +477,18 @@ class Workflow:
             opened_seq=len(await tx.referrals_by_referrer(ev.actor.user_id)),
         )
         await ctx.apply(ref, eff)
-        return (
+        others = [r for r in await tx.open_referrals_by_referrer(ev.actor.user_id) if r.referral_id != rid]
+        text = (
             f"Referral {rid} opened for {spec.title or spec.key}; I am starting its thread in the specialists' room. "
             f"Send the photo(s) here now. I strip hidden data, post them in that thread, and remove them after the opinion "
-            f"(or at {lc.fmt_time(ref.expires_at)} if nobody answers)."
+            f"(or at {lc.fmt_time(ref.expires_at, self.policy.time_zone)} if nobody answers)."
         )
+        if others:
+            # with several referrals open a photo must say which one it is for
+            text += (f" You have {_plural(len(others) + 1, 'open referral')}: if a photo could be for another one, "
+                     f"send it as a reply to this message, or put {rid} in its caption.")
+        ctx.add(Reply(to=ev.place, text=text, referral_id=rid))
+        return None
 
     # ---- !opinion
     async def _thread_referral(self, tx: Transaction, place: Place) -> Referral | None:
@@ -471,6 +523,124 @@ class Workflow:
             )
         )
         return None  # the lifecycle already replies in the thread
+
+    # ---- the conversation between the thread and the GP
+    async def _specialist_referral(self, ctx: _Ctx, ev: CommandReceived, what: str, rid: str | None = None) -> Referral:
+        """The referral of the thread *ev* was written in (or ``rid`` named in the
+        specialty's room), for a specialist on its roster; else ``_Refuse``."""
+        place = ev.place
+        if not isinstance(place, SpecialtyThread):
+            raise _Refuse(f"Use {what} in the referral's thread in the specialty room.")
+        ref = await self._thread_referral(ctx.tx, place)
+        if ref is None and rid is not None:
+            ref = await ctx.tx.get_referral(rid)
+            if ref is not None and ref.specialty != place.specialty:
+                ref = None
+        if ref is None:
+            raise _Refuse(f"Use {what} as a reply in the referral's thread (not in the main room).")
+        if rid and rid != ref.referral_id:
+            raise _Refuse(f"This thread is {ref.referral_id}, not {rid}; use the right thread.")
+        if not self._on_roster(ref, ev.actor):
+            raise _Refuse(
+                f"Only clinicians on the {ref.specialty} roster can use {what}.",
+                audit=AuditEntry(ev.actor.user_id, "thread.refused", ev.at, ref.referral_id, ref.consent_id,
+                                 details={"rule": "roster", "command": what.lstrip("!")}),
+            )
+        return ref
+
+    async def _thread_message(self, ctx: _Ctx, ev: ThreadActivity) -> None:
+        """A message in a referral's thread: from a roster specialist it goes to the GP;
+        from anyone else it does not (the relay never carries text from outside the
+        roster, let alone the directory), and the writer is told so."""
+        ref = await self._thread_referral(ctx.tx, ev.place)
+        if ref is None:
+            return  # the room's main timeline: not about one referral
+        if not self._on_roster(ref, ev.actor):
+            await ctx.apply(*lc.discussed(ref, at=ev.at, actor=ev.actor.user_id))
+            if ev.text.strip():
+                await ctx.tx.append_audit(AuditEntry(ev.actor.user_id, "thread.relay_refused", ev.at, ref.referral_id,
+                                                     ref.consent_id, details={"rule": "roster"}))
+                ctx.add(Reply(to=ev.place, text=(
+                    f"Not passed to the GP: only clinicians on the {ref.specialty} roster can write to the GP from "
+                    f"this thread.")))
+            return
+        if not ev.text.strip():
+            await ctx.apply(*lc.discussed(ref, at=ev.at, actor=ev.actor.user_id))
+            return
+        await self._relay_to_gp(ctx, ref, ev.actor, ev.text, ev.at, ev.event_id, ev.place)
+
+    async def _relay_to_gp(self, ctx: _Ctx, ref: Referral, actor: Actor, text: str, at: datetime, event_id: str,
+                           place: Place) -> None:
+        if len(text) > 4000:
+            ctx.add(Reply(to=place, text="That message is too long to pass on (over 4000 characters); split it up."))
+            return
+        try:
+            await ctx.apply(*lc.relay_to_gp(ref, by=actor.user_id, by_name=actor.display_name, text=text, at=at,
+                                            event_id=event_id))
+        except lc.IllegalTransition as exc:
+            ctx.add(Reply(to=place, text=str(exc)))
+
+    async def _relay_to_thread(self, ctx: _Ctx, ev: CommandReceived, ref: Referral, text: str) -> str | None:
+        if len(text) > 4000:
+            raise _Refuse("That message is too long to pass on (over 4000 characters); split it up.")
+        assert isinstance(ev.place, DirectChat)
+        await ctx.apply(*lc.relay_to_thread(ref, text=text, at=ev.at, event_id=ev.event_id, reply_to=ev.place,
+                                            policy=self.policy))
+        return None  # the reaction on the GP's message says it went
+
+    async def _gp_plain_text(self, ctx: _Ctx, ev: CommandReceived) -> None:
+        """Words (not a command) in the GP's direct chat: an answer when they are a reply
+        to the bot's message about a referral; otherwise a hint."""
+        ref = None
+        if ev.in_reply_to:
+            ref = await self._referral_by_dm_event(ctx.tx, ev.actor.user_id, ev.in_reply_to)
+        if ref is not None:
+            try:
+                text = await self._relay_to_thread(ctx, ev, ref, ev.text.strip())
+            except _Refuse as exc:
+                text = str(exc)
+            except lc.IllegalTransition as exc:
+                text = str(exc)
+            if text:
+                ctx.add(Reply(to=ev.place, text=text))
+            return
+        hint = "Commands start with ! — type !help to see them."
+        talking = [r for r in await ctx.tx.open_referrals_by_referrer(ev.actor.user_id) if r.thread_participants]
+        if talking:
+            rid = talking[-1].referral_id
+            hint = (f"I did not pass that on. To answer the specialist on {rid}, reply to their message "
+                    f"(or type !reply {rid} <answer>); !help shows the commands.")
+        ctx.add(Reply(to=ev.place, text=hint))
+
+    async def _reply_cmd(self, ctx: _Ctx, ev: CommandReceived, cmd: ReplyCmd) -> str | None:
+        if isinstance(ev.place, SpecialtyThread):
+            ref = await self._specialist_referral(ctx, ev, "!reply", cmd.referral_id)
+            await self._relay_to_gp(ctx, ref, ev.actor, cmd.text, ev.at, ev.event_id, ev.place)
+            return None
+        ref = None
+        if cmd.referral_id:
+            ref = await self._own_referral(ctx.tx, cmd.referral_id, ev.actor)
+        elif ev.in_reply_to:
+            ref = await self._referral_by_dm_event(ctx.tx, ev.actor.user_id, ev.in_reply_to)
+        if ref is None:
+            open_ids = [r.referral_id for r in await ctx.tx.open_referrals_by_referrer(ev.actor.user_id)]
+            which = f" (open: {', '.join(open_ids[-5:])})" if open_ids else ""
+            raise _Refuse(f"Say which referral: !reply R-… <your message>{which}, or reply to the specialist's message.")
+        return await self._relay_to_thread(ctx, ev, ref, cmd.text)
+
+    async def _more_photos(self, ctx: _Ctx, ev: CommandReceived, cmd: MorePhotosCmd) -> str | None:
+        ref = await self._specialist_referral(ctx, ev, "!morephotos")
+        await ctx.apply(*lc.request_more_photos(ref, by=ev.actor.user_id, by_name=ev.actor.display_name,
+                                                text=cmd.text, at=ev.at, policy=self.policy))
+        return None
+
+    async def _addendum(self, ctx: _Ctx, ev: CommandReceived, cmd: AddendumCmd) -> str | None:
+        ref = await self._specialist_referral(ctx, ev, "!addendum", cmd.referral_id)
+        if len(cmd.text) > 4000:
+            raise _Refuse("The addendum is too long (over 4000 characters); keep it to a short paragraph.")
+        await ctx.apply(*lc.add_addendum(ref, by=ev.actor.user_id, by_name=ev.actor.display_name, text=cmd.text,
+                                         at=ev.at))
+        return None
 
     # ---- !withdraw
     async def _withdraw(self, ctx: _Ctx, ev: CommandReceived, cmd: WithdrawCmd) -> str:
@@ -514,10 +684,13 @@ class Workflow:
             bits.append(f"{posted} in the thread")
         if held:
             bits.append(f"{held} held (type !blur {ref.referral_id} or !discard {ref.referral_id})")
+        zone = self.policy.time_zone
+        if ref.more_photos_requested and ref.is_open:
+            bits.append("another photo asked for")
         if ref.is_open:
-            bits.append(f"expires {lc.fmt_time(ref.expires_at)}")
+            bits.append(f"expires {lc.fmt_time(ref.expires_at, zone)}")
         if ref.state is ReferralState.OPINION_GIVEN and ref.remove_images_at:
-            bits.append(f"images removed {lc.fmt_time(ref.remove_images_at)}")
+            bits.append(f"images removed {lc.fmt_time(ref.remove_images_at, zone)}")
         return ", ".join(bits)
 
     async def _status(self, ctx: _Ctx, ev: CommandReceived, cmd: StatusCmd) -> str:
@@ -535,6 +708,9 @@ class Workflow:
         if not refs:
             return "You have no referrals. Start with !consent, then !refer (see !help)."
         lines = [self._describe(r) for r in active + recent]
+        held = await ctx.tx.unassigned_photos(ev.actor.user_id)
+        if held:
+            lines.append(f"{_plural(len(held), 'photo')} held until you say which referral: !photo R-… (or !discard).")
         return "\n".join(lines[-10:])
 
     # ------------------------------------------------------------------ images
@@ -544,28 +720,104 @@ class Workflow:
             return
         # the raw upload never stays in the chat, whatever happens next
         ctx.add(RedactOriginalUpload(upload_ref=ev.upload_ref))
+        mentions: tuple[str, ...] = ()
+        referral_id = None
         try:
-            text = await self._intake(ctx, ev)
+            text, referral_id, mentions = await self._intake(ctx, ev)
         except _Refuse as exc:
             if exc.audit is not None:
                 await ctx.tx.append_audit(exc.audit)
             text = str(exc) + " I removed your upload from this chat."
         except lc.IllegalTransition as exc:
             text = str(exc) + " I removed your upload from this chat."
-        ctx.add(Reply(to=ev.place, text=text))
+        ctx.add(Reply(to=ev.place, text=text, mentions=mentions, referral_id=referral_id))
 
-    async def _intake(self, ctx: _Ctx, ev: ImageReceived) -> str:
+    async def _route_photo(self, tx: Transaction, ev: ImageReceived, open_refs: list[Referral]) -> tuple[Referral | None, str]:
+        """Which referral the photo is for, and how we know; ``(None, "ask")`` when the GP
+        must say. Never a guess: a caption naming ``R-…``, a reply to one of the bot's
+        messages about a referral, or the only one of the GP's open referrals that is
+        waiting for photos. Naming a referral that cannot take it is refused, never
+        redirected."""
+        actor = ev.actor
+        named = find_ids(ev.caption, "R") if ev.caption else []
+        if len(named) > 1:
+            raise _Refuse(
+                f"Your caption names {' and '.join(named[:2])}: send each photo with the one referral it is for."
+            )
+        if named:
+            ref = await self._own_referral(tx, named[0], actor)
+            if not ref.is_open:
+                raise _Refuse(lc.why_not(ref, lc.Input.ADD_IMAGE))
+            return ref, "caption"
+        if ev.in_reply_to:
+            ref = await self._referral_by_dm_event(tx, actor.user_id, ev.in_reply_to)
+            if ref is not None:
+                if not ref.is_open:
+                    raise _Refuse(lc.why_not(ref, lc.Input.ADD_IMAGE))
+                return ref, "reply"
+        waiting = [r for r in open_refs if r.waiting_for_photos(ev.at, self.policy.photo_window)]
+        if len(waiting) == 1:
+            return waiting[0], "only_waiting"
+        return None, "ask"
+
+    async def _referral_by_dm_event(self, tx: Transaction, user_id: str, event_id: str) -> Referral | None:
+        """The GP's referral that one of the bot's direct-chat messages (``event_id``) was
+        about, newest first; None if that message was about no referral."""
+        for ref in reversed(await tx.referrals_by_referrer(user_id)):
+            if event_id in ref.dm_event_ids:
+                return ref
+        return None
+
+    async def _clean_upload(self, data: bytes, *, check_faces: bool, audit: Callable[[str, dict], AuditEntry]) -> tuple[Any, Any]:
+        """(clean, blurred-or-None): metadata stripped; faces blurred in a second copy when
+        checked and found. Refusals become ``_Refuse`` with an ``image.refused`` audit."""
         from handlers.sanitizer import ImageRefused
 
+        kwargs: dict[str, Any] = {"detect_faces": check_faces}
+        if self._limits is not None:
+            kwargs["limits"] = self._limits
+        try:
+            # CPU-bound work runs in a worker thread so the event loop keeps syncing
+            # and posting (OpenCV and libjpeg release the GIL).
+            clean = await asyncio.to_thread(self._sanitize, data, **kwargs)
+            blurred = None
+            if check_faces and clean.faces > 0:
+                blurred = await asyncio.to_thread(self._sanitize, clean.data, blur_faces=True, **kwargs)
+        except ImageRefused as exc:
+            raise _Refuse(str(exc), audit=audit("image.refused", {"rule": f"sanitizer.{exc.reason}"})) from None
+        except Exception as exc:  # never a traceback for bad input
+            raise _Refuse(
+                "I could not read that image; send it again as a JPEG or PNG photo.",
+                audit=audit("image.refused", {"rule": "sanitizer.error", "kind": type(exc).__name__}),
+            ) from None
+        return clean, blurred
+
+    async def _new_image_id(self, tx: Transaction, seed: str, ref: Referral | None = None) -> str:
+        attempt = 0
+        image_id = make_id("I", seed)
+        while (ref is not None and ref.image(image_id) is not None) or await tx.vault_get(image_id) is not None:
+            attempt += 1
+            image_id = make_id("I", seed, attempt)
+        return image_id
+
+    def _check_room_for_images(self, ref: Referral) -> None:
+        live = ref.live_images
+        if len(live) >= self.policy.max_images_per_referral:
+            raise _Refuse(f"{ref.referral_id} already has {len(live)} images, the most allowed; open another referral for more.")
+
+    async def _intake(self, ctx: _Ctx, ev: ImageReceived) -> tuple[str, str | None, tuple[str, ...]]:
+        """(reply text, referral it is about, who it must alert)."""
         tx = ctx.tx
         actor = ev.actor
         open_refs = await tx.open_referrals_by_referrer(actor.user_id)
         if not open_refs:
             raise _Refuse("You have no open referral for this photo: record consent with !consent and open one with !refer first.")
-        ref = max(open_refs, key=lambda r: (r.opened_at, r.opened_seq))
-        live = [i for i in ref.images if i.state is not ImageState.DISCARDED]
-        if len(live) >= self.policy.max_images_per_referral:
-            raise _Refuse(f"{ref.referral_id} already has {len(live)} images, the most allowed; open another referral for more.")
+        ref, routed_by = await self._route_photo(tx, ev, open_refs)
+        if ref is None:
+            if not ev.data:
+                raise _Refuse("That file was empty or too large for me to fetch; send a smaller photo (JPEG, PNG or HEIC).")
+            return await self._hold_unassigned(ctx, ev, open_refs)
+        self._check_room_for_images(ref)
         consent = await self._consent_of(tx, ref)
         refusal = check_cover(consent, actor=actor, at=ev.at, policy=self.policy)
         if refusal is not None:
@@ -580,78 +832,223 @@ class Workflow:
         # run (it is most of the sanitizer's time on a phone photo); otherwise it is
         # mandatory and blocks posting. Metadata is stripped either way.
         check_faces = not consent.identifiable
-        kwargs: dict[str, Any] = {"detect_faces": check_faces}
-        if self._limits is not None:
-            kwargs["limits"] = self._limits
-        try:
-            # CPU-bound work runs in a worker thread so the event loop keeps syncing
-            # and posting (OpenCV and libjpeg release the GIL).
-            clean = await asyncio.to_thread(self._sanitize, ev.data, **kwargs)
-            blurred = None
-            if check_faces and clean.faces > 0:
-                blurred = await asyncio.to_thread(self._sanitize, clean.data, blur_faces=True, **kwargs)
-        except ImageRefused as exc:
-            raise _Refuse(
-                str(exc),
-                audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": f"sanitizer.{exc.reason}"}),
-            ) from None
-        except Exception as exc:  # never a traceback for bad input
-            raise _Refuse(
-                "I could not read that image; send it again as a JPEG or PNG photo.",
-                audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": "sanitizer.error", "kind": type(exc).__name__}),
-            ) from None
-
+        clean, blurred = await self._clean_upload(
+            ev.data,
+            check_faces=check_faces,
+            audit=lambda action, details: AuditEntry(actor.user_id, action, ev.at, ref.referral_id, ref.consent_id, details=details),
+        )
         keep = blurred if blurred is not None else clean
-        n = len(ref.images) + 1
-        filename = f"{ref.referral_id}-{n}.{keep.extension}"
-        attempt = 0
-        image_id = make_id("I", ev.event_id)
-        while ref.image(image_id) is not None or await tx.vault_get(image_id) is not None:
-            attempt += 1
-            image_id = make_id("I", ev.event_id, attempt)
+        image_id = await self._new_image_id(tx, ev.event_id, ref)
+        if not check_faces:  # the record must not read "0 faces found" as if it had looked
+            await tx.append_audit(AuditEntry(actor.user_id, "image.faces_not_checked", ev.at, ref.referral_id,
+                                             ref.consent_id, details={"rule": "consent.identifiable"}))
+        text = await self._attach(
+            ctx, ref, consent, actor=actor, at=ev.at, image_id=image_id, data=keep.data, media_type=keep.media_type,
+            extension=keep.extension, faces=clean.faces, blurred=blurred is not None,
+            faces_blurred=bool(blurred is not None and blurred.faces_blurred), width=keep.width, height=keep.height,
+            removed=tuple(clean.removed), upload_ref=ev.upload_ref, routed_by=routed_by, faces_checked=check_faces,
+            in_vault=False,
+        )
+        return text, ref.referral_id, ()
+
+    async def _attach(
+        self, ctx: _Ctx, ref: Referral, consent: ConsentRecord, *, actor: Actor, at: datetime, image_id: str,
+        data: bytes | None, media_type: str, extension: str, faces: int, blurred: bool, faces_blurred: bool,
+        width: int, height: int, removed: tuple[str, ...], upload_ref: str, routed_by: str, faces_checked: bool,
+        in_vault: bool,
+    ) -> str:
+        """A clean photo joins *ref* (held when blurred, else on its way to the thread);
+        returns the sentence for the GP. ``in_vault``: the bytes are already in the vault
+        under *image_id* (a photo that waited for the GP to name its referral)."""
+        tx = ctx.tx
+        filename = f"{ref.referral_id}-{len(ref.images) + 1}.{extension}"
         item = ImageItem(
             image_id=image_id,
             referral_id=ref.referral_id,
             filename=filename,
-            media_type=keep.media_type,
-            received_at=ev.at,
-            retention_until=ev.at + consent.retention,
-            upload_ref=ev.upload_ref,
-            state=ImageState.HELD if blurred is not None else ImageState.WAITING,
-            faces=clean.faces,
-            faces_blurred=bool(blurred is not None and blurred.faces_blurred),
-            width=keep.width,
-            height=keep.height,
-            removed_metadata=tuple(clean.removed),
+            media_type=media_type,
+            received_at=at,
+            retention_until=at + consent.retention,
+            upload_ref=upload_ref,
+            state=ImageState.HELD if blurred else ImageState.WAITING,
+            faces=faces,
+            faces_blurred=faces_blurred,
+            width=width,
+            height=height,
+            removed_metadata=removed,
         )
-        if not check_faces:  # the record must not read "0 faces found" as if it had looked
-            await tx.append_audit(AuditEntry(actor.user_id, "image.faces_not_checked", ev.at, ref.referral_id,
-                                             ref.consent_id, details={"rule": "consent.identifiable"}))
-        ref2, effects = lc.add_image(ref, item, consent=consent, at=ev.at, actor=actor.user_id)
+        ref2, effects = lc.add_image(
+            ref, item, consent=consent, at=at, actor=actor.user_id, routed_by=routed_by, policy=self.policy
+        )
         final = ref2.image(image_id)
-        if (final is not None and final.state in (ImageState.WAITING, ImageState.POSTING)
-                and self.on_image_cleared is not None):
+        if (not in_vault and data is not None and final is not None
+                and final.state in (ImageState.WAITING, ImageState.POSTING) and self.on_image_cleared is not None):
             # before the vault write and the commit, so the transport's upload overlaps them
             try:
-                self.on_image_cleared(ClearedImage(ref.referral_id, image_id, filename, keep.media_type, keep.data))
+                self.on_image_cleared(ClearedImage(ref.referral_id, image_id, filename, media_type, data))
             except Exception:  # an optimisation only: the post uploads from the vault anyway
                 log.warning("on_image_cleared failed", exc_info=True)
-        await tx.vault_put(image_id, keep.data, keep.media_type)
+        if not in_vault:
+            assert data is not None
+            await tx.vault_put(image_id, data, media_type)
         await ctx.apply(ref2, effects)
-        removed = ("Removed: " + ", ".join(clean.removed) + ".") if clean.removed else "No hidden data found."
-        if blurred is not None:
+        summary = ("Removed: " + ", ".join(removed) + ".") if removed else "No hidden data found."
+        if blurred:
             return (
-                f"{removed} I found {_plural(clean.faces, 'face')} in {filename} and consent {consent.consent_id} "
+                f"{summary} I found {_plural(faces, 'face')} in {filename} and consent {consent.consent_id} "
                 f"does not cover identifiable images, so I am holding it (not sent). "
                 f"Type !blur {ref.referral_id} to send it with faces blurred, or !discard {ref.referral_id} to drop it."
             )
         if final is not None and final.state is ImageState.DISCARDED:
-            return f"{removed} But {filename} was not sent: the consent no longer covers sharing."
-        if check_faces:
+            return f"{summary} But {filename} was not sent: the consent no longer covers sharing."
+        if faces_checked:
             face_note = ""  # checked, none found
         else:
             face_note = f" Consent {consent.consent_id} covers identifiable images, so I did not check it for faces."
-        return f"{removed} {filename} is on its way to {ref.specialty} ({ref.referral_id}).{face_note}"
+        return f"{summary} {filename} is on its way to {ref.specialty} ({ref.referral_id}: {lc.gist(ref.question)}).{face_note}"
+
+    # ---- photos the GP has not yet said the referral of
+    def _offer(self, refs: list[Referral]) -> tuple[str, str]:
+        """("R-A (gist), R-B (gist) or R-C (gist)", "!photo R-A, !photo R-B or !photo R-C")."""
+        def join(items: list[str]) -> str:
+            return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+        return (join([f"{r.referral_id} ({lc.gist(r.question)})" for r in refs]),
+                join([f"!photo {r.referral_id}" for r in refs]))
+
+    async def _hold_unassigned(self, ctx: _Ctx, ev: ImageReceived, open_refs: list[Referral]) -> tuple[str, str | None, tuple[str, ...]]:
+        """Clean the photo, keep it in the vault (never posted) and ask the GP which
+        referral it is for. The face check always runs: which consent applies is not
+        known yet, and a photo that turns out to need blurring must not wait for it."""
+        tx = ctx.tx
+        actor = ev.actor
+        clean, _ = await self._clean_upload(
+            ev.data, check_faces=True,
+            audit=lambda action, details: AuditEntry(actor.user_id, action, ev.at, details=details),
+        )
+        photo_id = await self._new_image_id(tx, ev.event_id)
+        newest_first = sorted(open_refs, key=lambda r: (r.opened_at, r.opened_seq), reverse=True)
+        photo = UnassignedPhoto(
+            photo_id=photo_id,
+            referrer=actor.user_id,
+            received_at=ev.at,
+            destroy_at=ev.at + self.policy.unassigned_photo_ttl,
+            media_type=clean.media_type,
+            extension=clean.extension,
+            upload_ref=ev.upload_ref,
+            candidates=tuple(r.referral_id for r in newest_first),
+            faces=clean.faces,
+            width=clean.width,
+            height=clean.height,
+            removed_metadata=tuple(clean.removed),
+        )
+        await tx.vault_put(photo_id, clean.data, clean.media_type)
+        await tx.save_unassigned_photo(photo)
+        await tx.append_audit(AuditEntry(actor.user_id, "image.unassigned", ev.at, details={
+            "image_id": photo_id, "count": len(newest_first), "faces": clean.faces}))
+        held = await tx.unassigned_photos(actor.user_id)
+        for earlier in held:  # one batch: the GP is still sending, so the clock restarts for all
+            if earlier.destroy_at < photo.destroy_at:
+                await tx.save_unassigned_photo(dataclasses.replace(earlier, destroy_at=photo.destroy_at))
+        removed = ("Removed: " + ", ".join(clean.removed) + ".") if clean.removed else "No hidden data found."
+        until = fmt_clock(photo.destroy_at, self.policy.time_zone)
+        refs, answers = self._offer(newest_first[:5])
+        if len(held) == 1 and len(newest_first) == 1:
+            ask = (f"I am holding this photo (cleaned, not sent). Is this photo for {refs}? Reply {answers} to send it "
+                   f"there. If you don't, I destroy it at {until}.")
+        elif len(held) == 1:
+            ask = (f"I am holding this photo (cleaned, not sent). Which referral is this photo for: {refs}? "
+                   f"Reply {answers}. If you don't, I destroy it at {until}.")
+        else:
+            ask = (f"I am holding {len(held)} photos (cleaned, not sent). Which referral are these photos for: {refs}? "
+                   f"Reply {answers} (that sends all {len(held)} there). If you don't, I destroy them at {until}. "
+                   f"For different referrals, type !discard and send each again with its R-… in the caption.")
+        return f"{removed} {ask}", None, (actor.user_id,)
+
+    async def _assign_photos(self, ctx: _Ctx, ev: CommandReceived, cmd: PhotoCmd) -> str:
+        """``!photo R-…``: every photo held for this GP goes to that referral, through the
+        same checks as a photo sent straight to it (room for it, consent, faces)."""
+        tx = ctx.tx
+        actor = ev.actor
+        photos = await tx.unassigned_photos(actor.user_id)
+        ref = await self._own_referral(tx, cmd.referral_id, actor)
+        if not photos:
+            return (f"I am not holding any photo for you. Send the photo with {ref.referral_id} in its caption, "
+                    f"or as a reply to my message about {ref.referral_id}.")
+        if not ref.is_open:
+            raise _Refuse(lc.why_not(ref, lc.Input.ADD_IMAGE) + " The photos stay held until you name another referral or they are destroyed.")
+        consent = await self._consent_of(tx, ref)
+        refusal = check_cover(consent, actor=actor, at=ev.at, policy=self.policy)
+        if refusal is not None:
+            raise _Refuse(
+                f"Photo not shared: {refusal.message}",
+                audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": refusal.rule}),
+            )
+        lines = []
+        for photo in photos:
+            self._check_room_for_images(ref)
+            image_id, blurred, faces_blurred = photo.photo_id, False, False
+            media_type, extension, width, height = photo.media_type, photo.extension, photo.width, photo.height
+            data = None
+            if photo.faces and not consent.identifiable:
+                # only the blurred copy may be kept for this referral (as for any photo)
+                original = await tx.vault_get(photo.photo_id)
+                if original is None:  # destroyed meanwhile: nothing to send
+                    await tx.delete_unassigned_photo(photo.photo_id)
+                    continue
+                _, blur = await self._clean_upload(
+                    original, check_faces=True,
+                    audit=lambda action, details: AuditEntry(actor.user_id, action, ev.at, ref.referral_id, ref.consent_id, details=details),
+                )
+                if blur is not None:
+                    image_id = await self._new_image_id(tx, f"{photo.photo_id}/blurred", ref)
+                    data, blurred, faces_blurred = blur.data, True, blur.faces_blurred
+                    media_type, extension, width, height = blur.media_type, blur.extension, blur.width, blur.height
+                    await tx.vault_shred(photo.photo_id)
+            await tx.delete_unassigned_photo(photo.photo_id)
+            lines.append(await self._attach(
+                ctx, ref, consent, actor=actor, at=ev.at, image_id=image_id, data=data, media_type=media_type,
+                extension=extension, faces=photo.faces, blurred=blurred, faces_blurred=faces_blurred, width=width,
+                height=height, removed=(), upload_ref=photo.upload_ref, routed_by="photo_command",
+                faces_checked=True, in_vault=data is None,
+            ))
+            ref = await tx.get_referral(ref.referral_id) or ref
+        return "\n".join(line.removeprefix("No hidden data found. ") for line in lines)
+
+    async def _discard_unassigned(self, ctx: _Ctx, ev: CommandReceived) -> str:
+        photos = await ctx.tx.unassigned_photos(ev.actor.user_id)
+        if not photos:
+            return "I am not holding any photo for you. To drop a photo held for faces, type !discard R-…."
+        for photo in photos:
+            await ctx.tx.vault_shred(photo.photo_id)
+            await ctx.tx.delete_unassigned_photo(photo.photo_id)
+            await ctx.tx.append_audit(AuditEntry(ev.actor.user_id, "image.discarded", ev.at,
+                                                 details={"image_id": photo.photo_id, "rule": "gp_unassigned"}))
+        return f"{_plural(len(photos), 'photo')} I was holding destroyed; nothing was sent."
+
+    async def _destroy_due_photos(self, tx: Transaction, at: datetime) -> list[Action]:
+        """Unclaimed photos past their time: destroyed, and their GP told (one message)."""
+        due = await tx.due_unassigned_photos(at)
+        by_gp: dict[str, list[UnassignedPhoto]] = {}
+        for photo in due:
+            await tx.vault_shred(photo.photo_id)
+            await tx.delete_unassigned_photo(photo.photo_id)
+            await tx.append_audit(AuditEntry(BOT_ACTOR, "image.unassigned_destroyed", at,
+                                             details={"image_id": photo.photo_id}))
+            by_gp.setdefault(photo.referrer, []).append(photo)
+        out: list[Action] = []
+        zone = self.policy.time_zone
+        for gp, photos in by_gp.items():
+            when = ", ".join(fmt_clock(p.received_at, zone) for p in photos[:5])
+            n = len(photos)
+            out.append(Notify(
+                user_id=gp,
+                text=(f"I destroyed {'the photo' if n == 1 else f'{n} photos'} you sent at {when}: you did not say "
+                      f"which referral {'it was' if n == 1 else 'they were'} for, so nothing was sent. "
+                      f"Send {'it' if n == 1 else 'them'} again with R-… in the caption."),
+                mentions=(gp,),
+            ))
+        return out
 
     # ------------------------------------------------------------------ failures
     async def _action_failed(self, ctx: _Ctx, ev: ActionFailed) -> None:

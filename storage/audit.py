@@ -76,6 +76,10 @@ ALLOWED_DETAIL_KEYS = frozenset(
         "removed",
         "retention_seconds",
         "shredded",
+        # the conversation (issue 10): how a photo found its referral, what a relay did
+        "routed_by",
+        "extended_hours",
+        "command",
     }
 )
 # Only used to give a sharper message for keys that are refused anyway.
