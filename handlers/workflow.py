@@ -556,13 +556,14 @@ class Workflow:
         if ref is None:
             return  # the room's main timeline: not about one referral
         if not self._on_roster(ref, ev.actor):
+            # the transport hands on no words from outside the directory at all; either way
+            # the writer learns that the GP did not get it
             await ctx.apply(*lc.discussed(ref, at=ev.at, actor=ev.actor.user_id))
-            if ev.text.strip():
-                await ctx.tx.append_audit(AuditEntry(ev.actor.user_id, "thread.relay_refused", ev.at, ref.referral_id,
-                                                     ref.consent_id, details={"rule": "roster"}))
-                ctx.add(Reply(to=ev.place, text=(
-                    f"Not passed to the GP: only clinicians on the {ref.specialty} roster can write to the GP from "
-                    f"this thread.")))
+            await ctx.tx.append_audit(AuditEntry(ev.actor.user_id, "thread.relay_refused", ev.at, ref.referral_id,
+                                                 ref.consent_id, details={"rule": "roster"}))
+            ctx.add(Reply(to=ev.place, text=(
+                f"Not passed to the GP: only clinicians on the {ref.specialty} roster can write to the GP from "
+                f"this thread.")))
             return
         if not ev.text.strip():
             await ctx.apply(*lc.discussed(ref, at=ev.at, actor=ev.actor.user_id))
