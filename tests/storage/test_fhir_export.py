@@ -217,3 +217,15 @@ def test_file_exporter_for_the_transports(deployment, tmp_path):
     path = tmp_path / "exports" / "R-7K3QX9-20260301T090000Z.fhir.json"
     assert where == str(path) and stat.S_IMODE(path.stat().st_mode) == 0o600
     Bundle.model_validate_json(path.read_text())
+
+
+def test_addenda_follow_the_opinion_in_the_report():
+    from handlers.model import Addendum
+
+    r = dataclasses.replace(_full_referral(), addenda=(
+        Addendum(by="@derm2:example.org", at=T0 + timedelta(hours=5), text="Dermoscopy would confirm; not urgent."),))
+    result = export_bundle(consent(), r, [ExportImage(r.images[0], JPEG)], at=T0 + timedelta(days=1))
+    Bundle.model_validate_json(result.json())
+    report = _resources(result.bundle)["DiagnosticReport"][0]
+    assert report["conclusion"].startswith(OPINION + "\n\nAddendum (@derm2:example.org, ")
+    assert report["conclusion"].endswith("Dermoscopy would confirm; not urgent.")
