@@ -738,7 +738,8 @@ class Workflow:
         must say. Never a guess: a caption naming ``R-…``, a reply to one of the bot's
         messages about a referral, or the only one of the GP's open referrals that is
         waiting for photos. Naming a referral that cannot take it is refused, never
-        redirected."""
+        redirected. (A photo under the wrong patient's referral is an improper disclosure:
+        GMC "Confidentiality" (2017), "manage and protect information".)"""
         actor = ev.actor
         named = find_ids(ev.caption, "R") if ev.caption else []
         if len(named) > 1:

@@ -8,7 +8,8 @@ reminder) goes out as ``m.text`` with
 * ``m.mentions: {"user_ids": [...]}`` (the spec's intentional mentions, matched by the
   override rule ``.m.rule.is_user_mention`` even in a room set to "mentions only"), and
 * a pill for each person in ``formatted_body`` (a ``https://matrix.to/#/@user:server``
-  link) with their name as the plain-text fallback at the start of ``body``.
+  link) with their name as the plain-text fallback in ``body``, on a last line
+  "For: Dr A, Dr B", so the message itself is what a phone shows first.
 
 Routine acknowledgements stay ``m.notice`` (``nioclient.text_content(notice=True)``).
 Only user ids and names go into the mention; no patient data. (``m.mentions`` is inside
@@ -36,9 +37,9 @@ def alert_content(text: str, people: Iterable[tuple[str, str]], relates_to: dict
     if people:
         names = ", ".join(name for _, name in people)
         pills = ", ".join(pill(uid, name) for uid, name in people)
-        content["body"] = f"{names}: {text}"
+        content["body"] = f"{text}\nFor: {names}"
         content["format"] = "org.matrix.custom.html"
-        content["formatted_body"] = f"{pills}: {escaped}"
+        content["formatted_body"] = f"{escaped}<br>For: {pills}"
     if relates_to:
         content["m.relates_to"] = relates_to
     return content
