@@ -118,3 +118,17 @@ _UNASSIGNED_COLS = "SELECT photo_id, doc FROM unassigned_photos"
 UNASSIGNED_BY_REFERRER = _UNASSIGNED_COLS + " WHERE referrer = ? ORDER BY received_at, photo_id"
 UNASSIGNED_DUE = _UNASSIGNED_COLS + " WHERE destroy_at <= ? ORDER BY destroy_at, photo_id"
 UNASSIGNED_DELETE = "DELETE FROM unassigned_photos WHERE photo_id = ?"
+# --- patient references (004; the reference itself is a vault item) -------------------
+PATIENT_REF_KEEP = (
+    "INSERT INTO patient_refs (consent_id, keep_until) VALUES (?, ?)"
+    " ON CONFLICT (consent_id) DO UPDATE SET keep_until = excluded.keep_until"
+    " WHERE patient_refs.shredded_at IS NULL AND excluded.keep_until > patient_refs.keep_until"
+)
+PATIENT_REF_GET = "SELECT keep_until, shredded_at FROM patient_refs WHERE consent_id = ?"
+PATIENT_REF_SHREDDED = (
+    "UPDATE patient_refs SET shredded_at = ?, shred_reason = ? WHERE consent_id = ? AND shredded_at IS NULL"
+)
+PATIENT_REFS_DUE = (
+    "SELECT consent_id FROM patient_refs WHERE shredded_at IS NULL AND keep_until <= ?"
+    " ORDER BY keep_until, consent_id"
+)

@@ -1,4 +1,4 @@
--- 004: photos the bot holds because it could not tell which of the GP's open referrals
+-- 005: photos the bot holds because it could not tell which of the GP's open referrals
 -- they are for (it never guesses; issue 10). The clean bytes are in the vault under the
 -- same id; the row says whose photo it is and when it is destroyed if nobody claims it.
 -- The document is sealed like the referrals' (AES-256-GCM): it names the referrals the
