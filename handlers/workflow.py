@@ -707,7 +707,19 @@ class Workflow:
         await tx.append_audit(AuditEntry(ev.actor.user_id, "consent.withdrawn", ev.at, consent_id=consent.consent_id))
         await self._shred_patient_ref(tx, consent.consent_id, ev.at, "withdrawn")
         closed = removing = shredded = 0
-        for ref in await tx.referrals_by_consent(consent.consent_id):
+        refs = await tx.referrals_by_consent(consent.consent_id)
+        # a photo held until the GP names its referral may be of this patient: it goes too
+        # (withdrawal reaches every image; the GP can send a photo of another patient again)
+        ids = {r.referral_id for r in refs}
+        for gp in {r.referrer for r in refs}:
+            for photo in await tx.unassigned_photos(gp):
+                if ids & set(photo.candidates):
+                    shredded += int(await tx.vault_shred(photo.photo_id))
+                    await tx.delete_unassigned_photo(photo.photo_id)
+                    await tx.append_audit(AuditEntry(ev.actor.user_id, "image.discarded", ev.at,
+                                                     consent_id=consent.consent_id,
+                                                     details={"image_id": photo.photo_id, "rule": "withdrawn"}))
+        for ref in refs:
             was_open = ref.state not in (ReferralState.CLOSED, ReferralState.IMAGES_EXPIRED)
             ref2, eff = lc.withdraw(ref, at=ev.at, actor=ev.actor.user_id, policy=self.policy)
             shredded += len(eff.shred)

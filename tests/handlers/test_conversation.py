@@ -450,3 +450,34 @@ async def test_times_are_local_with_the_zone_across_the_clock_change():
     # the stored time stays UTC
     ref = h.store.referral(rid)
     assert ref.expires_at.utcoffset().total_seconds() == 0 and ref.expires_at.hour == 14
+
+
+async def test_an_addendum_to_a_filed_record_files_it_again():
+    from .helpers import policy
+
+    h = Harness(policy=policy(filing_enabled=True))
+    rid = await started(h)
+    await h.in_thread(DERM, rid, "!opinion Seborrhoeic keratosis.")
+    await h.drain()
+    h.advance(hours=25)  # the grace period ends: images removed, the referral closes and is filed
+    await h.tick()
+    await h.drain()
+    assert h.store.referral(rid).state is ReferralState.CLOSED
+    assert [f.reason for f in h.filed] == ["closed"]
+    # an addendum before closing rides with the filing on closing; after it, a new version
+    await h.in_thread(DERM2, rid, "!addendum Dermoscopy would confirm; not urgent.")
+    await h.drain()
+    assert [f.reason for f in h.filed] == ["closed", "addendum"]
+    ref = h.store.referral(rid)
+    assert ref.filed_version == ref.filing_version == 2 and ref.addenda[0].text.startswith("Dermoscopy")
+
+
+async def test_withdrawal_also_destroys_a_photo_held_for_a_referral_under_that_consent():
+    h = Harness()
+    a, b = await open_referrals(h, 2)
+    await h.send_image(GP, jpeg_with_metadata())
+    (held,) = h.store.unassigned()
+    cid = h.store.referral(a).consent_id
+    text = reply_text(await h.say(GP, f"!withdraw {cid}"))
+    assert "2 stored copies destroyed" not in text and "1 stored copy destroyed" in text
+    assert h.store.unassigned() == [] and held.photo_id not in h.store.vault_ids()
