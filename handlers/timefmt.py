@@ -16,7 +16,7 @@ from datetime import datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["DEFAULT_ZONE", "zone", "fmt_time", "fmt_clock", "fmt_date", "UnknownTimeZone"]
+__all__ = ["DEFAULT_ZONE", "zone", "fmt_time", "fmt_clock", "fmt_date", "fmt_stamp", "UnknownTimeZone"]
 
 DEFAULT_ZONE = "Europe/London"
 
@@ -55,3 +55,9 @@ def fmt_date(at: datetime, zone_name: str = DEFAULT_ZONE) -> str:
     """``2 Mar 2031``: the local calendar date."""
     local = _local(at, zone_name)
     return f"{local.day} {local:%b %Y}"
+
+
+def fmt_stamp(at: datetime, zone_name: str = DEFAULT_ZONE) -> str:
+    """``2 Mar 2026 14:05 GMT``: a full local date and time, for records kept for years."""
+    local = _local(at, zone_name)
+    return f"{local.day} {local:%b %Y %H:%M} {local.tzname()}"
