@@ -56,8 +56,8 @@ def make_workflow(store: Any, config: Config, keys: Any, clock: Callable[[], dat
 
 def make_filer(config: Config, store: Any, keys: Any, clock: Callable[[], datetime]):
     """The filing sinks from ``[filing]`` (docs/filing.md), wrapped for the transports."""
-    from filing.config import FilingConfigError, filing_key, parse_sinks
-    from filing.filer import Filer
+    from bot.filing.config import FilingConfigError, filing_key, parse_sinks
+    from bot.filing.filer import Filer
 
     try:
         sinks = parse_sinks(config.raw, key=filing_key(keys.records_key),

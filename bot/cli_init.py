@@ -43,6 +43,12 @@ time_zone = "Europe/London"   # times shown to people (storage is UTC)
 unassigned_photo_minutes = 10 # a photo whose referral the GP has not named is destroyed then
 photo_window_minutes = 10     # a referral keeps taking photos without naming this long after one
 more_photos_extension_hours = 48  # !morephotos keeps the referral open this much longer
+consent_window_days = 30      # one episode: referrals may be opened this long after !consent
+max_consent_window_days = 365 # the longest valid-for= a GP may give
+# Patient references accepted besides NHS numbers (10 digits, modulus 11), e.g.:
+# [[policy.patient_references]]
+# name = "hospital no."
+# pattern = "RX[0-9]{{7}}"
 
 [directory]
 # Who may invite and talk to the bot: clinicians below, plus these users / servers.

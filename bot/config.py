@@ -5,8 +5,9 @@ for a production one)::
 
     [matrix]       homeserver, user_id, password/admin token/pickle key (secrets), store_dir
     [storage]      backend, sqlite_path / dsn, key_file, deployment_secret
-    [policy]       grace period, max lifetime, reminder, retention, adult age, time zone,
-                   unassigned photos, photo window, !morephotos extension
+    [policy]       grace period, max lifetime, reminder, retention, adult age, consent window,
+                   [[policy.patient_references]] (hospital numbers, CHI: name + pattern),
+                   time zone, unassigned photos, photo window, !morephotos extension
     [directory]    allowed_users / allowed_servers + [[directory.clinicians]]
     [specialties.<key>]  room, title, aliases, roster
     [telegram]     (parsed by the Telegram transport itself from ``Config.raw``)
@@ -182,6 +183,26 @@ def _duration(section: dict, name: str) -> timedelta | None:
     return timedelta(seconds=float(value) * _UNITS[unit])
 
 
+def _patient_reference_schemes(entries: Any) -> tuple:
+    """[[policy.patient_references]] name = "hospital no.", pattern = "RX[0-9]{7}"."""
+    import re
+
+    from handlers.patientref import PatientRefScheme
+
+    if not isinstance(entries, list):
+        raise ConfigError("[[policy.patient_references]] must be a list of tables with name and pattern.")
+    out = []
+    for i, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict) or not entry.get("name") or not entry.get("pattern"):
+            raise ConfigError(f"[[policy.patient_references]] entry {i} needs name and pattern.")
+        try:
+            re.compile(str(entry["pattern"]))
+        except re.error:
+            raise ConfigError(f"[[policy.patient_references]] entry {i}: pattern is not a valid regular expression.") from None
+        out.append(PatientRefScheme(name=str(entry["name"]), pattern=str(entry["pattern"])))
+    return tuple(out)
+
+
 def _path(value: Any, base: Path | None, default: str) -> Path:
     p = Path(str(value) if value else default)
     if base and not p.is_absolute():
@@ -251,7 +272,9 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
                          ("max_retention", "max_retention"),
                          ("unassigned_photo", "unassigned_photo_ttl"),
                          ("photo_window", "photo_window"),
-                         ("more_photos_extension", "more_photos_extension")):
+                         ("more_photos_extension", "more_photos_extension"),
+                         ("consent_window", "consent_window"),
+                         ("max_consent_window", "max_consent_window")):
         d = _duration(p, ours)
         if d is not None:
             policy_values[theirs] = d
@@ -273,6 +296,9 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
     if policy_values.get("unassigned_photo_ttl") is not None and not policy_values["unassigned_photo_ttl"]:
         raise ConfigError("[policy] unassigned_photo must be more than 0: the GP needs time to say "
                           "which referral a photo is for.")
+    schemes = _patient_reference_schemes(p.get("patient_references", []))
+    if schemes:
+        policy_values["patient_ref_schemes"] = schemes
 
     d = raw.get("directory", {}) or {}
     clinicians: dict[str, Clinician] = {}

@@ -12,11 +12,11 @@ The zone is an IANA name from the config (``[policy] time_zone``, default
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["DEFAULT_ZONE", "zone", "fmt_time", "fmt_clock", "fmt_date", "fmt_stamp", "UnknownTimeZone"]
+__all__ = ["DEFAULT_ZONE", "zone", "fmt_time", "fmt_clock", "fmt_date", "fmt_stamp", "local_date", "UnknownTimeZone"]
 
 DEFAULT_ZONE = "Europe/London"
 
@@ -61,3 +61,9 @@ def fmt_stamp(at: datetime, zone_name: str = DEFAULT_ZONE) -> str:
     """``2 Mar 2026 14:05 GMT``: a full local date and time, for records kept for years."""
     local = _local(at, zone_name)
     return f"{local.day} {local:%b %Y %H:%M} {local.tzname()}"
+
+
+def local_date(at: datetime, zone_name: str = DEFAULT_ZONE) -> date:
+    """The calendar day *at* falls on where the people are (23:30 UTC in summer is
+    already tomorrow in London)."""
+    return _local(at, zone_name).date()

@@ -57,6 +57,7 @@ from handlers.commands import (
     CancelCmd,
     CommandError,
     ConsentCmd,
+    ConsentShowCmd,
     DiscardCmd,
     ExportCmd,
     HelpCmd,
@@ -70,7 +71,7 @@ from handlers.commands import (
     is_command,
     parse_command,
 )
-from handlers.consent import ConsentRefused, check_cover, record_consent
+from handlers.consent import ConsentRefused, check_cover, consent_summary, describe_consent, record_consent
 from handlers.events import (
     ActionFailed,
     CommandReceived,
@@ -387,6 +388,9 @@ class Workflow:
         if isinstance(cmd, ConsentCmd):
             self._in_direct_chat(ev, "!consent")
             return await self._consent(ctx, ev, cmd)
+        if isinstance(cmd, ConsentShowCmd):
+            self._in_direct_chat(ev, "!consent show")
+            return await self._consent_show(ctx, ev, cmd)
         if isinstance(cmd, ReferCmd):
             self._in_direct_chat(ev, "!refer")
             return await self._refer(ctx, ev, cmd)
@@ -466,18 +470,26 @@ class Workflow:
                     "purposes": ",".join(sorted(p.value for p in consent.purposes)),
                     "identifiable": consent.identifiable,
                     "retention_days": consent.retention.days,
+                    "specialty": ",".join(sorted(consent.specialties)) if consent.specialties is not None else "any",
                 },
             )
         )
-        parts = [
-            f"Consent {consent_id} recorded: given by {consent.basis.value}",
-            "for " + ", ".join(sorted(p.value for p in consent.purposes)),
-            "identifiable images " + ("covered" if consent.identifiable else "NOT covered (faces will be blurred)"),
-            f"images kept {consent.retention.days} days",
-        ]
-        if consent.age_out_at is not None:
-            parts.append(f"stops covering new sharing on {fmt_date(consent.age_out_at, self.policy.time_zone)}")
-        return "; ".join(parts) + f". Next: !refer <specialty> {consent_id} <question>."
+        return consent_summary(consent, self.policy) + f" Next: !refer <specialty> {consent_id} <question>."
+
+    # ---- !consent show
+    async def _consent_show(self, ctx: _Ctx, ev: CommandReceived, cmd: ConsentShowCmd) -> str:
+        """Read a consent back to a clinician of the practice that recorded it (audited)."""
+        consent = await ctx.tx.get_consent(cmd.consent_id)
+        if consent is None:
+            raise _Refuse(f"There is no consent {cmd.consent_id}; check the id.")
+        if self._practice(ev.actor) != consent.practice:
+            raise _Refuse(
+                f"Consent {cmd.consent_id} was recorded by another practice; only that practice can read it.",
+                audit=AuditEntry(ev.actor.user_id, "consent.show_refused", ev.at, consent_id=consent.consent_id,
+                                 details={"rule": "practice"}),
+            )
+        await ctx.tx.append_audit(AuditEntry(ev.actor.user_id, "consent.shown", ev.at, consent_id=consent.consent_id))
+        return describe_consent(consent, at=ev.at, policy=self.policy)
 
     # ---- !refer
     async def _refer(self, ctx: _Ctx, ev: CommandReceived, cmd: ReferCmd) -> str | None:
@@ -491,7 +503,7 @@ class Workflow:
         consent = await tx.get_consent(cmd.consent_id)
         if consent is None:
             raise _Refuse(f"There is no consent {cmd.consent_id}; record one with !consent (see !help consent).")
-        refusal = check_cover(consent, actor=ev.actor, at=ev.at, policy=self.policy)
+        refusal = check_cover(consent, actor=ev.actor, at=ev.at, policy=self.policy, specialty=spec.key)
         if refusal is not None:
             raise _Refuse(
                 f"Referral not opened: {refusal.message}",

@@ -155,7 +155,7 @@ async def play(out: TextIO, keep_running: bool = False, workdir: Path | None = N
                with_pacs: bool = False) -> int:
     pacs = None
     if with_pacs:
-        from filing.orthanc_local import OrthancServer, OrthancUnavailable
+        from bot.filing.orthanc_local import OrthancServer, OrthancUnavailable
 
         try:
             pacs = await asyncio.to_thread(OrthancServer.start)
@@ -195,7 +195,7 @@ async def _play(out: TextIO, keep_running: bool, workdir: Path | None, pacs) -> 
         await world.wait_bot_joined()
         bot = world.bot_user.user_id
         tr.step("The GP records the patient's consent")
-        ans = await world.gp_says("!consent patient=9434765919 by=patient purposes=care "
+        ans = await world.gp_says("!consent patient=9434765919 by=patient adult=yes purposes=care specialties=dermatology "
                                   "identifiable=no notes=yes", expect="C-")
         tr.flush()
         consent_id = re.search(r"C-[A-Z0-9]+", ans.body).group(0)

@@ -110,8 +110,7 @@ async def test_caption_naming_two_referrals_or_a_wrong_one_is_refused_not_redire
     acts = await h.send_image(GP, jpeg_with_metadata(), caption=f"{a} and {b}")
     assert "one referral" in reply_text(acts) and any(isinstance(x, A.RedactOriginalUpload) for x in acts)
     # another GP's referral and an unknown id read the same (no existence leak)
-    (theirs,) = await open_referrals(h, 1, actor=OTHER_GP,
-                                     consent="!consent patient=X1 by=patient purposes=care identifiable=no notes=yes")
+    (theirs,) = await open_referrals(h, 1, actor=OTHER_GP)
     t1 = reply_text(await h.send_image(GP, jpeg_with_metadata(), caption=theirs))
     t2 = reply_text(await h.send_image(GP, jpeg_with_metadata(), caption="R-ZZZZZZ"))
     assert t1.replace(theirs, "<id>") == t2.replace("R-ZZZZZZ", "<id>") and "not one of your referrals" in t1
@@ -251,8 +250,7 @@ async def test_photo_command_checks():
     a, b = await open_referrals(h, 2)
     await h.send_image(GP, jpeg_with_metadata())
     # someone else's referral, an unknown one: the same refusal; the photo stays held
-    (theirs,) = await open_referrals(h, 1, actor=OTHER_GP,
-                                     consent="!consent patient=X1 by=patient purposes=care identifiable=no notes=yes")
+    (theirs,) = await open_referrals(h, 1, actor=OTHER_GP)
     t1 = reply_text(await h.say(GP, f"!photo {theirs}"))
     t2 = reply_text(await h.say(GP, "!photo R-ZZZZZZ"))
     assert t1.replace(theirs, "<id>") == t2.replace("R-ZZZZZZ", "<id>")

@@ -157,3 +157,18 @@ def test_times_are_shown_from_the_zone_data_package_without_the_system_database(
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     # the clocks go forward at 01:00 UTC on 29 March and back at 01:00 UTC on 25 October 2026
     assert out.stdout.split() == ["00:59", "GMT", "02:00", "BST", "01:59", "BST", "01:00", "GMT"]
+def test_consent_window_and_patient_reference_schemes(tmp_path):
+    """Issue 12: the episode window and the deployment's own patient-reference schemes."""
+    raw = {"policy": {"consent_window_days": 14, "max_consent_window_days": 90,
+                      "patient_references": [{"name": "hospital no.", "pattern": "RX[0-9]{7}"},
+                                             {"name": "CHI no.", "pattern": "[0-3][0-9][01][0-9]{7}"}]}}
+    pol = parse_config(raw, need_matrix=False).policy()
+    assert pol.consent_window == timedelta(days=14) and pol.max_consent_window == timedelta(days=90)
+    assert [s.name for s in pol.patient_ref_schemes] == ["hospital no.", "CHI no."]
+    defaults = parse_config({}, need_matrix=False).policy()
+    assert defaults.consent_window == timedelta(days=30) and defaults.patient_ref_schemes == ()
+    for bad, says in (([{"name": "x"}], "needs name and pattern"), ([{"name": "x", "pattern": "RX[0-9"}], "not a valid"),
+                      ({"name": "x"}, "must be a list")):
+        with pytest.raises(ConfigError, match=says):
+            parse_config({"policy": {"patient_references": bad}}, need_matrix=False)
+

@@ -11,7 +11,7 @@ import io
 from datetime import datetime
 from pathlib import Path
 
-from filing.record import RecordDocument
+from bot.filing.record import RecordDocument
 from handlers.timefmt import DEFAULT_ZONE, fmt_stamp
 
 __all__ = ["render_pdf"]
