@@ -89,6 +89,7 @@ from handlers.events import (
     ThreadRootPosted,
     Tick,
 )
+from handlers.identifiers import find_identifiers, held_message
 from handlers.ids import find_ids, make_id
 from handlers.model import (
     BOT_ACTOR,
@@ -103,7 +104,7 @@ from handlers.model import (
 )
 from handlers.patientref import PATIENT_REF_MEDIA_TYPE, PatientRefHasher, normalise_patient_ref, patient_ref_vault_id
 from handlers.policy import Policy
-from handlers.timefmt import fmt_clock, fmt_date
+from handlers.timefmt import fmt_clock, fmt_date, local_date
 from storage.interfaces import Store, Transaction
 
 __all__ = ["ClearedImage", "Workflow"]
@@ -646,6 +647,18 @@ class Workflow:
         if len(text) > 4000:
             raise _Refuse("That message is too long to pass on (over 4000 characters); split it up.")
         assert isinstance(ev.place, DirectChat)
+        # the thread is a shared room: what surely identifies the patient (an NHS number, a
+        # postcode, an email address, a hospital number) never goes there (issue 12's guard;
+        # GMC Confidentiality (2017): use the minimum necessary personal information). The
+        # kinds it may mistake in conversation ("Dr Okafor", a date) are let through.
+        findings = find_identifiers(text, today=local_date(ev.at, self.policy.time_zone),
+                                    reference_patterns=self.policy.reference_patterns())
+        if findings.blocking:
+            raise _Refuse(
+                held_message(findings, "answer") + " Nothing was passed on.",
+                audit=AuditEntry(ev.actor.user_id, "thread.relay_refused", ev.at, ref.referral_id, ref.consent_id,
+                                 details={"rule": "identifier", "kind": findings.codes}),
+            )
         await ctx.apply(*lc.relay_to_thread(ref, text=text, at=ev.at, event_id=ev.event_id, reply_to=ev.place,
                                             policy=self.policy))
         return None  # the reaction on the GP's message says it went
@@ -660,6 +673,8 @@ class Workflow:
             try:
                 text = await self._relay_to_thread(ctx, ev, ref, ev.text.strip())
             except _Refuse as exc:
+                if exc.audit is not None:
+                    await ctx.tx.append_audit(exc.audit)
                 text = str(exc)
             except lc.IllegalTransition as exc:
                 text = str(exc)

@@ -479,3 +479,21 @@ async def test_withdrawal_also_destroys_a_photo_held_for_a_referral_under_that_c
     text = reply_text(await h.say(GP, f"!withdraw {cid}"))
     assert "2 stored copies destroyed" not in text and "1 stored copy destroyed" in text
     assert h.store.unassigned() == [] and held.photo_id not in h.store.vault_ids()
+
+
+async def test_an_answer_carrying_an_nhs_number_or_postcode_is_not_posted_in_the_thread():
+    h = Harness()
+    rid = await started(h)
+    await h.in_thread(DERM, rid, "Any bleeding?")
+    await h.drain()
+    relayed = h.dm_event_of("Any bleeding?")
+    for answer in ("No bleeding. NHS 943 476 5919", "No bleeding; lives at LS1 4AP"):
+        acts = await h.reply_to(GP, relayed, answer)
+        assert not any(isinstance(a, A.Reply) and isinstance(a.to, E.SpecialtyThread) for a in acts)
+        text = reply_text(acts)
+        assert "remove" in text and "Nothing was passed on" in text and "5919" not in text and "LS1" not in text
+    held = [e for e in h.store.audit if e.action == "thread.relay_refused"]
+    assert [e.details["rule"] for e in held] == ["identifier", "identifier"]
+    # conversation words that merely look like a name go through
+    acts = await h.reply_to(GP, relayed, "Thanks Dr Skin, no bleeding.")
+    assert any(isinstance(a, A.Reply) and isinstance(a.to, E.SpecialtyThread) for a in acts)
