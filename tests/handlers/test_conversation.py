@@ -497,3 +497,26 @@ async def test_an_answer_carrying_an_nhs_number_or_postcode_is_not_posted_in_the
     # conversation words that merely look like a name go through
     acts = await h.reply_to(GP, relayed, "Thanks Dr Skin, no bleeding.")
     assert any(isinstance(a, A.Reply) and isinstance(a.to, E.SpecialtyThread) for a in acts)
+
+
+async def test_the_filed_timeline_shows_the_conversation_without_its_words():
+    from bot.filing.record import load_record
+
+    from .helpers import policy
+
+    h = Harness(policy=policy(filing_enabled=True))
+    rid = await started(h)
+    await h.in_thread(DERM, rid, "Any bleeding at all?")
+    await h.drain()
+    await h.reply_to(GP, h.dm_event_of("Any bleeding at all?"), "None whatsoever.")
+    await h.in_thread(DERM, rid, "!morephotos A close-up please")
+    await h.in_thread(DERM, rid, "!opinion Benign.")
+    await h.in_thread(DERM, rid, "!addendum Review in 6 months.")
+    await h.drain()
+    record = await load_record(h.store, rid, version=1, at=h.now)
+    lines = [line for _, line in record.timeline]
+    assert f"Message from {DERM.user_id} passed to the referring GP" in lines
+    assert "The referring GP answered in the thread" in lines
+    assert f"Another photo asked for by {DERM.user_id}" in lines and f"Addendum by {DERM.user_id}" in lines
+    assert not any("bleeding" in line or "whatsoever" in line for line in lines)
+    assert [a.text for a in record.addenda] == ["Review in 6 months."]
