@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -48,10 +49,23 @@ async def open_store(config: Config):
     return store, keys
 
 
-def make_workflow(store: Any, config: Config, keys: Any, clock: Callable[[], datetime]):
+def make_workflow(store: Any, config: Config, keys: Any, clock: Callable[[], datetime], sanitize: Any = None):
     from handlers.workflow import Workflow
 
-    return Workflow(store=store, policy=config.policy(), hasher=keys.patient_ref_hasher())
+    return Workflow(store=store, policy=config.policy(), hasher=keys.patient_ref_hasher(), sanitize=sanitize)
+
+
+def sanitizer_pool(config: Config):
+    """The worker processes that clean images (memory cap, time limit): optional [sanitizer]
+    section with ``workers``, ``memory_mb`` and ``timeout_seconds`` (docs/sanitizer.md)."""
+    from bot.sanitize_pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, SanitizerPool
+
+    raw = config.raw.get("sanitizer") or {}
+    try:
+        return SanitizerPool(int(raw.get("workers", 1)), memory_mb=int(raw.get("memory_mb", DEFAULT_MEMORY_MB)),
+                             timeout_s=float(raw.get("timeout_seconds", DEFAULT_TIMEOUT_S)))
+    except (TypeError, ValueError):
+        raise ConfigError("[sanitizer] workers, memory_mb and timeout_seconds must be numbers.") from None
 
 
 def make_filer(config: Config, store: Any, keys: Any, clock: Callable[[], datetime]):
@@ -94,6 +108,7 @@ class BotApp:
         self.state = None
         self.metrics_server = None
         self.filer = None
+        self.pool = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -115,8 +130,10 @@ class BotApp:
         from bot.matrix.transport import MatrixTransport, TransportSettings
 
         cfg, m = self.config, self.config.matrix
+        self.pool = sanitizer_pool(cfg)
+        warming = asyncio.create_task(asyncio.to_thread(self.pool.start))  # loads the models meanwhile
         self.store, keys = await open_store(cfg)
-        self.workflow = make_workflow(self.store, cfg, keys, self.clock)
+        self.workflow = make_workflow(self.store, cfg, keys, self.clock, sanitize=self.pool)
         self.client = await nioclient.login_persistent(
             m.homeserver, m.user_id, m.store_dir, pickle_key_for(cfg, keys),
             password=m.password, access_token=m.access_token, device_id=m.device_id,
@@ -137,6 +154,7 @@ class BotApp:
         self.transport = MatrixTransport(self.client, self.store, self.workflow, settings,
                                          self.state, admin=self.admin, clock=self.clock,
                                          filer=self.filer)
+        await warming
         await self.transport.start()
         await self._start_metrics()
         log.info("bot is running")
@@ -173,4 +191,6 @@ class BotApp:
             close = getattr(self.store, "close", None)
             if close:
                 await close()
-        self.transport = self.client = self.admin = self.state = self.store = None
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
+        self.transport = self.client = self.admin = self.state = self.store = self.pool = None

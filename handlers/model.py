@@ -418,7 +418,9 @@ class UnassignedPhoto:
     extension: str
     upload_ref: str
     candidates: tuple[str, ...] = ()
-    faces: int = 0  # faces found (always checked: the consent that applies is not known yet)
+    faces: int = 0  # what the face/text check found, when it ran (``checked``)
+    text_regions: int = 0
+    checked: bool = False  # the check ran (some open referral's consent needed it)
     width: int = 0
     height: int = 0
     removed_metadata: tuple[str, ...] = ()

@@ -7,7 +7,11 @@ and enqueue the resulting actions in the outbox. The returned list is what was
 enqueued (handy for tests; transports drain the outbox instead).
 
 No network, no SQL, no clock: time comes from the event. Images are cleaned with
-``handlers.sanitizer.sanitize`` (injectable for tests of failure paths only).
+``handlers.sanitizer.sanitize`` in a thread by default; the bot injects its worker-process
+pool (``bot/sanitize_pool.py``: memory cap, time limit) as ``sanitize``. Either way the
+photo is cleaned BEFORE the store transaction, so a slow image never holds the write lock:
+a short read-only step first reads the GP's open referrals' consents (they decide whether
+the face/text check runs), and the transaction re-checks that decision.
 
 Decisions (also in docs/commands.md):
 
@@ -22,11 +26,12 @@ Decisions (also in docs/commands.md):
   (tagged with the referral and the specialist's name); the GP's answer (a reply to
   that message, or ``!reply R-…``) is posted in the thread as "the referring GP
   (practice)". Only roster members are relayed; relays are audited, never their text.
-* Faces found and the consent does not cover identifiable images: the image is
-  blurred at once and only the blurred copy is kept, HELD until the GP types
-  ``!blur R-…`` (send it blurred) or ``!discard R-…``. Nothing unblurred is posted.
-  When the consent covers identifiable images the face check is not run at all
-  (nothing depends on it; audited as ``image.faces_not_checked``).
+* Faces or text found and the consent does not cover identifiable images: the image is
+  blurred at once (faces and text boxes) and only the blurred copy is kept, HELD until the
+  GP types ``!blur R-…`` (send it blurred) or ``!discard R-…``. Nothing unblurred is posted.
+  When the consent covers identifiable images the check is not run at all (nothing depends
+  on it; audited as ``image.faces_not_checked``). Replies say what was checked and what was
+  found, never that something cannot be there.
 * Withdrawal beats retention: every image under the consent leaves the chat and
   every vault copy is crypto-shredded at once. Opinions already given stay in
   the record (they are not the image).
@@ -42,9 +47,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from handlers import lifecycle as lc
 from handlers.actions import Action, Notify, RedactOriginalUpload, RemoveImages, Reply
@@ -109,6 +115,8 @@ from storage.interfaces import Store, Transaction
 
 __all__ = ["ClearedImage", "Workflow"]
 
+_BLUR_LABELS = ("faces (blurred)", "text on the photo (blurred)")  # not metadata: left out of "Removed:"
+
 log = logging.getLogger(__name__)
 
 _STATE_WORDS = {
@@ -133,6 +141,31 @@ class ClearedImage:
     data: bytes
 
 
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """An uploaded image cleaned before the transaction (or why it could not be)."""
+
+    checked: bool  # the face/text check ran (and what it found is blurred)
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kept:
+    """A held photo's clean copy, shaped like a sanitizer result for ``_attach``."""
+
+    data: bytes
+    media_type: str
+    extension: str
+    width: int
+    height: int
+    faces: int = 0
+    text_regions: int = 0
+    faces_blurred: bool = False
+    text_blurred: bool = False
+    removed: tuple[str, ...] = ()
+
+
 class _Refuse(Exception):
     """A plain refusal: reply with the message, change nothing else (but keep audit)."""
 
@@ -148,6 +181,7 @@ class _Ctx:
         self.tx = tx
         self.key_prefix = key_prefix
         self.actions: list[Action] = []
+        self.prepared: _Prepared | None = None  # an image cleaned before the transaction
 
     async def apply(self, ref: Referral, eff: lc.Effects) -> Referral:
         await self.tx.save_referral(ref)
@@ -170,6 +204,14 @@ class _Ctx:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _found_words(result: Any) -> str:
+    """'1 face', 'text', '2 faces and text in 3 places': what the identifiability check found."""
+    bits = [_plural(result.faces, "face")] if result.faces else []
+    if result.text_regions:
+        bits.append("text" if result.text_regions == 1 else f"text in {result.text_regions} places")
+    return " and ".join(bits)
 
 
 class Workflow:
@@ -196,6 +238,8 @@ class Workflow:
         self.policy = policy
         self.hasher = hasher
         self._sanitize = sanitize
+        self._sanitize_is_async = inspect.iscoroutinefunction(sanitize) or inspect.iscoroutinefunction(
+            getattr(sanitize, "__call__", None))
         self._limits = limits
         #: called (synchronously, inside the transaction) with a ClearedImage; see the
         #: module docstring. Must not block or raise.
@@ -207,10 +251,12 @@ class Workflow:
             return await self._tick(event.at)
         user_event = isinstance(event, (CommandReceived, ImageReceived))
         try:
+            prepared = await self._prepare_image(event) if isinstance(event, ImageReceived) else None
             async with self.store.transaction() as tx:
                 if not await tx.mark_processed(event.event_id, event.at):
                     return []
                 ctx = _Ctx(tx, event.event_id)
+                ctx.prepared = prepared
                 await self._dispatch(ctx, event)
                 return await ctx.flush()
         except Exception as exc:  # a bug or a store failure: nothing was changed
@@ -433,7 +479,7 @@ class Workflow:
             if refusal is not None:
                 raise _Refuse(refusal.message)
             ref = await ctx.apply(*lc.release_held(ref, consent=consent, at=ev.at, actor=actor.user_id, policy=self.policy))
-            return f"Sending the held image(s) of {ref.referral_id} with faces blurred."
+            return f"Sending the held image(s) of {ref.referral_id} with the faces and text I found blurred."
         raise _Refuse("Type !help for the list of commands.")
 
     # ---- !consent
@@ -804,6 +850,65 @@ class Workflow:
         return "\n".join(lines[-10:])
 
     # ------------------------------------------------------------------ images
+    async def _prepare_image(self, ev: ImageReceived) -> _Prepared | None:
+        """Clean the photo outside the write transaction. A short read-only step reads the
+        consents of the GP's open referrals: the check runs unless every one of them covers
+        identifiable images. ``_intake`` re-checks the decision inside the transaction."""
+        if not isinstance(ev.place, DirectChat) or not ev.data:
+            return None
+        async with self.store.transaction() as tx:  # reads only: held for a few milliseconds
+            refs = await tx.open_referrals_by_referrer(ev.actor.user_id)
+            consents = [await tx.get_consent(r.consent_id) for r in refs]
+        if not refs:
+            return None
+        check = not all(c is not None and c.identifiable for c in consents)
+        try:
+            return _Prepared(check, await self._clean(ev.data, check))
+        except Exception as exc:  # reported by _intake, with its audit entry
+            return _Prepared(check, error=exc)
+
+    async def _clean(self, data: bytes, check: bool) -> Any:
+        """One call: strip metadata and, when ``check``, find faces and text and blur them."""
+        kwargs: dict[str, Any] = {"detect_faces": check}
+        if check:
+            kwargs.update(detect_text=True, blur_faces=True, blur_text=True)
+        if self._limits is not None:
+            kwargs["limits"] = self._limits
+        if self._sanitize_is_async:
+            return await self._sanitize(data, **kwargs)
+        # CPU-bound: a worker thread keeps the event loop syncing and posting
+        return await asyncio.to_thread(self._sanitize, data, **kwargs)
+
+    async def _cleaned(self, ctx: _Ctx, ev: ImageReceived, check: bool) -> Any:
+        """The prepared result if it was cleaned as this consent needs; otherwise clean it
+        again now, inside the transaction: the check was skipped but this consent needs it (a
+        referral opened in between), or something was blurred that this consent lets the
+        specialist see (the GP's other open referral needed the check, this one does not)."""
+        prepared = ctx.prepared
+        blurred = prepared is not None and prepared.result is not None and (
+            prepared.result.faces_blurred or prepared.result.text_blurred)
+        if prepared is None or (check and not prepared.checked) or (not check and blurred):
+            prepared = _Prepared(check, await self._clean(ev.data, check))
+        if prepared.error is not None:
+            raise prepared.error
+        return prepared.result
+
+    async def _clean_or_refuse(self, clean: Callable[[], Awaitable[Any]],
+                               audit: Callable[[str, dict], AuditEntry]) -> Any:
+        """Run a cleaning step; a refusal or a crash of the sanitizer becomes one plain
+        sentence (``_Refuse``) with its ``image.refused`` audit entry."""
+        from handlers.sanitizer import ImageRefused
+
+        try:
+            return await clean()
+        except ImageRefused as exc:
+            raise _Refuse(str(exc), audit=audit("image.refused", {"rule": f"sanitizer.{exc.reason}"})) from None
+        except Exception as exc:  # never a traceback for bad input
+            raise _Refuse(
+                "I could not read that image; send it again as a JPEG or PNG photo.",
+                audit=audit("image.refused", {"rule": "sanitizer.error", "kind": type(exc).__name__}),
+            ) from None
+
     async def _image(self, ctx: _Ctx, ev: ImageReceived) -> None:
         if not isinstance(ev.place, DirectChat):
             ctx.add(Reply(to=ev.place, text="Photos for a referral go in your direct chat with me, not here."))
@@ -859,30 +964,6 @@ class Workflow:
                 return ref
         return None
 
-    async def _clean_upload(self, data: bytes, *, check_faces: bool, audit: Callable[[str, dict], AuditEntry]) -> tuple[Any, Any]:
-        """(clean, blurred-or-None): metadata stripped; faces blurred in a second copy when
-        checked and found. Refusals become ``_Refuse`` with an ``image.refused`` audit."""
-        from handlers.sanitizer import ImageRefused
-
-        kwargs: dict[str, Any] = {"detect_faces": check_faces}
-        if self._limits is not None:
-            kwargs["limits"] = self._limits
-        try:
-            # CPU-bound work runs in a worker thread so the event loop keeps syncing
-            # and posting (OpenCV and libjpeg release the GIL).
-            clean = await asyncio.to_thread(self._sanitize, data, **kwargs)
-            blurred = None
-            if check_faces and clean.faces > 0:
-                blurred = await asyncio.to_thread(self._sanitize, clean.data, blur_faces=True, **kwargs)
-        except ImageRefused as exc:
-            raise _Refuse(str(exc), audit=audit("image.refused", {"rule": f"sanitizer.{exc.reason}"})) from None
-        except Exception as exc:  # never a traceback for bad input
-            raise _Refuse(
-                "I could not read that image; send it again as a JPEG or PNG photo.",
-                audit=audit("image.refused", {"rule": "sanitizer.error", "kind": type(exc).__name__}),
-            ) from None
-        return clean, blurred
-
     async def _new_image_id(self, tx: Transaction, seed: str, ref: Referral | None = None) -> str:
         attempt = 0
         image_id = make_id("I", seed)
@@ -904,9 +985,9 @@ class Workflow:
         if not open_refs:
             raise _Refuse("You have no open referral for this photo: record consent with !consent and open one with !refer first.")
         ref, routed_by = await self._route_photo(tx, ev, open_refs)
+        if not ev.data:
+            raise _Refuse("That file was empty or too large for me to fetch; send a smaller photo (JPEG, PNG or HEIC).")
         if ref is None:
-            if not ev.data:
-                raise _Refuse("That file was empty or too large for me to fetch; send a smaller photo (JPEG, PNG or HEIC).")
             return await self._hold_unassigned(ctx, ev, open_refs)
         self._check_room_for_images(ref)
         consent = await self._consent_of(tx, ref)
@@ -916,88 +997,79 @@ class Workflow:
                 f"Photo not shared: {refusal.message}",
                 audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": refusal.rule}),
             )
-        if not ev.data:
-            raise _Refuse("That file was empty or too large for me to fetch; send a smaller photo (JPEG, PNG or HEIC).")
-        # The face check exists to stop an identifiable image the consent does not cover.
+        # The face/text check exists to stop an identifiable image the consent does not cover.
         # When the consent covers identifiable images nothing depends on it, so it is not
         # run (it is most of the sanitizer's time on a phone photo); otherwise it is
         # mandatory and blocks posting. Metadata is stripped either way.
         check_faces = not consent.identifiable
-        clean, blurred = await self._clean_upload(
-            ev.data,
-            check_faces=check_faces,
-            audit=lambda action, details: AuditEntry(actor.user_id, action, ev.at, ref.referral_id, ref.consent_id, details=details),
+        keep = await self._clean_or_refuse(
+            lambda: self._cleaned(ctx, ev, check_faces),
+            lambda action, details: AuditEntry(actor.user_id, action, ev.at, ref.referral_id, ref.consent_id, details=details),
         )
-        keep = blurred if blurred is not None else clean
         image_id = await self._new_image_id(tx, ev.event_id, ref)
         if not check_faces:  # the record must not read "0 faces found" as if it had looked
             await tx.append_audit(AuditEntry(actor.user_id, "image.faces_not_checked", ev.at, ref.referral_id,
                                              ref.consent_id, details={"rule": "consent.identifiable"}))
-        text = await self._attach(
-            ctx, ref, consent, actor=actor, at=ev.at, image_id=image_id, data=keep.data, media_type=keep.media_type,
-            extension=keep.extension, faces=clean.faces, blurred=blurred is not None,
-            faces_blurred=bool(blurred is not None and blurred.faces_blurred), width=keep.width, height=keep.height,
-            removed=tuple(clean.removed), upload_ref=ev.upload_ref, routed_by=routed_by, faces_checked=check_faces,
-            in_vault=False,
-        )
+        text = await self._attach(ctx, ref, consent, keep, actor=actor, at=ev.at, image_id=image_id,
+                                  upload_ref=ev.upload_ref, routed_by=routed_by, checked=check_faces)
         return text, ref.referral_id, ()
 
-    async def _attach(
-        self, ctx: _Ctx, ref: Referral, consent: ConsentRecord, *, actor: Actor, at: datetime, image_id: str,
-        data: bytes | None, media_type: str, extension: str, faces: int, blurred: bool, faces_blurred: bool,
-        width: int, height: int, removed: tuple[str, ...], upload_ref: str, routed_by: str, faces_checked: bool,
-        in_vault: bool,
-    ) -> str:
-        """A clean photo joins *ref* (held when blurred, else on its way to the thread);
-        returns the sentence for the GP. ``in_vault``: the bytes are already in the vault
-        under *image_id* (a photo that waited for the GP to name its referral)."""
+    async def _attach(self, ctx: _Ctx, ref: Referral, consent: ConsentRecord, keep: Any, *, actor: Actor,
+                      at: datetime, image_id: str, upload_ref: str, routed_by: str, checked: bool,
+                      in_vault: bool = False, removed: tuple[str, ...] | None = None) -> str:
+        """The cleaned photo *keep* joins *ref*: held when the check found faces or text
+        (``keep`` is then the blurred copy), else on its way to the thread. Returns the
+        sentence for the GP. ``in_vault``: *keep*'s bytes are already in the vault under
+        *image_id* (a photo that waited for the GP to name its referral)."""
         tx = ctx.tx
-        filename = f"{ref.referral_id}-{len(ref.images) + 1}.{extension}"
+        held = checked and bool(keep.faces or keep.text_regions)  # blurred copy kept, held for the GP
+        labels = [r for r in (keep.removed if removed is None else removed) if r not in _BLUR_LABELS]
+        filename = f"{ref.referral_id}-{len(ref.images) + 1}.{keep.extension}"
         item = ImageItem(
             image_id=image_id,
             referral_id=ref.referral_id,
             filename=filename,
-            media_type=media_type,
+            media_type=keep.media_type,
             received_at=at,
             retention_until=at + consent.retention,
             upload_ref=upload_ref,
-            state=ImageState.HELD if blurred else ImageState.WAITING,
-            faces=faces,
-            faces_blurred=faces_blurred,
-            width=width,
-            height=height,
-            removed_metadata=removed,
+            state=ImageState.HELD if held else ImageState.WAITING,
+            faces=keep.faces,
+            faces_blurred=keep.faces_blurred,
+            width=keep.width,
+            height=keep.height,
+            removed_metadata=tuple(labels),
         )
         ref2, effects = lc.add_image(
             ref, item, consent=consent, at=at, actor=actor.user_id, routed_by=routed_by, policy=self.policy
         )
         final = ref2.image(image_id)
-        if (not in_vault and data is not None and final is not None
-                and final.state in (ImageState.WAITING, ImageState.POSTING) and self.on_image_cleared is not None):
+        if (not in_vault and final is not None and final.state in (ImageState.WAITING, ImageState.POSTING)
+                and self.on_image_cleared is not None):
             # before the vault write and the commit, so the transport's upload overlaps them
             try:
-                self.on_image_cleared(ClearedImage(ref.referral_id, image_id, filename, media_type, data))
+                self.on_image_cleared(ClearedImage(ref.referral_id, image_id, filename, keep.media_type, keep.data))
             except Exception:  # an optimisation only: the post uploads from the vault anyway
                 log.warning("on_image_cleared failed", exc_info=True)
         if not in_vault:
-            assert data is not None
-            await tx.vault_put(image_id, data, media_type)
+            await tx.vault_put(image_id, keep.data, keep.media_type)
         await tx.patient_ref_keep(consent.consent_id, item.retention_until)
         await ctx.apply(ref2, effects)
-        summary = ("Removed: " + ", ".join(removed) + ".") if removed else "No hidden data found."
-        if blurred:
+        summary = ("Removed: " + ", ".join(labels) + ".") if labels else "No hidden data found."
+        if held:
             return (
-                f"{summary} I found {_plural(faces, 'face')} in {filename} and consent {consent.consent_id} "
+                f"{summary} I found {_found_words(keep)} in {filename} and consent {consent.consent_id} "
                 f"does not cover identifiable images, so I am holding it (not sent). "
-                f"Type !blur {ref.referral_id} to send it with faces blurred, or !discard {ref.referral_id} to drop it."
+                f"Type !blur {ref.referral_id} to send it with those blurred, or !discard {ref.referral_id} to drop it."
             )
         if final is not None and final.state is ImageState.DISCARDED:
             return f"{summary} But {filename} was not sent: the consent no longer covers sharing."
-        if faces_checked:
-            face_note = ""  # checked, none found
+        if checked:  # what was looked for, never a promise that nothing is there
+            face_note = " I checked it for faces and text and found none (the check can miss some)."
         else:
-            face_note = f" Consent {consent.consent_id} covers identifiable images, so I did not check it for faces."
-        return f"{summary} {filename} is on its way to {ref.specialty} ({ref.referral_id}: {lc.gist(ref.question)}).{face_note}"
+            face_note = f" Consent {consent.consent_id} covers identifiable images, so I did not check it for faces or text."
+        return (f"{summary} {filename} is on its way to {ref.specialty} ({ref.referral_id}: {lc.gist(ref.question)})."
+                f"{face_note}")
 
     # ---- photos the GP has not yet said the referral of
     def _offer(self, refs: list[Referral]) -> tuple[str, str]:
@@ -1009,15 +1081,23 @@ class Workflow:
                 join([f"!photo {r.referral_id}" for r in refs]))
 
     async def _hold_unassigned(self, ctx: _Ctx, ev: ImageReceived, open_refs: list[Referral]) -> tuple[str, str | None, tuple[str, ...]]:
-        """Clean the photo, keep it in the vault (never posted) and ask the GP which
-        referral it is for. The face check always runs: which consent applies is not
-        known yet, and a photo that turns out to need blurring must not wait for it."""
+        """Keep the photo, cleaned of its metadata but not blurred, in the vault (never
+        posted) and ask the GP which referral it is for. What the face/text check found
+        (when any open referral's consent needed it) is kept with it; blurring waits until
+        the referral, and so the consent, is known."""
         tx = ctx.tx
         actor = ev.actor
-        clean, _ = await self._clean_upload(
-            ev.data, check_faces=True,
-            audit=lambda action, details: AuditEntry(actor.user_id, action, ev.at, details=details),
-        )
+
+        def audit(action: str, details: dict) -> AuditEntry:
+            return AuditEntry(actor.user_id, action, ev.at, details=details)
+
+        prepared = ctx.prepared
+        checked = prepared is not None and prepared.checked and prepared.result is not None
+        found = await self._clean_or_refuse(lambda: self._cleaned(ctx, ev, checked), audit)
+        clean = found
+        if checked and (found.faces_blurred or found.text_blurred):
+            # the blurred copy is not what a consent covering identifiable images should send
+            clean = await self._clean_or_refuse(lambda: self._clean(ev.data, False), audit)
         photo_id = await self._new_image_id(tx, ev.event_id)
         newest_first = sorted(open_refs, key=lambda r: (r.opened_at, r.opened_seq), reverse=True)
         photo = UnassignedPhoto(
@@ -1029,20 +1109,23 @@ class Workflow:
             extension=clean.extension,
             upload_ref=ev.upload_ref,
             candidates=tuple(r.referral_id for r in newest_first),
-            faces=clean.faces,
+            faces=found.faces if checked else 0,
+            text_regions=found.text_regions if checked else 0,
+            checked=checked,
             width=clean.width,
             height=clean.height,
-            removed_metadata=tuple(clean.removed),
+            removed_metadata=tuple(r for r in clean.removed if r not in _BLUR_LABELS),
         )
         await tx.vault_put(photo_id, clean.data, clean.media_type)
         await tx.save_unassigned_photo(photo)
         await tx.append_audit(AuditEntry(actor.user_id, "image.unassigned", ev.at, details={
-            "image_id": photo_id, "count": len(newest_first), "faces": clean.faces}))
+            "image_id": photo_id, "count": len(newest_first), "faces": photo.faces}))
         held = await tx.unassigned_photos(actor.user_id)
         for earlier in held:  # one batch: the GP is still sending, so the clock restarts for all
             if earlier.destroy_at < photo.destroy_at:
                 await tx.save_unassigned_photo(dataclasses.replace(earlier, destroy_at=photo.destroy_at))
-        removed = ("Removed: " + ", ".join(clean.removed) + ".") if clean.removed else "No hidden data found."
+        labels = photo.removed_metadata
+        removed = ("Removed: " + ", ".join(labels) + ".") if labels else "No hidden data found."
         until = fmt_clock(photo.destroy_at, self.policy.time_zone)
         refs, answers = self._offer(newest_first[:5])
         if len(held) == 1 and len(newest_first) == 1:
@@ -1059,7 +1142,7 @@ class Workflow:
 
     async def _assign_photos(self, ctx: _Ctx, ev: CommandReceived, cmd: PhotoCmd) -> str:
         """``!photo R-…``: every photo held for this GP goes to that referral, through the
-        same checks as a photo sent straight to it (room for it, consent, faces)."""
+        same checks as a photo sent straight to it (room for it, consent, faces and text)."""
         tx = ctx.tx
         actor = ev.actor
         photos = await tx.unassigned_photos(actor.user_id)
@@ -1076,33 +1159,35 @@ class Workflow:
                 f"Photo not shared: {refusal.message}",
                 audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": refusal.rule}),
             )
+        check = not consent.identifiable
+
+        def audit(action: str, details: dict) -> AuditEntry:
+            return AuditEntry(actor.user_id, action, ev.at, ref.referral_id, ref.consent_id, details=details)
+
         lines = []
         for photo in photos:
             self._check_room_for_images(ref)
-            image_id, blurred, faces_blurred = photo.photo_id, False, False
-            media_type, extension, width, height = photo.media_type, photo.extension, photo.width, photo.height
-            data = None
-            if photo.faces and not consent.identifiable:
-                # only the blurred copy may be kept for this referral (as for any photo)
-                original = await tx.vault_get(photo.photo_id)
-                if original is None:  # destroyed meanwhile: nothing to send
-                    await tx.delete_unassigned_photo(photo.photo_id)
-                    continue
-                _, blur = await self._clean_upload(
-                    original, check_faces=True,
-                    audit=lambda action, details: AuditEntry(actor.user_id, action, ev.at, ref.referral_id, ref.consent_id, details=details),
-                )
-                if blur is not None:
-                    image_id = await self._new_image_id(tx, f"{photo.photo_id}/blurred", ref)
-                    data, blurred, faces_blurred = blur.data, True, blur.faces_blurred
-                    media_type, extension, width, height = blur.media_type, blur.extension, blur.width, blur.height
-                    await tx.vault_shred(photo.photo_id)
+            data = await tx.vault_get(photo.photo_id)
             await tx.delete_unassigned_photo(photo.photo_id)
+            if data is None:  # destroyed meanwhile: nothing to send
+                continue
+            image_id, in_vault = photo.photo_id, True
+            if check and (not photo.checked or photo.faces or photo.text_regions):
+                # this consent needs the check: run it (again) on the clean copy, and keep
+                # only what it gives (blurred where it found something)
+                keep = await self._clean_or_refuse(lambda: self._clean(data, True), audit)
+                if keep.faces_blurred or keep.text_blurred or keep.data != data:
+                    image_id, in_vault = await self._new_image_id(tx, f"{photo.photo_id}/checked", ref), False
+                    await tx.vault_shred(photo.photo_id)
+            else:
+                keep = _Kept(data, photo.media_type, photo.extension, photo.width, photo.height,
+                             faces=photo.faces, text_regions=photo.text_regions)
+            if not check and not photo.checked:
+                await tx.append_audit(AuditEntry(actor.user_id, "image.faces_not_checked", ev.at, ref.referral_id,
+                                                 ref.consent_id, details={"rule": "consent.identifiable"}))
             lines.append(await self._attach(
-                ctx, ref, consent, actor=actor, at=ev.at, image_id=image_id, data=data, media_type=media_type,
-                extension=extension, faces=photo.faces, blurred=blurred, faces_blurred=faces_blurred, width=width,
-                height=height, removed=(), upload_ref=photo.upload_ref, routed_by="photo_command",
-                faces_checked=True, in_vault=data is None,
+                ctx, ref, consent, keep, actor=actor, at=ev.at, image_id=image_id, upload_ref=photo.upload_ref,
+                routed_by="photo_command", checked=check, in_vault=in_vault, removed=(),
             ))
             ref = await tx.get_referral(ref.referral_id) or ref
         return "\n".join(line.removeprefix("No hidden data found. ") for line in lines)
