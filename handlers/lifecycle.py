@@ -64,9 +64,11 @@ from handlers.model import (
     ImageItem,
     ImageState,
     Referral,
+    ReferralDetails,
     ReferralState,
 )
 from handlers.policy import Policy
+from handlers.referral import about_patient, details_lines
 from handlers.timefmt import DEFAULT_ZONE
 from handlers.timefmt import fmt_time as _fmt_time
 
@@ -252,6 +254,7 @@ def open_referral(
     at: datetime,
     policy: Policy,
     opened_seq: int = 0,
+    details: ReferralDetails = ReferralDetails(),
 ) -> tuple[Referral, Effects]:
     """A new referral in state ``opened``, with its thread root requested at once.
     The caller has already checked the consent (``check_cover``) and that the
@@ -275,8 +278,10 @@ def open_referral(
         reminder_at=reminder_at,
         opened_seq=opened_seq,
         root_requested=True,
+        details=details,
     )
-    eff = Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty)])
+    eff = Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty,
+                                urgency=details.urgency.value, intimate=details.intimate)])
     eff.actions.append(
         PostThreadRoot(
             referral_id=referral_id, specialty=specialty, text=_root_text(ref, consent), mentions=_roster(ref, policy)
@@ -339,15 +344,21 @@ def _schedule_post(
 
 
 def _root_text(ref: Referral, consent: ConsentRecord) -> str:
+    """The thread root: who is asking, what the specialists may know of the patient (an
+    age band and sex from the consent, never a date of birth, a name or a number), the
+    structured fields, the question, and what the consent covers."""
     covers = "covered" if consent.identifiable else "NOT covered (photos checked for faces and text; what was found is blurred)"
-    return (
-        f"Referral {ref.referral_id} from a GP at {ref.practice}.\n"
-        f"Question: {ref.question}\n"
-        f"Consent {consent.consent_id}: care / second opinion; identifiable images {covers}.\n"
-        f"The photos follow in this thread. What you write here reaches the GP, who can answer here; "
-        f"!morephotos <what is needed> asks for another photo; !opinion <text> gives the opinion. "
-        f"Images are removed after the opinion."
-    )
+    lines = [
+        f"Referral {ref.referral_id} from a GP at {ref.practice}.",
+        f"Patient: {about_patient(consent, ref.opened_at.date())}",
+        *details_lines(ref.details),
+        f"Question: {ref.question}",
+        f"Consent {consent.consent_id}: care / second opinion; identifiable images {covers}.",
+        "The photos follow in this thread. What you write here reaches the GP, who can answer here; "
+        "!morephotos <what is needed> asks for another photo; !opinion <text> gives the opinion. "
+        "Images are removed after the opinion.",
+    ]
+    return "\n".join(lines)
 
 
 def add_image(

@@ -84,6 +84,11 @@ ALLOWED_DETAIL_KEYS = frozenset(
         # members when an image was posted; the names of the filing sinks (config keys)
         "members",
         "sinks",
+        # the structured referral (issue 12): its urgency, whether it shows an intimate
+        # area, and which of its fields the identifier guard held (field names, never text)
+        "urgency",
+        "intimate",
+        "fields",
     }
 )
 # Only used to give a sharper message for keys that are refused anyway.
