@@ -12,7 +12,7 @@ What goes in, and why:
   record is filed WITHOUT images (docs/filing.md, "withdrawal");
 * the clinical question and the structured fields of ``!refer`` (site, duration,
   urgency, history, intimate area: ``RecordDocument.details``), the opinion, who gave
-  it and when, and the addenda;
+  it and when, and the addenda (``!addendum`` after a filed record files it again);
 * the consent: who gave it, for what, identifiable images covered or not, recorded in
   the notes, withdrawn when (GMC recordings guidance para 14: record the key elements
   of the consent discussion in the record); intimate images covered and the chaperone
