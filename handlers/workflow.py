@@ -1215,7 +1215,7 @@ class Workflow:
     async def _discard_unassigned(self, ctx: _Ctx, ev: CommandReceived) -> str:
         photos = await ctx.tx.unassigned_photos(ev.actor.user_id)
         if not photos:
-            return "I am not holding any photo for you. To drop a photo held for faces, type !discard R-…."
+            return "I am not holding any photo for you. To drop a photo held for a face or text, type !discard R-…."
         for photo in photos:
             await ctx.tx.vault_shred(photo.photo_id)
             await ctx.tx.delete_unassigned_photo(photo.photo_id)
