@@ -51,6 +51,22 @@ max_consent_window_days = 365 # the longest valid-for= a GP may give
 # name = "hospital no."
 # pattern = "RX[0-9]{{7}}"
 
+[filing]
+retention_warning_days = 7    # warn the GP and the operator before an unfiled record's retention ends
+# Where the record of each closed referral goes (docs/filing.md). With no sink, filing is
+# off: `referral-bot status` says so and vault copies are destroyed at their retention.
+# [[filing.sink]]
+# name = "practice-inbox"
+# type = "folder"             # folder | smtp | dicomweb
+# label = "the practice document inbox"
+# path = "/var/spool/referral-bot/inbox"
+#
+# [[filing.sink]]
+# name = "pacs"
+# type = "dicomweb"
+# label = "the hospital PACS"
+# url = "https://pacs.example.nhs.uk/dicom-web"   # a bearer token, if any: token_file = "..."
+
 [directory]
 # Who may invite and talk to the bot: clinicians below, plus these users / servers.
 allowed_users = []
