@@ -89,6 +89,8 @@ ALLOWED_DETAIL_KEYS = frozenset(
         "urgency",
         "intimate",
         "fields",
+        # issue 11: how many text areas the identifiability check found (a count; never the text)
+        "regions",
     }
 )
 # Only used to give a sharper message for keys that are refused anyway.
