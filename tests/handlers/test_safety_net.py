@@ -85,8 +85,10 @@ async def test_routine_escalates_after_16_working_hours_to_the_roster_and_tells_
     assert gp.user_id == GP.user_id and gp.mentions == (GP.user_id,) and gp.referral_id == rid
     assert "phone the on-call dermatology team" in gp.text and "the dermatology team" in gp.text
     assert "Mon 9 Mar 09:00 GMT" in gp.text  # when it expires, local time
-    # once per referral
-    assert escalations(await tick_at(h, utc(2026, 3, 4, 12)))[0] == []
+    # once per referral: not again, also not when another timer of it (the expiry warning) runs
+    assert escalations(await tick_at(h, utc(2026, 3, 4, 12))) == ([], [])
+    acts = await tick_at(h, utc(2026, 3, 8, 9))
+    assert len(warnings(acts)) == 1 and escalations(acts) == ([], [])
     entries = [e for e in h.store.audit if e.action == "referral.escalated"]
     assert len(entries) == 1 and entries[0].referral_id == rid and entries[0].at == utc(2026, 3, 3, 17)
     assert entries[0].details == {"role": "roster", "urgency": "routine"}
@@ -364,3 +366,14 @@ async def test_a_crash_before_the_commit_does_not_lose_the_escalation(tmp_path):
         assert len([e for e in await h.store.audit_entries(rid) if e.action == "referral.escalated"]) == 1
     finally:
         await h.store.close()
+
+
+def test_refer_reads_urgency_anywhere_after_the_consent_id():
+    from handlers.commands import CommandError, ReferCmd, parse_command
+
+    cmd = parse_command("!refer derm C-7K3QX9 Crusted nodule urgency=URGENT on the ear")
+    assert isinstance(cmd, ReferCmd) and cmd.urgency == "urgent" and cmd.question == "Crusted nodule on the ear"
+    assert parse_command("!refer derm C-7K3QX9 urgency:2ww Crusted nodule").urgency == "2ww"
+    assert parse_command("!refer derm C-7K3QX9 Crusted nodule").urgency == "routine"
+    with pytest.raises(CommandError, match="routine, urgent or 2ww"):
+        parse_command("!refer derm C-7K3QX9 urgency=asap Crusted nodule")
