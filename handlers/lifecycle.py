@@ -28,6 +28,12 @@ The conversation around a referral (relaying the specialists' messages to the GP
 the GP's answers into the thread, ``!morephotos``, ``!addendum``) is decided here too:
 who may do it is checked by the workflow, when it may happen is the ``ALLOWED`` table.
 
+The clock as a safety net (issue 12 part 5) is decided here too, from the times in
+``handlers/clock.py``: the first photo in the thread starts the escalation clock and
+tells the GP, once, to delete the originals from the phone; ``tick`` escalates (once) and
+warns before expiry (once), only while the referral is open; ``pathway_reminder`` points
+a question that reads like suspected cancer to the 2-week-wait pathway.
+
 Per-image states (``ImageState``): held (faces, consent not identifiable) ->
 waiting (no thread root yet) -> posting (PostImage enqueued) -> posted ->
 removing (RemoveImages enqueued) -> removed; or discarded (never shown). No
@@ -1026,8 +1032,9 @@ def pathway_reminder(ref: Referral, *, at: datetime) -> tuple[Referral, Effects]
 
 
 def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effects]:
-    """Everything due at *at*: reminder, max-lifetime expiry, grace-period removal,
-    vault retention. Idempotent: a second tick at the same time does nothing."""
+    """Everything due at *at*: escalation, expiry warning, max-lifetime expiry,
+    grace-period removal, filing retries, vault retention. Idempotent: a second tick at
+    the same time does nothing (each one-off is flagged on the referral it saves)."""
     eff = Effects()
     if ref.is_open and at >= ref.expires_at:
         ref, e = _start_removal(ref, at=at, reason=CloseReason.EXPIRED, actor=BOT_ACTOR)

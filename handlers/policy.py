@@ -12,6 +12,10 @@ practice for users whose ``Actor.practice`` the transport could not fill in
 when the GP gives no ``valid-for=`` (one episode; issue 12), ``max_consent_window``
 the longest ``valid-for=`` allowed. ``patient_ref_schemes`` are the deployment's
 own patient-reference schemes accepted besides NHS numbers (handlers/patientref.py).
+
+The clock (issue 12 part 5, handlers/clock.py): ``working_days`` / ``working_hours`` /
+``non_working_dates`` define working time in ``time_zone``; ``escalate_after`` and the
+``urgent_*`` timers are working time; ``Specialty.lead`` is who an escalation mentions.
 """
 from __future__ import annotations
 
