@@ -69,8 +69,14 @@ class NoWorkingTime(ValueError):
 
 def urgency_of(ref: Any) -> str:
     """The referral's urgency: ``routine`` (also for referrals stored before urgency
-    existed), ``urgent`` or ``2ww``. The one accessor the rules use."""
-    value = getattr(ref, "urgency", None) or ROUTINE
+    existed), ``urgent`` or ``2ww``. The one accessor the rules use. It reads the
+    structured referral's ``ref.details.urgency`` (an enum or its value) when the referral
+    has one (issue 12 part 1), else ``ref.urgency``."""
+    details = getattr(ref, "details", None)
+    value = getattr(details, "urgency", None) if details is not None else None
+    if value is None:
+        value = getattr(ref, "urgency", None)
+    value = getattr(value, "value", value) or ROUTINE
     return value if value in URGENCIES else ROUTINE
 
 

@@ -274,8 +274,6 @@ def open_referral(
     not when the first photo arrives: the specialists see the question straight
     away, the GP learns of an unsafe specialty room before sending a photo, and a
     photo then needs one post, not two in a row. Photos follow in the thread."""
-    expires_at = clock.answer_deadline(at, urgency, policy)
-    reminder_at = clock.warning_time(expires_at, urgency, policy, not_before=at)
     ref = Referral(
         referral_id=referral_id,
         consent_id=consent.consent_id,
@@ -284,11 +282,16 @@ def open_referral(
         specialty=specialty,
         question=question,
         opened_at=at,
-        expires_at=expires_at,
-        reminder_at=reminder_at,
+        expires_at=at,  # set below, from the urgency as the referral holds it
+        reminder_at=at,
         opened_seq=opened_seq,
         root_requested=True,
         urgency=urgency,
+    )
+    urgency = clock.urgency_of(ref)
+    expires_at = clock.answer_deadline(at, urgency, policy)
+    ref = dataclasses.replace(
+        ref, expires_at=expires_at, reminder_at=clock.warning_time(expires_at, urgency, policy, not_before=at)
     )
     eff = Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty, urgency=urgency)])
     eff.actions.append(

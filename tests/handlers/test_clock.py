@@ -203,3 +203,18 @@ def test_suspected_cancer_wording(text):
 @pytest.mark.parametrize("text", NOT_SUSPICIOUS)
 def test_no_false_alarm(text):
     assert not suspected_cancer(text), text
+
+
+def test_urgency_accessor_reads_the_structured_referral_details_first():
+    import enum
+
+    class Urgency(str, enum.Enum):
+        ROUTINE = "routine"
+        URGENT = "urgent"
+
+    class _Details:
+        urgency = Urgency.URGENT
+
+    ref = _Ref("routine")
+    ref.details = _Details()
+    assert clock.urgency_of(ref) == "urgent"
