@@ -59,6 +59,22 @@ urgent_reminder_before_working_hours = 4  # urgent: the GP is warned this long b
 # name = "hospital no."
 # pattern = "RX[0-9]{{7}}"
 
+[filing]
+retention_warning_days = 7    # warn the GP and the operator before an unfiled record's retention ends
+# Where the record of each closed referral goes (docs/filing.md). With no sink, filing is
+# off: `referral-bot status` says so and vault copies are destroyed at their retention.
+# [[filing.sink]]
+# name = "practice-inbox"
+# type = "folder"             # folder | smtp | dicomweb
+# label = "the practice document inbox"
+# path = "/var/spool/referral-bot/inbox"
+#
+# [[filing.sink]]
+# name = "pacs"
+# type = "dicomweb"
+# label = "the hospital PACS"
+# url = "https://pacs.example.nhs.uk/dicom-web"   # a bearer token, if any: token_file = "..."
+
 [directory]
 # Who may invite and talk to the bot: clinicians below, plus these users / servers.
 allowed_users = []

@@ -10,8 +10,8 @@ What goes in, and why:
 * the clean images (metadata already stripped; faces blurred where the consent did not
   cover identifiable images) - unless the vault copy is gone: after a withdrawal the
   record is filed WITHOUT images (docs/filing.md, "withdrawal");
-* the clinical question, the opinion, who gave it and when, and the addenda (a place is
-  kept for them: ``Referral.addenda`` when the conversation work adds it);
+* the clinical question, the opinion, who gave it and when, and the addenda (``!addendum``
+  after a filed record files it again);
 * the consent: who gave it, for what, identifiable images covered or not, recorded in
   the notes, withdrawn when (GMC recordings guidance para 14: record the key elements
   of the consent discussion in the record);

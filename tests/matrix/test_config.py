@@ -110,7 +110,31 @@ def test_init_writes_a_config_that_loads_and_a_0600_key(tmp_path, monkeypatch):
     monkeypatch.setenv("REFERRAL_BOT_MATRIX_PASSWORD", "x")
     loaded = load_config(cfg)
     assert loaded.storage.key_file == key.resolve()
+    assert loaded.policy().filing_enabled is False   # the sinks are examples, commented out
     assert cli_init.run(ns) == 1          # never overwrites silently
+
+
+def test_init_filing_examples_parse_once_uncommented(tmp_path, monkeypatch):
+    """The commented [[filing.sink]] lines in `init`'s config are a working starting point."""
+    import argparse
+    import re
+    import tomllib
+
+    from bot import cli_init
+    from bot.filing.config import parse_sinks
+
+    cfg = tmp_path / "rb.toml"
+    assert cli_init.run(argparse.Namespace(config=str(cfg), key_file=None, force=False)) == 0
+    head, filing = cfg.read_text().split("[filing]\n", 1)
+    filing, rest = filing.split("\n[directory]", 1)
+    filing = re.sub(r"(?m)^# (\[\[filing\.sink\]\]|\w+ = .*)$", r"\1", filing)
+    text = head + "[filing]\n" + filing + "\n[directory]" + rest
+    raw = tomllib.loads(text)
+    sinks = parse_sinks(raw, key=b"k" * 32, base=tmp_path)
+    assert [s.name for s in sinks] == ["practice-inbox", "pacs"]
+    monkeypatch.setenv("REFERRAL_BOT_MATRIX_PASSWORD", "x")
+    cfg.write_text(text)
+    assert load_config(cfg).policy().filing_enabled is True
 
 
 def test_specialty_room_needed_for_matrix_only(tmp_path):
