@@ -377,3 +377,22 @@ def test_refer_reads_urgency_anywhere_after_the_consent_id():
     assert parse_command("!refer derm C-7K3QX9 Crusted nodule").urgency == "routine"
     with pytest.raises(CommandError, match="routine, urgent or 2ww"):
         parse_command("!refer derm C-7K3QX9 urgency=asap Crusted nodule")
+
+
+async def test_the_filed_record_shows_the_safety_net_without_its_words():
+    from bot.filing.record import load_record
+
+    h = Harness(policy=policy(filing_enabled=True))
+    rid = await refer_with_photo(h, "Changing mole on the back, ?melanoma")
+    await tick_at(h, utc(2026, 3, 3, 17))  # escalated
+    await tick_at(h, utc(2026, 3, 8, 9))  # warned
+    await h.in_thread(DERM, rid, "!opinion Dysplastic naevus; excise.")
+    await h.drain()
+    record = await load_record(h.store, rid, version=1, at=h.now)
+    lines = [line for _, line in record.timeline]
+    for expected in ("GP reminded: suspected cancer goes through the 2-week-wait pathway (NICE NG12)",
+                     "GP asked to delete the original photos from the phone and its backups",
+                     "Escalated: no opinion yet, the specialty asked to answer and the GP told",
+                     "GP warned that the referral would expire without an opinion"):
+        assert expected in lines, lines
+    assert not any("melanoma" in line.lower() for line in lines)
