@@ -93,6 +93,7 @@ class ReferCmd:
     specialty: str
     consent_id: str
     question: str
+    urgency: str = "routine"  # routine | urgent | 2ww (urgency=; the clock's timers, handlers/clock.py)
 
     def __repr__(self) -> str:
         return f"ReferCmd(specialty={self.specialty!r}, consent_id={self.consent_id!r}, question=<redacted>)"
@@ -479,10 +480,31 @@ def _parse_refer(rest: str, specialty_words: frozenset[str] = frozenset()) -> Re
     consent_pos = ranked[0]
     consent_id = found[consent_pos][0]  # type: ignore[index]
     specialty = words[1] if consent_pos == 0 else words[0]
-    question = " ".join(words[2:]).strip()
+    urgency, rest_words = _take_urgency(words[2:])
+    question = " ".join(rest_words).strip()
     if len(question) < 3:
         raise CommandError(f"Add your clinical question after the consent id: {usage}.")
-    return ReferCmd(specialty=specialty.lower(), consent_id=consent_id, question=question)
+    return ReferCmd(specialty=specialty.lower(), consent_id=consent_id, question=question, urgency=urgency)
+
+
+_URGENCY_WORDS = {"routine": "routine", "urgent": "urgent", "2ww": "2ww", "2-ww": "2ww"}
+
+
+def _take_urgency(words: list[str]) -> tuple[str, list[str]]:
+    """``urgency=routine|urgent|2ww`` anywhere after the consent id (also ``urgency:``);
+    the rest is the question. Routine when absent."""
+    urgency = "routine"
+    rest = []
+    for word in words:
+        key, sep, value = word.replace(":", "=", 1).partition("=")
+        if sep and key.lower() == "urgency":
+            found = _URGENCY_WORDS.get(value.strip().lower())
+            if found is None:
+                raise CommandError(f"urgency= must be routine, urgent or 2ww (got {value[:12]!r}).")
+            urgency = found
+            continue
+        rest.append(word)
+    return urgency, rest
 
 
 def _leading_referral(text: str) -> tuple[str | None, str]:
@@ -590,7 +612,7 @@ Referral bot — send a clinical photo to a specialist safely.
      age: dob=YYYY-MM-DD (needed for by=parent; by=patient needs dob= or adult=yes)
      optional: sex=female|male|other gillick=yes|no statement="..." valid-for=30d retention=90d expires=YYYY-MM-DD
    -> you get a consent id C-…; !consent show C-… reads it back
-2. !refer <specialty> <C-id> <clinical question>   -> referral R-…; then send the photo(s) here.
+2. !refer <specialty> <C-id> [urgency=urgent] <clinical question>   -> referral R-…; then send the photo(s) here.
    With more than one referral open, say which one a photo is for: R-… in its caption, or send it as a
    reply to my message about that referral, or answer my question with !photo R-….
 3. The specialists' questions arrive here: reply to the message, or type !reply R-… <answer>.
@@ -618,7 +640,9 @@ HELP_TOPICS: dict[str, str] = {
         "Someone deciding for the patient needs statement=\"...\" (why, and whose views were heard). "
         "The patient reference is stored only as a keyed hash; !consent show C-… reads a consent back."
     ),
-    "refer": "!refer <specialty> <C-id> <clinical question> — opens a referral R-…; then send the photo(s) in this chat.",
+    "refer": ("!refer <specialty> <C-id> [urgency=routine|urgent|2ww] <clinical question> — opens a referral R-…; "
+              "then send the photo(s) in this chat. Urgent: a shorter answer window and an earlier escalation. "
+              "Suspected cancer goes through the 2-week-wait pathway, not here."),
     "opinion": "!opinion <text> — in the referral's thread, by a specialist on that specialty's roster.",
     "withdraw": "!withdraw C-… — withdraws the consent now: every image shared under it is removed and destroyed.",
     "status": "!status lists your referrals; !status R-… shows one.",
