@@ -46,6 +46,15 @@ photo_window_minutes = 10     # a referral keeps taking photos without naming th
 more_photos_extension_hours = 48  # !morephotos keeps the referral open this much longer
 consent_window_days = 30      # one episode: referrals may be opened this long after !consent
 max_consent_window_days = 365 # the longest valid-for= a GP may give
+# The clock as a safety net (docs/commands.md "The clock"). Escalation and every urgent
+# timer count working time: these hours (local) on these days, minus the dates listed.
+working_days = ["mon", "tue", "wed", "thu", "fri"]
+working_hours = "09:00-17:00"
+non_working_dates = []             # your bank holidays, e.g. ["2026-12-25", "2026-12-28"]
+escalate_after_working_hours = 16  # no opinion this long after the photos: the lead is mentioned, the GP told
+urgent_escalate_after_working_hours = 4
+urgent_max_lifetime_working_hours = 16    # urgent=urgent|2ww: answer window (never longer than max_lifetime)
+urgent_reminder_before_working_hours = 4  # urgent: the GP is warned this long before it expires
 # Patient references accepted besides NHS numbers (10 digits, modulus 11), e.g.:
 # [[policy.patient_references]]
 # name = "hospital no."
@@ -89,6 +98,7 @@ name = "Dr B. Dermatologist"
 room = "!replace-with-room-id:example.org"
 title = "Dermatology advice"
 aliases = ["derm", "skin"]
+# lead = "@dr.derm:example.org"  # mentioned when a referral waits too long (on the roster; else the whole roster)
 '''
 
 

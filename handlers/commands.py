@@ -263,10 +263,9 @@ REFER_FIELD_LIMITS = {"site": 64, "duration": 64, "history": 1000}
 
 _URGENCY_WORDS: dict[str, Urgency] = {}
 for _urgency, _words in {
-    Urgency.ROUTINE: ("routine", "normal", "standard", "non-urgent", "nonurgent"),
-    Urgency.URGENT: ("urgent", "urg", "soon"),
-    Urgency.TWO_WEEK_WAIT: ("2ww", "2-ww", "2-week-wait", "two-week-wait", "2weekwait", "usc", "suspected-cancer",
-                            "cancer"),
+    Urgency.ROUTINE: ("routine", "non-urgent"),
+    Urgency.URGENT: ("urgent",),  # not "soon" or "asap": urgency changes the clock, so no guessing
+    Urgency.TWO_WEEK_WAIT: ("2ww", "2-ww", "two-week-wait", "suspected-cancer"),
 }.items():
     for _w in _words:
         _URGENCY_WORDS[_w] = _urgency
@@ -578,7 +577,7 @@ def _refer_details(values: dict[str, str]) -> tuple[ReferralDetails, bool | None
     if "urgency" in values:
         word = _canon_word(values["urgency"])
         if word not in _URGENCY_WORDS:
-            raise CommandError("urgency= takes routine, urgent or 2ww.")
+            raise CommandError(f"urgency= must be routine, urgent or 2ww (got {values['urgency'][:12]!r}).")
         urgency = _URGENCY_WORDS[word]
     stated = _yes_no("intimate", values["intimate"]) if "intimate" in values else None
     details = ReferralDetails(site=values.get("site"), duration=values.get("duration"), urgency=urgency,
@@ -719,6 +718,7 @@ Referral bot — send a clinical photo to a specialist safely.
    -> you get a consent id C-…; !consent show C-… reads it back
 2. !refer <specialty> <C-id> <clinical question>   -> referral R-…; then send the photo(s) here.
      optional: site=… duration=… urgency=routine|urgent|2ww history="..." intimate=yes (end a field with ;)
+     urgent: a shorter answer window and an earlier escalation; suspected cancer goes via 2WW
      no names, dates of birth or numbers: the specialists see an age band and sex from the consent
    With more than one referral open, say which one a photo is for: R-… in its caption, or send it as a
    reply to my message about that referral, or answer my question with !photo R-….
@@ -755,7 +755,8 @@ HELP_TOPICS: dict[str, str] = {
         "this chat. A field's value runs to the next field, a ; or a new line (or put it in \"quotes\"). The "
         "specialists see an age band and sex from the consent, never a date of birth: leave names, dates of birth "
         "and numbers out (I refuse a referral that has them). Genitals, perianal area or breast: intimate, adults "
-        "only, under a consent with intimate=yes."
+        "only, under a consent with intimate=yes. Urgent: a shorter answer window and an earlier escalation. "
+        "Suspected cancer goes through the 2-week-wait pathway, not here."
     ),
     "opinion": "!opinion <text> — in the referral's thread, by a specialist on that specialty's roster.",
     "withdraw": "!withdraw C-… — withdraws the consent now: every image shared under it is removed and destroyed.",

@@ -396,6 +396,11 @@ class Referral:
     filing_failures: int = 0  # consecutive failed attempts at filing_version
     filing_retry_at: datetime | None = None  # when the next attempt is due (None = none scheduled)
     retention_warning_at: datetime | None = None  # warn the GP and the operator: retention near, still unfiled
+    # the clock as a safety net (issue 12 part 5; handlers/clock.py). The urgency is
+    # ``details.urgency`` (from !refer urgency=), read through ``handlers.clock.urgency_of``
+    escalate_at: datetime | None = None  # the specialty lead is asked then (set when the first photo is posted)
+    escalated_at: datetime | None = None  # the escalation went out (once per referral)
+    originals_reminder_sent: bool = False  # the GP was told to delete the phone's originals (once)
 
     def __repr__(self) -> str:  # safe for logs: no question, no opinion
         return (
@@ -461,6 +466,8 @@ class Referral:
         if self.is_open:
             if not self.reminder_sent:
                 candidates.append(self.reminder_at)
+            if self.escalate_at is not None and self.escalated_at is None:
+                candidates.append(self.escalate_at)
             candidates.append(self.expires_at)
             candidates.extend(i.held_until for i in self.images
                               if i.state is ImageState.HELD and i.held_until is not None)
@@ -482,6 +489,9 @@ class Referral:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Referral":
+        if "details" not in data and data.get("urgency") in {u.value for u in Urgency}:
+            # stored between the clock (which kept a plain ``urgency``) and the structured fields
+            data = {**data, "details": {"urgency": data["urgency"]}}
         return from_jsonable(cls, data)
 
 

@@ -56,6 +56,7 @@ import logging
 from datetime import datetime
 from typing import Any, Awaitable, Callable
 
+from handlers import clock
 from handlers import lifecycle as lc
 from handlers.actions import Action, Notify, RedactOriginalUpload, RemoveImages, Reply
 from handlers.commands import (
@@ -307,7 +308,7 @@ class Workflow:
                 await ctx.apply(
                     *lc.image_posted(
                         ref, image_id=event.image_id, room_event_id=event.room_event_id, media_uri=event.media_uri,
-                        at=event.at, members=tuple(event.members),
+                        at=event.at, members=tuple(event.members), policy=self.policy,
                     )
                 )
         elif isinstance(event, ImagesRemoved):
@@ -619,11 +620,15 @@ class Workflow:
             f"Send the photo(s) here now. I strip hidden data, post them in that thread, and remove them after the opinion "
             f"(or at {lc.fmt_time(ref.expires_at, self.policy.time_zone)} if nobody answers)."
         )
+        if clock.is_urgent(ref):
+            text += " Marked urgent: the specialists see that first and are chased sooner."
         if others:
             # with several referrals open a photo must say which one it is for
             text += (f" You have {_plural(len(others) + 1, 'open referral')}: if a photo could be for another one, "
                      f"send it as a reply to this message, or put {rid} in its caption.")
         ctx.add(Reply(to=ev.place, text=text, referral_id=rid))
+        # suspected cancer: the 2-week-wait pathway, not advice and guidance (the referral still opens)
+        await ctx.apply(*lc.pathway_reminder(ref, at=ev.at))
         return None
 
     # ---- !opinion
@@ -840,7 +845,7 @@ class Workflow:
     def _describe(self, ref: Referral) -> str:
         posted = sum(1 for i in ref.images if i.state is ImageState.POSTED)
         held = sum(1 for i in ref.images if i.state is ImageState.HELD)
-        bits = [f"{ref.referral_id} {ref.specialty}: {_STATE_WORDS[ref.state]}"]
+        bits = [f"{ref.referral_id} {ref.specialty}{' (urgent)' if clock.is_urgent(ref) else ''}: {_STATE_WORDS[ref.state]}"]
         if ref.state is ReferralState.CLOSED and ref.close_reason is not None:
             bits[0] += f" ({ref.close_reason.value})"
         bits.append(_plural(len([i for i in ref.images if i.state is not ImageState.DISCARDED]), "image"))

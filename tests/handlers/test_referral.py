@@ -80,7 +80,7 @@ def test_specialties_starting_with_c_are_still_not_consent_ids_with_fields():
 @pytest.mark.parametrize("text, hint", [
     ("!refer derm C-ABC123 site=arm site=leg rash", "site= is given twice"),
     ("!refer derm C-ABC123 rash site=; itchy", "site= has no value"),
-    ("!refer derm C-ABC123 rash urgency=tomorrow", "urgency= takes routine, urgent or 2ww"),
+    ("!refer derm C-ABC123 rash urgency=tomorrow", "urgency= must be routine, urgent or 2ww"),
     ("!refer derm C-ABC123 rash intimate=maybe", "intimate= takes yes or no"),
     ('!refer derm C-ABC123 rash site="left arm', "not closed"),
     ("!refer derm C-ABC123 rash site=" + "a" * 65, "site= is over 64 characters"),
@@ -132,8 +132,9 @@ async def test_thread_root_shows_age_band_sex_and_fields_never_the_date_of_birth
     rid = referral_id_from(acts)
     root = _root(acts).text
     lines = root.splitlines()
-    assert lines[0] == f"Referral {rid} from a GP at Riverside Surgery."
-    assert lines[1:7] == ["Patient: age 40–49, female", "Urgency: URGENT", "Site: left forearm", "Duration: 3 months",
+    assert lines[0].startswith("URGENT: please answer by ")  # the clock's header (issue 12 part 5)
+    assert lines[1] == f"Referral {rid} from a GP at Riverside Surgery."
+    assert lines[2:8] == ["Patient: age 40–49, female", "Urgency: URGENT", "Site: left forearm", "Duration: 3 months",
                           "History: no family history of melanoma", "Question: Pigmented lesion, grown. Melanoma?"]
     for leak in ("1980", "17/05", "05/1980", "May", "9434765919", "919"):
         assert leak not in root, leak
@@ -315,3 +316,15 @@ async def test_intimate_yes_on_a_child_consent_is_refused_at_record():
 def test_guard_names_kinds_only():
     hit = guard_referral("Rash", ReferralDetails(history="jo@example.com"), today=date(2026, 3, 2))
     assert hit is not None and "jo@" not in hit.message and hit.audit_details["fields"] == "history"
+
+
+async def test_a_referral_stored_by_the_clock_before_the_fields_keeps_its_urgency():
+    """Between the clock (issue 12 part 5) and the structured fields a referral kept a
+    plain ``urgency``; it loads into ``details.urgency``."""
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    rid = referral_id_from(await h.say(GP, f"!refer derm {cid} Old style question"))
+    data = h.store.referral(rid).to_dict()
+    del data["details"]
+    data["urgency"] = "urgent"
+    assert type(h.store.referral(rid)).from_dict(data).details.urgency is Urgency.URGENT

@@ -308,7 +308,9 @@ async def test_max_lifetime_reminder_then_expiry():
     _cid, rid = await open_referral(h)
     await h.send_image(GP, jpeg_with_metadata())
     await h.drain()
-    h.advance(days=5, hours=23)
+    h.advance(days=1, hours=8)  # Tue 17:00: 16 working hours without an opinion, escalated (issue 12)
+    assert any(isinstance(a, A.Notify) and "No opinion yet" in a.text for a in await h.tick())
+    h.advance(days=4, hours=15)  # 5 days 23 hours after opening
     assert await h.tick() == []
     h.advance(hours=1)  # 6 days: reminder (1 day before the 7-day lifetime)
     acts = await h.tick()
