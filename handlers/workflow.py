@@ -295,7 +295,7 @@ class Workflow:
     async def _own_referral(self, tx: Transaction, rid: str, actor: Actor, *, allow_specialists: bool = False) -> Referral:
         ref = await tx.get_referral(rid)
         if ref is None:
-            raise _Refuse(f"There is no referral {rid}; check the id with !status.")
+            raise _Refuse("There is no referral with that id; check it with !status.")
         if ref.referrer == actor.user_id:
             return ref
         if allow_specialists:
@@ -401,10 +401,10 @@ class Workflow:
         spec = self.policy.find_specialty(cmd.specialty)
         if spec is None:
             names = ", ".join(self.policy.specialty_names()) or "none configured"
-            raise _Refuse(f"I don't know the specialty {cmd.specialty!r}; choose one of: {names}.")
+            raise _Refuse(f"I don't know that specialty; choose one of: {names}.")
         consent = await tx.get_consent(cmd.consent_id)
         if consent is None:
-            raise _Refuse(f"There is no consent {cmd.consent_id}; record one with !consent (see !help consent).")
+            raise _Refuse("There is no consent with that id; record one with !consent (see !help consent).")
         refusal = check_cover(consent, actor=ev.actor, at=ev.at, policy=self.policy)
         if refusal is not None:
             raise _Refuse(
@@ -456,7 +456,7 @@ class Workflow:
         if ref is None:
             raise _Refuse("Give the opinion as a reply in the referral's thread (not in the main room).")
         if cmd.referral_id and cmd.referral_id != ref.referral_id:
-            raise _Refuse(f"This thread is {ref.referral_id}, not {cmd.referral_id}; give the opinion in the right thread.")
+            raise _Refuse(f"This thread is {ref.referral_id}, not the referral you named; give the opinion in the right thread.")
         if ref.specialty != place.specialty:
             raise _Refuse(f"{ref.referral_id} belongs to {ref.specialty}.")
         spec = self.policy.specialties.get(ref.specialty)
@@ -477,7 +477,7 @@ class Workflow:
         tx = ctx.tx
         consent = await tx.get_consent(cmd.consent_id)
         if consent is None:
-            raise _Refuse(f"There is no consent {cmd.consent_id}; check the id.")
+            raise _Refuse("There is no consent with that id; check it.")
         if self._practice(ev.actor) != consent.practice:
             raise _Refuse(f"Consent {cmd.consent_id} was recorded by another practice; only that practice can withdraw it.")
         if consent.withdrawn:

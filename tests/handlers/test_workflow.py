@@ -223,7 +223,8 @@ async def test_opinion_rules():
     assert "thread" in reply_text(await h.say(DERM, "!opinion benign", place=E.SpecialtyThread("dermatology")))
     assert "thread" in reply_text(await h.say(DERM, "!opinion benign"))
     # wrong id for this thread
-    assert "not R-" in reply_text(await h.say(DERM, "!opinion R-ABCDEF benign", place=thread(rid)))
+    text = reply_text(await h.say(DERM, "!opinion R-ABCDEF benign", place=thread(rid)))
+    assert f"This thread is {rid}, not the referral you named" in text and "ABCDEF" not in text
     assert h.store.referral(rid).state is ReferralState.POSTED
     # the real one, then a second one
     await h.say(DERM, "!opinion benign naevus", place=thread(rid))

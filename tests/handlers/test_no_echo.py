@@ -1,0 +1,63 @@
+"""Issue 9, finding 2: a refusal never repeats what the GP typed.
+
+A mistyped command is where identifiers slip in: an NHS number typed where a key=value
+was expected, a date of birth that is not a real date, a question typed where the
+specialty goes. Echoing it sent it back through the chat and kept it (in clear, before
+issue 9) in the outbox. The hint names the field instead. Each command below carries the
+sentinel NHS number 9434765919 (or a part of it) in a different slot; the reply must
+still help (it names the field or the command) and must not contain any of it.
+"""
+from __future__ import annotations
+
+import pytest
+
+from handlers import events as E
+
+from .helpers import CONSENT_OK, DERM, GP, Harness, consent_id_from, referral_id_from, reply_text
+
+SENTINELS = ("9434765919", "943 476 5919", "9434", "5919", "476")
+
+
+@pytest.mark.parametrize(
+    "command, names",
+    [
+        ("!consent 9434765919", "key=value"),
+        ("!consent nhs=943 476 5919 by=patient", "key=value"),
+        ("!consent 9434765919=yes", "Unknown field"),
+        ("!consent patient=x purposes=care,9434765919", "purposes="),
+        ("!consent patient=x identifiable=9434765919", "identifiable="),
+        ("!consent patient=x notes=9434765919", "notes="),
+        ("!consent patient=x dob=9434-76-59", "dob="),
+        ("!consent patient=x dob=9434765919", "dob="),
+        ("!consent patient=x by=9434765919", "by="),
+        ("!consent patient=x retention=9434765919", "retention="),
+        ("!9434765919", "!help"),
+        ("!withdraw 9434765919", "consent id"),
+        ("!status 94347-65919", "referral id"),
+        ("!cancel 9434765919", "referral id"),
+        ("!export 9434765919", "referral id"),
+        ("!blur 9434765919", "referral id"),
+        ("!discard 9434765919", "referral id"),
+        ("!status R9434765919", "no referral with that id"),
+        ("!cancel R-94347659", "no referral with that id"),
+        ("!withdraw C9434765919", "no consent with that id"),
+        ("!refer dermatology C-9434765919 Rash on the arm", "no consent with that id"),
+        ("!refer 9434765919 C-ABC123 Rash on the arm", "that specialty"),
+    ],
+)
+async def test_a_refusal_names_the_field_and_never_echoes_the_input(command, names):
+    h = Harness()
+    text = reply_text(await h.say(GP, command))
+    assert names.lower() in text.lower(), text
+    for sentinel in SENTINELS:
+        assert sentinel not in text, f"{command!r} echoed {sentinel!r}: {text!r}"
+
+
+async def test_naming_another_referral_in_a_thread_does_not_echo_it():
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    rid = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Itchy plaque"))
+    await h.drain()
+    thread = E.SpecialtyThread("dermatology", None, f"$root-{rid}")
+    text = reply_text(await h.say(DERM, "!opinion R-94347659 benign", place=thread))
+    assert "not the referral you named" in text and "94347659" not in text
