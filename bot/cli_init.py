@@ -18,7 +18,8 @@ device_name = "referral-bot"
 # The E2EE device (Olm account, Megolm sessions) lives here; keep it and back it up.
 # A new device cannot read messages sent before it existed.
 store_dir = "{store_dir}"
-# Optional: pickle key protecting the store (default: derived from the key file).
+# Optional: pickle key protecting the store (default: derived from the key file, under
+# its own label; a store made before that is re-keyed once at start).
 # pickle_key_env = "REFERRAL_BOT_PICKLE_KEY"
 # Media deletion needs a Synapse server-admin token (redaction alone leaves the file
 # on the server). Either the bot account is an admin...
@@ -32,6 +33,9 @@ backend = "sqlite"
 sqlite_path = "{db_path}"
 key_file = "{key_file}"       # the master key (0600); NOT in the database or its backups
 export_dir = "var/exports"    # where !export writes FHIR R4 bundles (files are 0600)
+# The signed audit head, outside the database (default: next to it, <sqlite_path>.anchor).
+# Better on another volume; `referral-bot audit verify` checks the database against it.
+# anchor_file = "/srv/audit/referral-bot.anchor"
 
 [policy]
 grace_period_minutes = 60     # after the opinion, images stay this long, then are removed

@@ -78,6 +78,8 @@ class StorageConfig:
     key_file: Path = Path("var/referral-bot.key")
     export_dir: Path = Path("var/exports")  # where !export writes FHIR bundles (0600)
     deployment_secret: Secret | None = field(default=None, repr=False)
+    # the signed audit head outside the database (storage/seal.py); best on another volume
+    anchor_file: Path = Path("var/referral-bot.sqlite3.anchor")
 
 
 @dataclass(frozen=True)
@@ -227,9 +229,12 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
     backend = str(s.get("backend", "sqlite"))
     if backend not in ("sqlite", "postgres"):
         raise ConfigError("[storage] backend must be \"sqlite\" or \"postgres\".")
+    sqlite_path = _path(s.get("sqlite_path"), base, "var/referral-bot.sqlite3")
+    default_anchor = str(sqlite_path) + ".anchor" if backend == "sqlite" else "var/referral-bot.anchor"
     storage = StorageConfig(
         backend=backend,
-        sqlite_path=_path(s.get("sqlite_path"), base, "var/referral-bot.sqlite3"),
+        anchor_file=_path(s.get("anchor_file"), base, default_anchor),
+        sqlite_path=sqlite_path,
         dsn=s.get("dsn"),
         key_file=_path(s.get("key_file"), base, "var/referral-bot.key"),
         export_dir=_path(s.get("export_dir"), base, "var/exports"),

@@ -183,7 +183,10 @@ class Workflow:
     # ------------------------------------------------------------------ entry point
     async def handle(self, event: Any) -> list[Action]:
         if isinstance(event, Tick):
-            return await self._tick(event.at)
+            try:
+                return await self._tick(event.at)
+            finally:
+                await self.store.housekeeping()  # e.g. a WAL truncation a reader blocked
         user_event = isinstance(event, (CommandReceived, ImageReceived))
         try:
             async with self.store.transaction() as tx:

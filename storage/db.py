@@ -16,20 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 import aiosqlite
 
 from storage import queries as Q
 
+log = logging.getLogger("referral_bot.storage")
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 DIALECT = "sqlite"
+BUSY_TIMEOUT_MS = 5000
 
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+?)(?:\.(sqlite|postgres))?\.sql$")
 
@@ -146,6 +150,8 @@ class Tx:
 
     def __init__(self, conn: aiosqlite.Connection):
         self.conn = conn
+        #: run (in order, still under the database's lock) once the transaction has committed
+        self.after_commit: list[Callable[[], None]] = []
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         cur = await self.conn.execute(render(sql), tuple(params))
@@ -218,7 +224,7 @@ class Database:
         # busy_timeout first: switching to WAL takes a lock, and a second process (the
         # `status` command next to the running bot) must wait for it, not fail at once
         for pragma in (
-            "PRAGMA busy_timeout = 5000",
+            f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
             "PRAGMA journal_mode = WAL",
             "PRAGMA foreign_keys = ON",
             "PRAGMA secure_delete = ON",
@@ -241,13 +247,15 @@ class Database:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; ``ROLLBACK`` if the block raises."""
         async with self._lock:
             await self.conn.execute("BEGIN IMMEDIATE")
+            work = Tx(self.conn)
             try:
-                yield Tx(self.conn)
+                yield work
             except BaseException:
                 await self.conn.execute("ROLLBACK")
                 raise
             else:
                 await self.conn.execute("COMMIT")
+                run_after_commit(work)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
@@ -304,10 +312,31 @@ class Database:
             applied.append(migration.version)
         return applied
 
-    async def checkpoint(self) -> None:
-        """Copy the WAL into the main file and truncate it (used after shredding)."""
+    async def checkpoint(self) -> bool:
+        """Copy the WAL into the main file and truncate it (after shredding, and after
+        scrubbing). True if it did; False if another connection still reads an older
+        snapshot (the `status` or `export` command, a backup): the WAL then keeps its old
+        page images, key material included, and the caller must try again later
+        (``SQLiteStore.housekeeping``, on every tick). Never waits for that reader."""
         async with self._lock:
-            await self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self.conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                async with self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+                    row = await cur.fetchone()
+            finally:
+                await self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # (busy, frames in the WAL, frames checkpointed): busy = 1 when it was blocked
+        return row is not None and row[0] == 0
+
+
+def run_after_commit(tx: Any) -> None:
+    """Run a committed transaction's hooks; a failing hook is logged, never raised (the
+    transaction did commit, and the caller must not be told otherwise)."""
+    for hook in tx.after_commit:
+        try:
+            hook()
+        except Exception:
+            log.exception("an after-commit step failed")
 
 
 def _restrict_permissions(path: Path) -> None:

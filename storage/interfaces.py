@@ -42,7 +42,9 @@ the memory store; storage tests should run the same contract against SQLite):
   ``vault_shred`` destroys the data key so the item can never be decrypted again;
   ``vault_get`` returns None for a shredded or unknown id. Shredding an unknown or
   already-shredded id returns False, never raises.
-* Audit: append-only. The store adds the hash chain; the entry has no patient data.
+* Outbox: once ``complete_action`` ran, nothing of the action's content is kept (the
+  SQL stores seal payloads under the records key and drop them when done).
+* Audit: append-only. The store adds the HMAC chain; the entry has no patient data.
 """
 from __future__ import annotations
 
@@ -160,4 +162,9 @@ class Store(Protocol):
 
     async def vault_get(self, image_id: str) -> bytes | None:
         """Read a vault item outside a transaction (for ``PostImage``); None if shredded."""
+        ...
+
+    async def housekeeping(self) -> None:
+        """Store upkeep the workflow runs after every ``Tick`` (outside any transaction):
+        e.g. retry a WAL truncation a reader blocked after a shred. Never raises."""
         ...

@@ -134,6 +134,7 @@ class MemoryStore:
         self._lock = asyncio.Lock()
         # completion is store-level (not rolled back with a handler transaction)
         self._completed: set[int] = set()
+        self.housekeeping_runs = 0
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
@@ -151,6 +152,10 @@ class MemoryStore:
     async def vault_get(self, image_id: str) -> bytes | None:
         item = self._state.vault.get(image_id)
         return item[0] if item else None
+
+    async def housekeeping(self) -> None:
+        """Nothing to tidy in memory (the SQLite store truncates its WAL here)."""
+        self.housekeeping_runs += 1
 
     # --- inspection helpers for tests and the demo (not part of the Protocol) ---
     @property

@@ -253,3 +253,63 @@ async def test_audit_entries_are_kept(store):
         assert (await store.verify_audit()).intact
     else:
         assert store.audit == [e]
+
+
+# --- issue 9: what the SQL stores add (SQLite here, PostgreSQL through the same tests) ---
+async def test_housekeeping_runs_on_every_store_and_never_raises(store):
+    for _ in range(2):
+        await store.housekeeping()
+
+
+async def test_a_completed_action_keeps_none_of_its_content(store):
+    """Finding 2: pending payloads are sealed; a done action's payload is dropped."""
+    text = "Opinion on R-1: tinea incognito, stop the steroid"
+    async with store.transaction() as tx:
+        (oid,) = await tx.enqueue([Reply(key="$e9/0", to=DirectChat("@gp:example.org"), text=text)])
+    assert [p.action.text for p in await store.pending_actions()] == [text]
+    if not isinstance(store, SQLiteStore):
+        return  # the reference store keeps nothing on disk
+    async with store.db.read() as tx:
+        sealed = (await tx.fetchone("SELECT payload FROM outbox WHERE id = ?", (oid,)))["payload"]
+    assert isinstance(sealed, bytes) and text.encode() not in sealed and b"Reply" not in sealed
+    await store.complete_action(oid)
+    async with store.db.read() as tx:
+        row = await tx.fetchone("SELECT kind, payload, done_at FROM outbox WHERE id = ?", (oid,))
+    assert (row["kind"], row["payload"]) == ("Reply", None) and row["done_at"] is not None
+
+
+async def test_an_older_copy_of_a_record_put_back_is_refused_on_load(store):
+    """Finding 8: a consent row saved before its withdrawal, put back over the withdrawn
+    one, used to make the consent apply again. Its version no longer matches the one the
+    signed state vouches for, so it is refused (and a blob moved to the newer version
+    number fails its associated data)."""
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("the reference store has no rows to put back")
+    c = consent()
+    async with store.transaction() as tx:
+        await tx.save_consent(c)
+    async with store.db.read() as tx:
+        before = await tx.fetchone("SELECT version, doc, withdrawn_at FROM consents WHERE consent_id = ?", (c.consent_id,))
+    withdrawn = dataclasses.replace(c, withdrawn_at=T0 + timedelta(hours=1), withdrawn_by="@gp:example.org")
+    async with store.transaction() as tx:
+        await tx.save_consent(withdrawn)
+    async with store.db.read() as tx:
+        after = await tx.fetchone("SELECT version FROM consents WHERE consent_id = ?", (c.consent_id,))
+    assert (before["version"], after["version"]) == (1, 2)
+
+    async def put_back(version, doc):
+        async with store.db.transaction() as tx:  # underneath the store, as someone with database access
+            await tx.execute("UPDATE consents SET version = ?, doc = ?, withdrawn_at = ? WHERE consent_id = ?",
+                             (version, doc, before["withdrawn_at"], c.consent_id))
+
+    await put_back(before["version"], before["doc"])
+    with pytest.raises(StoreError, match="not the copy the store's signed state vouches for"):
+        async with store.transaction() as tx:
+            await tx.get_consent(c.consent_id)
+    with pytest.raises(StoreError, match="not the copy"):
+        async with store.read() as tx:
+            await tx.get_consent(c.consent_id)
+    await put_back(after["version"], before["doc"])  # the old blob under the new number
+    with pytest.raises(StoreError, match="wrong key for this database, or the row was altered"):
+        async with store.transaction() as tx:
+            await tx.get_consent(c.consent_id)

@@ -88,3 +88,42 @@ async def test_shred_in_a_transition_truncates_the_wal(tmp_path, keys):
         wal = path.with_name(path.name + "-wal")
         assert not wal.exists() or wal.stat().st_size == 0
         assert wrapped not in _disk(path)
+
+
+async def test_a_reader_holding_a_snapshot_only_delays_the_wal_truncation(tmp_path, keys):
+    """Issue 9, finding 12: while another connection (the `status` or `export` command, a
+    backup) reads an older snapshot, the post-shred checkpoint cannot truncate the WAL,
+    whose old page images still hold the wrapped key. It used to be tried once and
+    forgotten; now every tick retries it (``housekeeping``) until it succeeds, without
+    waiting on the reader meanwhile."""
+    import sqlite3
+    import time
+
+    from handlers import events as E
+    from tests.handlers.helpers import Harness
+
+    path = tmp_path / "bot.sqlite3"
+    async with await SQLiteStore.open(path, keys) as store:
+        h = Harness(store=store)
+        async with store.transaction() as tx:
+            await tx.vault_put("img-1", os.urandom(50_000), "image/jpeg")
+        async with store.read() as tx:
+            wrapped = bytes((await tx._tx.fetchone("SELECT wrapped_key FROM vault_keys WHERE image_id = 'img-1'"))[0])
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM vault_keys").fetchone()  # holds its snapshot from here
+        try:
+            t0 = time.monotonic()
+            async with store.transaction() as tx:
+                assert await tx.vault_shred("img-1")
+            assert time.monotonic() - t0 < 2  # did not sit out the 5 s busy timeout
+            assert wrapped in _disk(path)  # the WAL could not be truncated: the key is still there
+            await h.workflow.handle(E.Tick(at=h.now))
+            assert wrapped in _disk(path)  # still blocked: retried, not given up
+        finally:
+            reader.execute("ROLLBACK")
+            reader.close()
+        await h.workflow.handle(E.Tick(at=h.now))  # the next tick after the reader is gone
+        wal = path.with_name(path.name + "-wal")
+        assert not wal.exists() or wal.stat().st_size == 0
+        assert wrapped not in _disk(path)
