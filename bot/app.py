@@ -29,8 +29,9 @@ def directory_actors(config: Config) -> dict:
             for c in config.clinicians.values()}
 
 
-async def open_store(config: Config):
-    """The workflow's store and the deployment keys, as configured."""
+async def open_store(config: Config, *, exclusive: bool = False):
+    """The workflow's store and the deployment keys, as configured. ``exclusive``: this
+    process is the bot (one per database; a second one is refused with one plain line)."""
     from storage.keys import load_keys
 
     keys = load_keys(config.storage.key_file if config.storage.key_file.exists() else None)
@@ -38,13 +39,15 @@ async def open_store(config: Config):
         from storage.sqlite_store import SQLiteStore
 
         config.storage.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        store = await SQLiteStore.open(config.storage.sqlite_path, keys)
+        store = await SQLiteStore.open(config.storage.sqlite_path, keys,
+                                       anchor_path=config.storage.anchor_file, exclusive=exclusive)
     else:
         try:
             from storage.postgres_store import PostgresStore  # type: ignore
         except ImportError:
             raise ConfigError("[storage] backend \"postgres\" is not available in this build.") from None
-        store = await PostgresStore.open(config.storage.dsn, keys)
+        store = await PostgresStore.open(config.storage.dsn, keys,
+                                         anchor_path=str(config.storage.anchor_file), exclusive=exclusive)
     return store, keys
 
 
@@ -75,6 +78,7 @@ class BotApp:
         self.admin = None
         self.state = None
         self.metrics_server = None
+        self.store_dir_lock = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -95,8 +99,14 @@ class BotApp:
         from bot.matrix.state import TransportState
         from bot.matrix.transport import MatrixTransport, TransportSettings
 
+        from storage.instance import InstanceLock
+
         cfg, m = self.config, self.config.matrix
-        self.store, keys = await open_store(cfg)
+        # one bot per Matrix crypto store (this lock) and per database (the store's lock),
+        # taken before anything is opened, so a refused second bot touches nothing
+        m.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir_lock = InstanceLock.acquire(m.store_dir / "bot.lock", f"the Matrix store {m.store_dir}")
+        self.store, keys = await open_store(cfg, exclusive=True)
         self.workflow = make_workflow(self.store, cfg, keys, self.clock)
         self.client = await nioclient.login_persistent(
             m.homeserver, m.user_id, m.store_dir, pickle_key_for(cfg, keys),
@@ -160,4 +170,6 @@ class BotApp:
             close = getattr(self.store, "close", None)
             if close:
                 await close()
-        self.transport = self.client = self.admin = self.state = self.store = None
+        if self.store_dir_lock is not None:
+            self.store_dir_lock.release()
+        self.transport = self.client = self.admin = self.state = self.store = self.store_dir_lock = None

@@ -59,7 +59,7 @@ class TelegramApp:
             log.warning("Telegram deletes only within 48 h: %s", note)
         if not self.tg.allow_images:
             log.info("Telegram runs without allow_images: no patient data is taken over Telegram")
-        self.store, keys = await open_store(self.config)
+        self.store, keys = await open_store(self.config, exclusive=True)  # one bot per database
         workflow = Workflow(store=self.store, policy=self.policy, hasher=keys.patient_ref_hasher())
         exporter = None
         export_dir = (self.config.raw.get("telegram") or {}).get("export_dir")
