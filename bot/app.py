@@ -7,8 +7,6 @@
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -58,11 +56,32 @@ def make_workflow(store: Any, config: Config, keys: Any, clock: Callable[[], dat
 
 
 def pickle_key_for(config: Config, keys: Any) -> str:
-    """The nio store's pickle key: configured, or derived from the deployment key."""
+    """The nio store's pickle key: configured, or derived from the deployment key under its
+    own label (bot/matrix/pickle_key.py; not from the records key, as before issue 9)."""
     if config.matrix and config.matrix.pickle_key:
         return str(config.matrix.pickle_key)
-    return hmac.new(keys.records_key, b"referral-bot matrix pickle key v1",
-                    hashlib.sha256).hexdigest()
+    from bot.matrix.pickle_key import derived_pickle_key
+
+    return derived_pickle_key(keys)
+
+
+def prepare_crypto_store(config: Config, keys: Any) -> str:
+    """The pickle key, after moving an existing store pickled under the old derivation
+    onto it (once). A configured pickle_key is used as is."""
+    from bot.matrix.nioclient import load_credentials
+    from bot.matrix.pickle_key import PickleKeyProblem, ensure_pickle_key, legacy_pickle_key
+
+    m = config.matrix
+    key = pickle_key_for(config, keys)
+    if m.pickle_key:
+        return key
+    creds = load_credentials(m.store_dir) or {}
+    device_id = creds.get("device_id") if creds.get("user_id") == m.user_id else None
+    try:
+        ensure_pickle_key(m.store_dir, m.user_id, device_id or m.device_id, key, [legacy_pickle_key(keys)])
+    except PickleKeyProblem as exc:
+        raise ConfigError(str(exc)) from None
+    return key
 
 
 class BotApp:
@@ -109,7 +128,7 @@ class BotApp:
         self.store, keys = await open_store(cfg, exclusive=True)
         self.workflow = make_workflow(self.store, cfg, keys, self.clock)
         self.client = await nioclient.login_persistent(
-            m.homeserver, m.user_id, m.store_dir, pickle_key_for(cfg, keys),
+            m.homeserver, m.user_id, m.store_dir, prepare_crypto_store(cfg, keys),
             password=m.password, access_token=m.access_token, device_id=m.device_id,
             device_name=m.device_name)
         admin_token = m.admin_token or (self.client.access_token if m.admin_is_bot else None)
