@@ -288,28 +288,28 @@ async def test_an_older_copy_of_a_record_put_back_is_refused_on_load(store):
     c = consent()
     async with store.transaction() as tx:
         await tx.save_consent(c)
-    async with store.db.read() as tx:
-        before = await tx.fetchone("SELECT version, doc, withdrawn_at FROM consents WHERE consent_id = ?", (c.consent_id,))
+    async with store.db.read() as tx:  # the whole row, every column, as it was
+        before = dict(await tx.fetchone("SELECT * FROM consents WHERE consent_id = ?", (c.consent_id,)))
     withdrawn = dataclasses.replace(c, withdrawn_at=T0 + timedelta(hours=1), withdrawn_by="@gp:example.org")
     async with store.transaction() as tx:
         await tx.save_consent(withdrawn)
     async with store.db.read() as tx:
-        after = await tx.fetchone("SELECT version FROM consents WHERE consent_id = ?", (c.consent_id,))
-    assert (before["version"], after["version"]) == (1, 2)
+        after = dict(await tx.fetchone("SELECT * FROM consents WHERE consent_id = ?", (c.consent_id,)))
 
-    async def put_back(version, doc):
+    async def put_back(row):
         async with store.db.transaction() as tx:  # underneath the store, as someone with database access
-            await tx.execute("UPDATE consents SET version = ?, doc = ?, withdrawn_at = ? WHERE consent_id = ?",
-                             (version, doc, before["withdrawn_at"], c.consent_id))
+            await tx.execute(f"UPDATE consents SET {', '.join(f'{k} = ?' for k in row)} WHERE consent_id = ?",
+                             (*row.values(), c.consent_id))
 
-    await put_back(before["version"], before["doc"])
+    await put_back(before)
     with pytest.raises(StoreError, match="not the copy the store's signed state vouches for"):
         async with store.transaction() as tx:
             await tx.get_consent(c.consent_id)
     with pytest.raises(StoreError, match="not the copy"):
         async with store.read() as tx:
             await tx.get_consent(c.consent_id)
-    await put_back(after["version"], before["doc"])  # the old blob under the new number
+    assert (before["version"], after["version"]) == (1, 2)
+    await put_back({**before, "version": after["version"]})  # the old blob under the new number
     with pytest.raises(StoreError, match="wrong key for this database, or the row was altered"):
         async with store.transaction() as tx:
             await tx.get_consent(c.consent_id)

@@ -28,7 +28,8 @@ async def _consent_then_withdraw(path, keys) -> tuple[str, tuple]:
         cid = consent_id_from(await h.say(GP, CONSENT_OK))
         await h.drain()
         conn = sqlite3.connect(path)
-        old = conn.execute("SELECT version, doc, withdrawn_at FROM consents WHERE consent_id = ?", (cid,)).fetchone()
+        conn.row_factory = sqlite3.Row
+        old = dict(conn.execute("SELECT * FROM consents WHERE consent_id = ?", (cid,)).fetchone())  # the whole row
         conn.close()
         assert "withdrawn" in reply_text(await h.say(GP, f"!withdraw {cid}"))
         await h.drain()
@@ -37,9 +38,10 @@ async def _consent_then_withdraw(path, keys) -> tuple[str, tuple]:
     return cid, old
 
 
-def _put_back(path, cid, old) -> None:
+def _put_back(path, cid, old: dict) -> None:
+    """Every column of the row as it was, as someone with write access to the file would."""
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("UPDATE consents SET version = ?, doc = ?, withdrawn_at = ? WHERE consent_id = ?", (*old, cid))
+    conn.execute(f"UPDATE consents SET {', '.join(f'{k} = ?' for k in old)} WHERE consent_id = ?", (*old.values(), cid))
     conn.close()
 
 
