@@ -130,7 +130,12 @@ class Config:
             for key, s in self.specialties.items()
         }
         practices = {c.user_id: c.practice for c in self.clinicians.values() if c.practice}
-        return Policy(specialties=specs, practices=practices, **self.policy_values)
+        filing = self.raw.get("filing") or {}
+        values = dict(self.policy_values)
+        values["filing_enabled"] = bool(isinstance(filing, dict) and filing.get("sink"))  # docs/filing.md
+        if isinstance(filing, dict) and "retention_warning_days" in filing:
+            values["retention_warning"] = timedelta(days=float(filing["retention_warning_days"]))
+        return Policy(specialties=specs, practices=practices, **values)
 
 
 # --------------------------------------------------------------------------- parsing

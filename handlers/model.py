@@ -239,6 +239,14 @@ class Referral:
     closed_at: datetime | None = None
     exported_at: datetime | None = None
     opened_seq: int = 0  # how many referrals this GP had before: orders referrals opened in the same instant
+    # filing into the record (handlers/lifecycle.py "filing"; docs/filing.md)
+    filing_version: int = 0  # bumped each time the record must be (re)filed: close, !export, withdrawal, addendum
+    filed_version: int = 0  # the last version every configured sink accepted
+    filed_to: tuple[str, ...] = ()  # sinks that hold filing_version (a retry skips them)
+    filed_at: datetime | None = None
+    filing_failures: int = 0  # consecutive failed attempts at filing_version
+    filing_retry_at: datetime | None = None  # when the next attempt is due (None = none scheduled)
+    retention_warning_at: datetime | None = None  # warn the GP and the operator: retention near, still unfiled
 
     def __repr__(self) -> str:  # safe for logs: no question, no opinion
         return (
@@ -268,6 +276,12 @@ class Referral:
         """Still waiting for an opinion (images may be added)."""
         return self.state in OPEN_STATES
 
+    @property
+    def awaiting_filing(self) -> bool:
+        """A filing was requested and not every sink has the latest version yet. While
+        this holds, retention does not destroy the vault copies (only withdrawal does)."""
+        return self.filing_version > self.filed_version
+
     def next_due_at(self) -> datetime | None:
         """Earliest time a ``Tick`` has work to do for this referral (None = never).
 
@@ -281,9 +295,15 @@ class Referral:
             candidates.append(self.expires_at)
         if self.state is ReferralState.OPINION_GIVEN and self.remove_images_at is not None:
             candidates.append(self.remove_images_at)
-        for item in self.images:
-            if not item.shredded:
-                candidates.append(item.retention_until)
+        if self.awaiting_filing:
+            if self.filing_retry_at is not None:
+                candidates.append(self.filing_retry_at)
+            if self.retention_warning_at is not None:
+                candidates.append(self.retention_warning_at)
+        else:  # images wait for their filing; the retry and the warning above are the timers then
+            for item in self.images:
+                if not item.shredded:
+                    candidates.append(item.retention_until)
         return min(candidates) if candidates else None
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,28 @@ import hashlib
 import hmac
 import re
 
-__all__ = ["PatientRefHasher", "normalise_patient_ref"]
+__all__ = ["PatientRefHasher", "normalise_patient_ref", "patient_ref_vault_id", "PATIENT_REF_MEDIA_TYPE",
+           "is_nhs_number"]
+
+#: the vault keeps the reference itself (for filing only) under this media type
+PATIENT_REF_MEDIA_TYPE = "application/x-referral-bot-patient-ref"
+
+
+def patient_ref_vault_id(consent_id: str) -> str:
+    """The vault id of a consent's patient reference: encrypted under its own data key,
+    beside the consent, shredded with it (withdrawal, end of the record's retention)."""
+    return f"{consent_id}.patient-ref"
+
+
+def is_nhs_number(ref: str) -> bool:
+    """A 10-digit NHS number whose modulus-11 check digit holds (NHS Data Dictionary)."""
+    digits = normalise_patient_ref(ref)
+    if len(digits) != 10 or not digits.isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1)))
+    check = 11 - total % 11
+    check = 0 if check == 11 else check
+    return check != 10 and check == int(digits[9])
 
 _DROP = re.compile(r"[\s\-.]+")
 

@@ -35,6 +35,12 @@ class Policy:
     specialties: dict[str, Specialty] = field(default_factory=dict)
     practices: dict[str, str] = field(default_factory=dict)
     max_images_per_referral: int = 10
+    # filing into the record (docs/filing.md). Off when no sink is configured: then the
+    # bot keeps no record copy and retention destroys the vault copies as before.
+    filing_enabled: bool = False
+    filing_retry_first: timedelta = timedelta(minutes=1)  # doubles after each failed attempt
+    filing_retry_max: timedelta = timedelta(hours=6)
+    retention_warning: timedelta = timedelta(days=7)  # warn this long before an unfiled referral's retention ends
 
     def find_specialty(self, word: str) -> Specialty | None:
         """Specialty by key, alias, or title (case-insensitive); None if unknown."""

@@ -38,7 +38,7 @@ PENDING_ACTIONS_LIMIT = PENDING_ACTIONS + " LIMIT ?"
 # done: the payload goes (secure_delete zeroes the old cell); kind and times stay
 COMPLETE_ACTION = "UPDATE outbox SET done_at = ?, payload = NULL WHERE id = ? AND done_at IS NULL"
 OUTBOX_ROW = "SELECT id, kind, payload, done_at FROM outbox WHERE id = ?"
-# the one-time keyed upgrade of schema 4 (storage/sqlite_store.py, _keyed_upgrade)
+# the one-time keyed upgrade of schema 5 (storage/sqlite_store.py, _keyed_upgrade)
 PENDING_PAYLOADS = "SELECT id, kind, payload FROM outbox WHERE done_at IS NULL AND payload IS NOT NULL ORDER BY id"
 OUTBOX_RESEAL = "UPDATE outbox SET payload = ? WHERE id = ?"
 
@@ -90,6 +90,7 @@ CONSENT_UPSERT = (
     " withdrawn_at = excluded.withdrawn_at, version = excluded.version, doc = excluded.doc"
 )
 CONSENT_GET = "SELECT consent_id, version, doc FROM consents WHERE consent_id = ?"
+CONSENTS_ALL = "SELECT consent_id, version, doc FROM consents ORDER BY recorded_at, consent_id"
 LEGACY_CONSENTS = "SELECT consent_id, doc FROM consents WHERE version = 0 ORDER BY consent_id"
 CONSENT_RESEAL = "UPDATE consents SET doc = ?, version = ? WHERE consent_id = ?"
 
@@ -129,3 +130,18 @@ RECORD_VERSIONS = (
     " UNION ALL SELECT 'referral' AS kind, referral_id AS ident, version FROM referrals"
 )
 AUDIT_HASH_AT = "SELECT hash FROM audit_log WHERE seq = ?"
+
+# --- patient references (004; the reference itself is a vault item) -------------------
+PATIENT_REF_KEEP = (
+    "INSERT INTO patient_refs (consent_id, keep_until) VALUES (?, ?)"
+    " ON CONFLICT (consent_id) DO UPDATE SET keep_until = excluded.keep_until"
+    " WHERE patient_refs.shredded_at IS NULL AND excluded.keep_until > patient_refs.keep_until"
+)
+PATIENT_REF_GET = "SELECT keep_until, shredded_at FROM patient_refs WHERE consent_id = ?"
+PATIENT_REF_SHREDDED = (
+    "UPDATE patient_refs SET shredded_at = ?, shred_reason = ? WHERE consent_id = ? AND shredded_at IS NULL"
+)
+PATIENT_REFS_DUE = (
+    "SELECT consent_id FROM patient_refs WHERE shredded_at IS NULL AND keep_until <= ?"
+    " ORDER BY keep_until, consent_id"
+)

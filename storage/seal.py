@@ -1,7 +1,7 @@
 """The store's signed state, and its anchor outside the database.
 
 Someone who can write to the database but does not hold the key could, before schema
-version 4, re-hash a rewritten audit trail, cut entries off its end, or put back an older
+version 5, re-hash a rewritten audit trail, cut entries off its end, or put back an older
 copy of a sealed row (a consent as it was before its withdrawal: the consent applied
 again). Three things stop that now:
 
@@ -368,7 +368,7 @@ async def verify_store(tx: Tx, audit_key: bytes, seal_key: bytes, anchor: Anchor
             report.problem = (f"the anchor file {anchor.path} says this database was signed (generation "  # type: ignore[union-attr]
                               f"{anchored.generation}), but it is not: it was replaced by an older copy")
         else:
-            report.notes.append("not signed yet: the bot signs and anchors it when it next starts (schema 4)")
+            report.notes.append("not signed yet: the bot signs and anchors it when it next starts (schema 5)")
         return report
     try:
         state, _ = await stored_state(tx, seal_key)

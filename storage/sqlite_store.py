@@ -70,7 +70,7 @@ class _Sealer:
 
     * a consent or referral: ``["referral-bot record v2", kind, id, version]``;
     * an outbox action: ``["referral-bot outbox v1", outbox id, action type]``;
-    * (before schema 4) ``["referral-bot record v1", kind, id]``: read once, by the upgrade.
+    * (before schema 5) ``["referral-bot record v1", kind, id]``: read once, by the upgrade.
     """
 
     def __init__(self, keys: Keys):
@@ -242,6 +242,25 @@ class SQLiteTransaction:
         self.shredded = self.shredded or done
         return done
 
+    # -- patient references (the reference is a vault item; this is its keep-until) ----------
+    async def patient_ref_keep(self, consent_id: str, until: datetime) -> None:
+        await self._tx.execute(Q.PATIENT_REF_KEEP, (consent_id, to_text(until)))
+
+    async def patient_ref_info(self, consent_id: str) -> tuple[datetime, datetime | None] | None:
+        row = await self._tx.fetchone(Q.PATIENT_REF_GET, (consent_id,))
+        return None if row is None else (from_text(row["keep_until"]), from_text(row["shredded_at"]))
+
+    async def patient_ref_shredded(self, consent_id: str, at: datetime, reason: str) -> None:
+        await self._tx.execute(Q.PATIENT_REF_SHREDDED, (to_text(at), reason, consent_id))
+
+    async def due_patient_refs(self, at: datetime) -> list[str]:
+        return [r[0] for r in await self._tx.fetchall(Q.PATIENT_REFS_DUE, (to_text(at),))]
+
+    async def all_consents(self) -> list[ConsentRecord]:
+        """Every consent (for `audit show --patient`; not in the Protocol)."""
+        rows = await self._tx.fetchall(Q.CONSENTS_ALL)
+        return [ConsentRecord.from_dict(self._open("consent", r)) for r in rows]
+
     # -- audit & outbox ---------------------------------------------------------------------
     async def append_audit(self, entry: AuditEntry) -> None:
         changes = self._writable()
@@ -359,7 +378,7 @@ class SQLiteStore:
             raise
 
     async def _keyed_upgrade(self, tx: Tx) -> bool:
-        """Finish migration 004 with the key (once): re-anchor the audit chain, re-seal
+        """Finish migration 005 with the key (once): re-anchor the audit chain, re-seal
         records with a version, seal pending outbox payloads, sign the state."""
         if await tx.scalar(Q.GET_META, (UPGRADE_ROW,)) is None:
             return False
