@@ -27,12 +27,12 @@ Putting back the *whole* database (state row included) as it was earlier would p
 those checks, so the signed state is also written to the **anchor file**, outside the
 database (by default next to it; better on another volume): on every tick when it
 changed, when the store opens and when it closes (a write costs about a millisecond,
-mostly the rename; per commit it would double a transition's time). An intact store
+mostly the rename; per commit it would add that to every transition). An intact store
 always has ``G(database) >= G(anchor file)`` (the file is written after the commit, so a
 crash can only leave it behind, by at most one tick), and the audit trail still holds the
 anchored head. While the bot runs, its own copy of the state (:class:`StateKeeper`)
-already refuses a database that goes back. The bot also logs the head to the operator log at
-intervals (``referral_bot.audit``), a copy that lives on wherever the logs are shipped.
+already refuses a database that goes back. The bot also logs the head to the operator log
+at intervals (``referral_bot.audit``), a copy that lives on wherever the logs are shipped.
 """
 from __future__ import annotations
 
@@ -42,7 +42,6 @@ import fcntl
 import hashlib
 import hmac
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +50,6 @@ from typing import Any, Iterable
 from storage import audit
 from storage import queries as Q
 from storage.db import StorageError, Tx
-
-log = logging.getLogger("referral_bot.audit")
 
 STATE_ROW = "state_seal"
 UPGRADE_ROW = "keyed_upgrade"
