@@ -436,7 +436,11 @@ class SQLiteStore:
                                                    at=utc_now()))
         if anchored is not None and anchored.generation == state.generation:
             self._keeper.anchored = anchored
-        self._keeper.write_anchor()
+        try:
+            self._keeper.write_anchor()
+        except OSError as exc:
+            raise StorageError(f"cannot write the anchor file {anchor.path}: {exc.strerror or exc}; "  # type: ignore[union-attr]
+                               "check [storage] anchor_file and its folder's permissions") from None
         self._log_anchor(force=True)
 
     def _log_anchor(self, force: bool = False) -> None:
@@ -454,8 +458,8 @@ class SQLiteStore:
         try:
             try:
                 self._keeper.write_anchor()
-            except Exception:
-                log.exception("could not write the anchor file on close")
+            except Exception as exc:
+                log.error("could not write the anchor file on close: %s", exc)
             await self.db.close()
         finally:
             if self._lock is not None:

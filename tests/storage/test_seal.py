@@ -166,3 +166,11 @@ async def test_the_signed_head_goes_to_the_operator_log_at_intervals(tmp_path, k
         finally:
             await store.close()
     assert "9434765919" not in caplog.text
+
+
+async def test_an_anchor_file_that_cannot_be_written_stops_the_start_with_one_line(tmp_path, keys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the anchor's folder should be")
+    with pytest.raises(StorageError, match="cannot (read|write) the anchor file") as info:
+        await SQLiteStore.open(tmp_path / "bot.sqlite3", keys, anchor_path=blocker / "bot.anchor")
+    assert "\n" not in str(info.value)
