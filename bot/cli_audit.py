@@ -279,11 +279,13 @@ SIGNED_SINCE = 5
 
 async def _check(db, keys, anchor, where: str):
     from storage import queries as Q
-    from storage.seal import UPGRADE_ROW, AnchorFile, verify_store
+    from storage.seal import UPGRADE_ROW, AnchorFile, read_anchor, verify_store
 
     if await db.schema_version() < 1:
         return _fail(f"{where} has no audit trail (not a referral-bot database?)")
     signed = await db.schema_version() >= SIGNED_SINCE
+    anchor_file = AnchorFile(anchor) if anchor else None
+    anchored = read_anchor(anchor_file, keys.seal_key)  # before the snapshot (see read_anchor)
     async with db.read() as tx:
         stored = await tx.scalar(Q.VAULT_META_GET, ("kek_fingerprint",))
         if stored is not None and stored != keys.fingerprint:
@@ -291,5 +293,4 @@ async def _check(db, keys, anchor, where: str):
                          f"(fingerprint {stored})")
         if signed and await tx.scalar(Q.GET_META, (UPGRADE_ROW,)) is not None:
             signed = False
-        return await verify_store(tx, keys.audit_key, keys.seal_key, AnchorFile(anchor) if anchor else None,
-                                  signed=signed)
+        return await verify_store(tx, keys.audit_key, keys.seal_key, anchor_file, anchored, signed=signed)

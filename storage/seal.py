@@ -344,21 +344,28 @@ class StoreReport:
         return self.problem is None
 
 
+def read_anchor(anchor: AnchorFile | None, seal_key: bytes) -> SignedState | StateMismatch | None:
+    """The anchor file's state (or the problem reading it). Read it *before* the database
+    snapshot: a bot running next to the reader writes it only after its commits."""
+    try:
+        return anchor.read(seal_key) if anchor is not None else None
+    except StateMismatch as exc:
+        return exc
+
+
 async def verify_store(tx: Tx, audit_key: bytes, seal_key: bytes, anchor: AnchorFile | None,
-                       *, signed: bool = True) -> StoreReport:
+                       anchored: SignedState | StateMismatch | None, *, signed: bool = True) -> StoreReport:
     """The whole audit chain, the signed state against the chain and the records, and the
-    anchor file against the signed state. ``signed`` False: a database the bot has not yet
-    upgraded (schema < 4), whose plain SHA-256 chain is all there is to check."""
+    anchor file (``anchored``, from :func:`read_anchor` before ``tx`` began) against the
+    signed state. ``signed`` False: a database the bot has not yet upgraded (schema < 5),
+    whose plain SHA-256 chain is all there is to check."""
     chain = await audit.verify(tx, audit_key, allow_unsigned=not signed)
     report = StoreReport(chain, notes=[])
     if not chain.intact:
         report.problem = f"audit chain broken at entry {chain.first_broken}: {chain.problem}"
         return report
-    anchored: SignedState | None = None
-    try:
-        anchored = anchor.read(seal_key) if anchor is not None else None
-    except StateMismatch as exc:
-        report.problem = f"anchor file: {exc}"
+    if isinstance(anchored, StateMismatch):
+        report.problem = f"anchor file: {anchored}"
         return report
     if not signed:
         if anchored is not None:

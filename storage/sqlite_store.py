@@ -422,9 +422,12 @@ class SQLiteStore:
     async def _check_at_start(self) -> None:
         """The database against its signed state, and that state against the anchor file."""
         anchor = self._keeper.anchor
+        # the file first, then the snapshot: the running bot writes the file only after a
+        # commit, so a snapshot taken later is never older than the file (read the other
+        # way round, `status` next to the bot would see a "newer" anchor)
+        anchored = anchor.read(self.keys.seal_key) if anchor is not None else None
         async with self.db.read() as tx:
             state = await self._keeper.sync(tx)
-            anchored = anchor.read(self.keys.seal_key) if anchor is not None else None
             if anchored is not None:
                 await check_anchor(tx, anchored, state, f"its anchor file {anchor.path}")
         if anchor is not None and anchored is None and state.generation > 1:

@@ -174,3 +174,35 @@ async def test_an_anchor_file_that_cannot_be_written_stops_the_start_with_one_li
     with pytest.raises(StorageError, match="cannot (read|write) the anchor file") as info:
         await SQLiteStore.open(tmp_path / "bot.sqlite3", keys, anchor_path=blocker / "bot.anchor")
     assert "\n" not in str(info.value)
+
+
+async def test_a_tool_opening_while_the_bot_commits_never_sees_a_newer_anchor(tmp_path, keys, monkeypatch):
+    """`status` next to the running bot: the bot commits and writes the anchor file while
+    the tool is taking its snapshot. The tool reads the file before its snapshot, so the
+    file can only be older, never newer, than what it checks (read the other way round,
+    this refused `status` now and then)."""
+    from storage import seal
+
+    path = tmp_path / "bot.sqlite3"
+    bot = await SQLiteStore.open(path, keys, exclusive=True)
+    h = Harness(store=bot)
+    consent_id_from(await h.say(GP, CONSENT_OK))
+    await bot.housekeeping()  # the anchor is current
+    real_sync = seal.StateKeeper.sync
+    raced = []
+
+    async def sync_while_the_bot_commits(self, tx):
+        state = await real_sync(self, tx)
+        if self is not bot._keeper and not raced:
+            raced.append(state.generation)
+            await h.say(GP, CONSENT_OK.replace("by=patient", "by=self"))  # the bot commits...
+            await bot.housekeeping()  # ...and writes the anchor file, mid-snapshot
+        return state
+
+    monkeypatch.setattr(seal.StateKeeper, "sync", sync_while_the_bot_commits)
+    try:
+        tool = await SQLiteStore.open(path, keys)  # as `status` does
+        await tool.close()
+        assert raced and AnchorFile(f"{path}.anchor").read(keys.seal_key).generation > raced[0]
+    finally:
+        await bot.close()
