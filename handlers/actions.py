@@ -168,7 +168,7 @@ class ExportReferral(Action):
 @dataclass(frozen=True, kw_only=True, repr=False)
 class FileRecord(Action):
     """File the referral's record document (images, question, consent, opinion, addenda,
-    timeline) through the configured sinks (``filing/``): PACS, the practice's document
+    timeline) through the configured sinks (``bot/filing/``): PACS, the practice's document
     inbox, its mailbox. ``version`` is ``Referral.filing_version`` when it was requested;
     sinks named in ``skip`` already hold that version (a retry does not send twice).
     The record is built when the action runs, from the store, so it is current.

@@ -135,7 +135,10 @@ def _consent_resource(consent: ConsentRecord, subject: dict[str, Any], at: datet
     if consent.age_out_at is not None:
         extensions.append({"url": EXT_BASE + "parental-consent-ends", "valueDateTime": _iso(consent.age_out_at)})
     if consent.best_interests_statement:
-        extensions.append({"url": EXT_BASE + "best-interests-statement", "valueString": consent.best_interests_statement})
+        # a deceased patient's record holds their known wishes / the views of those close to them,
+        # not a best-interests statement (issue 12)
+        kind = "known-wishes-statement" if consent.basis.deceased else "best-interests-statement"
+        extensions.append({"url": EXT_BASE + kind, "valueString": consent.best_interests_statement})
     if consent.withdrawn_at is not None:
         extensions.append({"url": EXT_BASE + "withdrawn-at", "valueDateTime": _iso(consent.withdrawn_at)})
     return {

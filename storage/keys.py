@@ -15,6 +15,8 @@ distinct labels, so no key is ever used for two purposes:
                          anchor file outside the database (``storage/seal.py``);
 * ``matrix_pickle_key``- the pickle key of matrix-nio's crypto store (its own label:
                          whoever holds the records key cannot open the Olm account).
+* ``cross_signing_key``- AES-256-GCM key sealing the bot's Matrix cross-signing
+                         private keys in its transport store (bot/matrix/crosssign.py).
 
 A short fingerprint (also HKDF-derived, under its own label, so it reveals
 nothing about the keys) is stored in the database at first use, so a wrong key
@@ -43,6 +45,7 @@ LABEL_AUDIT = b"referral-bot audit chain hmac v1"
 LABEL_SEAL = b"referral-bot store state seal v1"
 LABEL_MATRIX_PICKLE = b"referral-bot nio crypto store pickle key v1"
 LABEL_FINGERPRINT = b"referral-bot key fingerprint v1"
+LABEL_CROSS_SIGNING = b"referral-bot matrix cross-signing keys v1"
 
 
 class KeyProblem(Exception):
@@ -65,6 +68,7 @@ class Keys:
     matrix_pickle_key: bytes = field(repr=False)
     fingerprint: str
     source: str
+    cross_signing_key: bytes = field(default=b"", repr=False)
 
     @classmethod
     def from_master(cls, master: bytes, source: str = "memory") -> "Keys":
@@ -79,6 +83,7 @@ class Keys:
             matrix_pickle_key=_hkdf(master, LABEL_MATRIX_PICKLE),
             fingerprint=_hkdf(master, LABEL_FINGERPRINT, 8).hex(),
             source=source,
+            cross_signing_key=_hkdf(master, LABEL_CROSS_SIGNING),
         )
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from filing.record import RecordDocument, load_record
+from bot.filing.record import RecordDocument, load_record
 from tests.handlers.helpers import DERM, GP, Harness, consent_id_from, jpeg_with_metadata, policy, referral_id_from
 
 NHS = "9434765919"
@@ -18,7 +18,8 @@ async def make_referral(*, images: int = 2, identifiable: bool = False, withdraw
 
     h = Harness(policy=policy(filing_enabled=True))
     cid = consent_id_from(await h.say(
-        GP, f"!consent patient={NHS[:3]}-{NHS[3:6]}-{NHS[6:]} by=patient purposes={purposes} "
+        GP, f"!consent patient={NHS[:3]}-{NHS[3:6]}-{NHS[6:]} by=patient adult=yes specialties=dermatology "
+            f"purposes={purposes} "
             f"identifiable={'yes' if identifiable else 'no'} notes=yes"))
     rid = referral_id_from(await h.say(GP, f"!refer derm {cid} {QUESTION}"))
     await h.drain()
@@ -46,7 +47,7 @@ async def filed():
 
 @pytest.fixture(scope="module")
 def orthanc():
-    from filing.orthanc_local import OrthancServer, OrthancUnavailable
+    from bot.filing.orthanc_local import OrthancServer, OrthancUnavailable
 
     try:
         server = OrthancServer.start()

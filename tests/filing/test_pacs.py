@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from filing.dicom import NHS_NUMBER_OID, VL_PHOTOGRAPHIC_IMAGE, uid_for
-from filing.sinks import DicomWebSink, SinkError
+from bot.filing.dicom import NHS_NUMBER_OID, VL_PHOTOGRAPHIC_IMAGE, uid_for
+from bot.filing.sinks import DicomWebSink, SinkError
 
 from .conftest import NHS, make_referral, record_of
 
@@ -87,8 +87,12 @@ async def test_pacs_sink_refuses_a_reference_that_is_not_an_nhs_number(orthanc):
     from tests.handlers.helpers import DERM, GP, Harness, consent_id_from, jpeg_with_metadata, policy, referral_id_from
     from handlers.events import SpecialtyThread
 
-    h = Harness(policy=policy(filing_enabled=True))
-    cid = consent_id_from(await h.say(GP, "!consent patient=H1234567 by=patient purposes=care identifiable=no notes=yes"))
+    from handlers.patientref import PatientRefScheme
+
+    # a deployment that accepts its hospital numbers besides NHS numbers (issue 12)
+    h = Harness(policy=policy(filing_enabled=True, patient_ref_schemes=(PatientRefScheme("hospital no.", "H[0-9]{7}"),)))
+    cid = consent_id_from(await h.say(GP, "!consent patient=H1234567 by=patient adult=yes purposes=care identifiable=no "
+                                          "notes=yes specialties=dermatology"))
     rid = referral_id_from(await h.say(GP, f"!refer derm {cid} rash"))
     await h.drain()
     await h.send_image(GP, jpeg_with_metadata())

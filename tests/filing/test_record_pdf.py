@@ -6,8 +6,8 @@ import json
 
 from pypdf import PdfReader
 
-from filing.pdf import render_pdf
-from filing.sinks import render_documents
+from bot.filing.pdf import render_pdf
+from bot.filing.sinks import render_documents
 
 from .conftest import NHS, OPINION, QUESTION, make_referral, record_of
 
@@ -75,7 +75,7 @@ async def test_the_record_leaves_a_place_for_addenda(filed):
     import dataclasses
     from datetime import timedelta
 
-    from filing.record import Addendum
+    from bot.filing.record import Addendum
 
     later = dataclasses.replace(record, addenda=(Addendum(record.generated_at + timedelta(hours=1), "@derm:example.org",
                                                           "Histology confirms the diagnosis."),))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from filing.filer import Filer
-from filing.sinks import MANIFEST, FolderSink, SinkError, SmtpSink, render_documents
+from bot.filing.filer import Filer
+from bot.filing.sinks import MANIFEST, FolderSink, SinkError, SmtpSink, render_documents
 from handlers import actions as A
 
 from .conftest import NHS, OPINION, make_referral, record_of

@@ -71,7 +71,12 @@ def face_jpeg() -> bytes:
     return FACE_JPEG.read_bytes()
 
 
-CONSENT_OK = "!consent patient=9434765919 by=patient purposes=care identifiable=no notes=yes"
+#: valid NHS numbers (modulus 11) for tests that need several patients
+NHS_NUMBERS = ("9434765919", "4000000004", "4000000012", "4000000020", "4000000039", "4000000047", "4000000055")
+
+CONSENT_OK = (
+    "!consent patient=9434765919 by=patient adult=yes purposes=care identifiable=no notes=yes specialties=dermatology"
+)
 
 
 @dataclass

@@ -41,6 +41,8 @@ SENTINELS = ("9434765919", "943 476 5919", "9434", "5919", "476")
         ("!status R9434765919", "no referral with that id"),
         ("!cancel R-94347659", "no referral with that id"),
         ("!withdraw C9434765919", "no consent with that id"),
+        ("!consent show C9434765919", "no consent with that id"),
+        ("!consent show 9434765919", "consent id"),
         ("!refer dermatology C-9434765919 Rash on the arm", "no consent with that id"),
         ("!refer 9434765919 C-ABC123 Rash on the arm", "that specialty"),
     ],

@@ -31,7 +31,9 @@ from .helpers import (
     reply_text,
 )
 
-CONSENT_IDENT = "!consent patient=9434765919 by=patient purposes=care identifiable=yes notes=yes"
+CONSENT_IDENT = (
+    "!consent patient=9434765919 by=patient adult=yes purposes=care identifiable=yes notes=yes specialties=dermatology"
+)
 
 
 def thread(rid: str) -> E.SpecialtyThread:
@@ -340,7 +342,8 @@ async def test_age_out_between_referral_and_image():
     h = Harness()
     # the child turns 16 on 2026-03-05 (T0 is 2026-03-02)
     cid = consent_id_from(
-        await h.say(GP, "!consent patient=X1 by=parent dob=2010-03-05 purposes=care identifiable=no notes=yes")
+        await h.say(GP, "!consent patient=4000000004 by=parent dob=2010-03-05 purposes=care identifiable=no notes=yes "
+            'specialties=derm statement="Parent wants eczema reviewed; child too young to decide; photos guide treatment"')
     )
     rid = referral_id_from(await h.say(GP, f"!refer derm {cid} eczema"))
     h.advance(days=3)
@@ -452,7 +455,7 @@ async def test_commands_in_the_wrong_place_and_unknown_things():
     assert "no referrals" in reply_text(await h.say(GP, "!status"))
     assert "There is no consent" in reply_text(await h.say(GP, "!refer derm C-ZZZZZZ rash"))
     assert "choose one of: dermatology, plastics" in reply_text(await h.say(GP, "!refer cardiology C-ZZZZZZ rash"))
-    text = reply_text(await h.say(GP, "!consent patient=X by=parent purposes=care identifiable=no notes=yes"))
+    text = reply_text(await h.say(GP, "!consent patient=9434765919 by=parent purposes=care identifiable=no notes=yes specialties=derm"))
     assert text.startswith("Consent not recorded:") and "dob=" in text
     assert [e.details for e in h.store.audit if e.action == "consent.refused"] == [{"rule": "who.parent"}]
 
@@ -548,3 +551,48 @@ async def test_photo_goes_to_the_latest_referral_even_in_the_same_instant():
     rids = [referral_id_from(await h.say(GP, f"!refer derm {cid} lesion number {i}")) for i in range(5)]
     await h.send_image(GP, jpeg_with_metadata())
     assert [len(h.store.referral(r).images) for r in rids] == [0, 0, 0, 0, 1]
+
+
+# ---------------------------------------------------------------- issue 12: consents read back, episodes
+async def test_consent_reply_echoes_only_the_last_three_digits():
+    h = Harness()
+    text = reply_text(await h.say(
+        GP, "!consent patient=943-476-5919 by=patient adult=yes purposes=care identifiable=no notes=yes specialties=derm"))
+    assert "NHS no. ending 919" in text and "9434765919" not in text and "943-476" not in text
+    assert "specialties: dermatology" in text and "new referrals until 2026-04-01" in text
+    bad = reply_text(await h.say(GP, CONSENT_OK.replace("9434765919", "9434765918")))
+    assert "not a valid NHS number" in bad and "9434765918" not in bad
+    refused = [e.details for e in h.store.audit if e.action == "consent.refused"]
+    assert refused == [{"rule": "patient.format"}]
+
+
+async def test_consent_show_reads_back_to_the_practice_only():
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK + " sex=female"))
+    mine = reply_text(await h.say(GP, f"!consent show {cid.lower()}"))
+    assert cid in mine and "NHS no. ending 919" in mine and "sex female" in mine and "adult" in mine
+    assert "9434765919" not in mine and "hmac" not in mine
+    colleague = reply_text(await h.say(GP2, f"!consent {cid}"))  # same practice, other GP
+    assert "NHS no. ending 919" in colleague
+    other = reply_text(await h.say(OTHER_GP, f"!consent show {cid}"))
+    assert "another practice" in other and "919" not in other
+    assert "direct chat" in reply_text(await h.say(GP, f"!consent show {cid}", place=E.SpecialtyThread("dermatology")))
+    assert "no consent C-ZZZZZZ" in reply_text(await h.say(GP, "!consent show C-ZZZZZZ"))
+    shown = [(e.actor, e.action, e.consent_id) for e in h.store.audit if e.action.startswith("consent.show")]
+    assert shown == [(GP.user_id, "consent.shown", cid), (GP2.user_id, "consent.shown", cid),
+                     (OTHER_GP.user_id, "consent.show_refused", cid)]
+
+
+async def test_a_referral_after_the_episode_or_to_another_specialty_is_refused():
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    text = reply_text(await h.say(GP, f"!refer plastics {cid} scar revision?"))
+    assert text.startswith("Referral not opened:") and "specialties=plastics" in text
+    rid = referral_id_from(await h.say(GP, f"!refer derm {cid} rash"))
+    h.advance(days=30)
+    text = reply_text(await h.say(GP, f"!refer derm {cid} same rash, new question"))
+    assert "one episode" in text and "!consent" in text
+    assert [e.details["rule"] for e in h.store.audit if e.action == "referral.refused"] == ["specialty", "episode"]
+    # the referral opened inside the window still takes its photos
+    assert "on its way" in reply_text(await h.send_image(GP, jpeg_with_metadata()))
+    assert h.store.referral(rid).images

@@ -124,3 +124,20 @@ def test_specialty_room_needed_for_matrix_only(tmp_path):
     del raw["matrix"]
     cfg = parse_config(raw, need_matrix=False)
     assert cfg.matrix is None and cfg.specialties["dermatology"].room == ""
+
+
+def test_consent_window_and_patient_reference_schemes(tmp_path):
+    """Issue 12: the episode window and the deployment's own patient-reference schemes."""
+    raw = {"policy": {"consent_window_days": 14, "max_consent_window_days": 90,
+                      "patient_references": [{"name": "hospital no.", "pattern": "RX[0-9]{7}"},
+                                             {"name": "CHI no.", "pattern": "[0-3][0-9][01][0-9]{7}"}]}}
+    pol = parse_config(raw, need_matrix=False).policy()
+    assert pol.consent_window == timedelta(days=14) and pol.max_consent_window == timedelta(days=90)
+    assert [s.name for s in pol.patient_ref_schemes] == ["hospital no.", "CHI no."]
+    defaults = parse_config({}, need_matrix=False).policy()
+    assert defaults.consent_window == timedelta(days=30) and defaults.patient_ref_schemes == ()
+    for bad, says in (([{"name": "x"}], "needs name and pattern"), ([{"name": "x", "pattern": "RX[0-9"}], "not a valid"),
+                      ({"name": "x"}, "must be a list")):
+        with pytest.raises(ConfigError, match=says):
+            parse_config({"policy": {"patient_references": bad}}, need_matrix=False)
+

@@ -235,3 +235,15 @@ def test_cli_export_bad_input(deployment, tmp_path, capsys):
     os.chmod(key_file, 0o600)
     _, vault, _, _ = _state(db_path, key_file)
     assert vault["img-1"] == JPEG  # nothing was shredded by the failed attempts
+
+
+def test_a_deceased_patients_statement_is_filed_as_known_wishes():
+    """Issue 12: for a patient who has died the statement is their known wishes / the views
+    of those close to them; the record must not call it a best-interests statement."""
+    from handlers.model import ConsentBasis
+
+    r = _full_referral()
+    c = dataclasses.replace(consent(), basis=ConsentBasis.DECEASED_WISHES,
+                            best_interests_statement="Asked that his photos be used to teach; wife agrees.")
+    text = export_bundle(c, r, [ExportImage(r.images[0], JPEG)], at=T0 + timedelta(days=1)).json()
+    assert "known-wishes-statement" in text and "best-interests" not in text

@@ -36,7 +36,7 @@ async def story(store, check: Callable[[str], Awaitable[None]]) -> None:
     await h.drain()
     cid = consent_id_from(await h.say(
         GP, f'!consent patient="{NHS_SPACED}" by=parent dob={DOB} purposes=care,teaching identifiable=no '
-            f'notes=yes statement="{STATEMENT}"'))
+            f'notes=yes specialties=dermatology statement="{STATEMENT}"'))
     rid = referral_id_from(await h.say(GP, f"!refer dermatology {cid} {QUESTION_1}"))
     await h.send_image(GP, jpeg_with_metadata(seed=11))
     await h.drain()

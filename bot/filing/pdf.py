@@ -11,7 +11,7 @@ import io
 from datetime import datetime
 from pathlib import Path
 
-from filing.record import RecordDocument
+from bot.filing.record import RecordDocument
 
 __all__ = ["render_pdf"]
 

@@ -31,7 +31,7 @@ import io
 import uuid
 from datetime import datetime
 
-from filing.record import RecordDocument, RecordImage
+from bot.filing.record import RecordDocument, RecordImage
 from handlers.model import Purpose
 
 __all__ = ["VL_PHOTOGRAPHIC_IMAGE", "NHS_NUMBER_OID", "uid_for", "build_instances", "instance_bytes"]

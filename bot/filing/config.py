@@ -38,7 +38,7 @@ import hmac
 from pathlib import Path
 from typing import Any
 
-from filing.sinks import DicomWebSink, FolderSink, SmtpSink, Sink
+from bot.filing.sinks import DicomWebSink, FolderSink, SmtpSink, Sink
 
 __all__ = ["FilingConfigError", "parse_sinks", "filing_key"]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from filing.record import RecordDocument
+from bot.filing.record import RecordDocument
 
 __all__ = ["SinkError", "Documents", "Sink", "FolderSink", "SmtpSink", "DicomWebSink", "MANIFEST"]
 
@@ -275,7 +275,7 @@ class DicomWebSink:
     needs_documents: bool = False
 
     async def file(self, record: RecordDocument, documents: Documents | None) -> None:
-        from filing.dicom import build_instances
+        from bot.filing.dicom import build_instances
 
         if not record.images_with_data:
             return
@@ -340,7 +340,7 @@ def _stow_failures(text: str) -> bool:
 
 def render_documents(record: RecordDocument, *, title: str = "") -> Documents:
     """The PDF and the FHIR R4 document bundle of a record (pure)."""
-    from filing.pdf import render_pdf
+    from bot.filing.pdf import render_pdf
     from storage.fhir_export import ExportImage, export_bundle
 
     images = []

@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from filing.record import load_record
-from filing.sinks import Documents, Sink, SinkError, render_documents
+from bot.filing.record import load_record
+from bot.filing.sinks import Documents, Sink, SinkError, render_documents
 from handlers import actions as A
 from handlers import events as E
 
