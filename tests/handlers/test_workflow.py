@@ -577,7 +577,8 @@ async def test_consent_show_reads_back_to_the_practice_only():
     other = reply_text(await h.say(OTHER_GP, f"!consent show {cid}"))
     assert "another practice" in other and "919" not in other
     assert "direct chat" in reply_text(await h.say(GP, f"!consent show {cid}", place=E.SpecialtyThread("dermatology")))
-    assert "no consent C-ZZZZZZ" in reply_text(await h.say(GP, "!consent show C-ZZZZZZ"))
+    missing = reply_text(await h.say(GP, "!consent show C-ZZZZZZ"))
+    assert "no consent with that id" in missing and "ZZZZZZ" not in missing  # never echoed (issue 9)
     shown = [(e.actor, e.action, e.consent_id) for e in h.store.audit if e.action.startswith("consent.show")]
     assert shown == [(GP.user_id, "consent.shown", cid), (GP2.user_id, "consent.shown", cid),
                      (OTHER_GP.user_id, "consent.show_refused", cid)]
