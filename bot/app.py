@@ -83,7 +83,8 @@ def make_filer(config: Config, store: Any, keys: Any, clock: Callable[[], dateti
         log.warning("no [[filing.sink]] is configured: records are not filed, and the vault copies are "
                     "destroyed at the end of their retention (docs/filing.md)")
     titles = {k: (s.title or k.capitalize()) for k, s in config.specialties.items()}
-    return Filer(store, sinks, clock=clock, titles=titles, legacy_export_dir=config.storage.export_dir)
+    return Filer(store, sinks, clock=clock, titles=titles, legacy_export_dir=config.storage.export_dir,
+                 time_zone=config.policy().time_zone)
 
 
 def pickle_key_for(config: Config, keys: Any) -> str:

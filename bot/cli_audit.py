@@ -273,8 +273,8 @@ async def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-#: the schema version from which the store keeps a signed state (migration 005)
-SIGNED_SINCE = 5
+#: the schema version from which the store keeps a signed state (migration 006)
+SIGNED_SINCE = 6
 
 
 async def _check(db, keys, anchor, where: str):

@@ -12,7 +12,7 @@ Entries cut off the *end* leave a valid shorter chain; the signed state
 (:mod:`storage.seal`: in the database, and in the anchor file outside it) names
 the head, which catches that.
 
-Databases from before schema version 5 carry a plain SHA-256 chain. When the
+Databases from before schema version 6 carry a plain SHA-256 chain. When the
 store first opens such a database with the key it calls :func:`reanchor`: the
 old chain is checked, then one ``audit.reanchored`` entry (``count`` = the
 number of old entries) is appended whose HMAC covers the old head, so from then
@@ -39,7 +39,7 @@ from storage import queries as Q
 from storage.db import StorageError, Tx, from_text, to_text
 
 GENESIS_HASH = "0" * 64
-#: the entry that puts an old (pre-version-5) SHA-256 chain under the HMAC chain
+#: the entry that puts an old (pre-version-6) SHA-256 chain under the HMAC chain
 REANCHOR_ACTION = "audit.reanchored"
 BOT_ACTOR = "@referral-bot"
 MAX_TEXT = 200
@@ -92,6 +92,10 @@ ALLOWED_DETAIL_KEYS = frozenset(
         "removed",
         "retention_seconds",
         "shredded",
+        # the conversation (issue 10): how a photo found its referral, what a relay did
+        "routed_by",
+        "extended_hours",
+        "command",
         # filing and information governance (issue 13): user ids of the room's joined
         # members when an image was posted; the names of the filing sinks (config keys)
         "members",
@@ -133,7 +137,7 @@ class VerifyResult:
     first_broken: int | None
     problem: str | None
     head_hash: str
-    #: entries from before schema 5 (plain SHA-256), covered by the re-anchoring entry
+    #: entries from before schema 6 (plain SHA-256), covered by the re-anchoring entry
     legacy_entries: int = 0
 
     @property
@@ -166,7 +170,7 @@ def entry_hash(key: bytes, prev_hash: str, body: Mapping[str, Any]) -> str:
 
 
 def legacy_entry_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
-    """The plain SHA-256 link of entries written before schema version 5."""
+    """The plain SHA-256 link of entries written before schema version 6."""
     return hashlib.sha256(prev_hash.encode("ascii") + canonical_json(body)).hexdigest()
 
 

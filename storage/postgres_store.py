@@ -262,7 +262,7 @@ class PostgresStore(SQLiteStore):
             raise
         store = cls(db, keys, AnchorFile(anchor_path) if anchor_path is not None else None)  # type: ignore[arg-type]
         store._instance_conn = instance
-        await store._start(f"the PostgreSQL database {_safe_dsn(dsn)}")
+        await store._start(f"the PostgreSQL database {_safe_dsn(dsn)}", probe_write=exclusive)
         return store
 
     def _is_read_only(self, exc: BaseException) -> bool:

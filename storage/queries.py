@@ -38,7 +38,7 @@ PENDING_ACTIONS_LIMIT = PENDING_ACTIONS + " LIMIT ?"
 # done: the payload goes (secure_delete zeroes the old cell); kind and times stay
 COMPLETE_ACTION = "UPDATE outbox SET done_at = ?, payload = NULL WHERE id = ? AND done_at IS NULL"
 OUTBOX_ROW = "SELECT id, kind, payload, done_at FROM outbox WHERE id = ?"
-# the one-time keyed upgrade of schema 5 (storage/sqlite_store.py, _keyed_upgrade)
+# the one-time keyed upgrade of schema 6 (storage/sqlite_store.py, _keyed_upgrade)
 PENDING_PAYLOADS = "SELECT id, kind, payload FROM outbox WHERE done_at IS NULL AND payload IS NOT NULL ORDER BY id"
 OUTBOX_RESEAL = "UPDATE outbox SET payload = ? WHERE id = ?"
 
@@ -131,6 +131,16 @@ RECORD_VERSIONS = (
 )
 AUDIT_HASH_AT = "SELECT hash FROM audit_log WHERE seq = ?"
 
+# --- photos waiting for the GP to name their referral (sealed JSON + clear index columns) ---
+UNASSIGNED_UPSERT = (
+    "INSERT INTO unassigned_photos (photo_id, referrer, received_at, destroy_at, doc) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (photo_id) DO UPDATE SET referrer = excluded.referrer, received_at = excluded.received_at,"
+    " destroy_at = excluded.destroy_at, doc = excluded.doc"
+)
+_UNASSIGNED_COLS = "SELECT photo_id, doc FROM unassigned_photos"
+UNASSIGNED_BY_REFERRER = _UNASSIGNED_COLS + " WHERE referrer = ? ORDER BY received_at, photo_id"
+UNASSIGNED_DUE = _UNASSIGNED_COLS + " WHERE destroy_at <= ? ORDER BY destroy_at, photo_id"
+UNASSIGNED_DELETE = "DELETE FROM unassigned_photos WHERE photo_id = ?"
 # --- patient references (004; the reference itself is a vault item) -------------------
 PATIENT_REF_KEEP = (
     "INSERT INTO patient_refs (consent_id, keep_until) VALUES (?, ?)"

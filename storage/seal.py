@@ -1,7 +1,7 @@
 """The store's signed state, and its anchor outside the database.
 
 Someone who can write to the database but does not hold the key could, before schema
-version 5, re-hash a rewritten audit trail, cut entries off its end, or put back an older
+version 6, re-hash a rewritten audit trail, cut entries off its end, or put back an older
 copy of a sealed row (a consent as it was before its withdrawal: the consent applied
 again). Three things stop that now:
 
@@ -357,7 +357,7 @@ async def verify_store(tx: Tx, audit_key: bytes, seal_key: bytes, anchor: Anchor
                        anchored: SignedState | StateMismatch | None, *, signed: bool = True) -> StoreReport:
     """The whole audit chain, the signed state against the chain and the records, and the
     anchor file (``anchored``, from :func:`read_anchor` before ``tx`` began) against the
-    signed state. ``signed`` False: a database the bot has not yet upgraded (schema < 5),
+    signed state. ``signed`` False: a database the bot has not yet upgraded (schema < 6),
     whose plain SHA-256 chain is all there is to check."""
     chain = await audit.verify(tx, audit_key, allow_unsigned=not signed)
     report = StoreReport(chain, notes=[])
@@ -372,7 +372,7 @@ async def verify_store(tx: Tx, audit_key: bytes, seal_key: bytes, anchor: Anchor
             report.problem = (f"the anchor file {anchor.path} says this database was signed (generation "  # type: ignore[union-attr]
                               f"{anchored.generation}), but it is not: it was replaced by an older copy")
         else:
-            report.notes.append("not signed yet: the bot signs and anchors it when it next starts (schema 5)")
+            report.notes.append("not signed yet: the bot signs and anchors it when it next starts (schema 6)")
         return report
     try:
         state, _ = await stored_state(tx, seal_key)

@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from handlers.actions import Action, action_from_dict
-from handlers.model import AuditEntry, ConsentRecord, Referral
+from handlers.model import AuditEntry, ConsentRecord, Referral, UnassignedPhoto
 from storage import audit as audit_trail
 from storage import queries as Q
 from storage.db import Database, StorageError, Tx, from_text, to_text, utc_now
@@ -70,7 +70,10 @@ class _Sealer:
 
     * a consent or referral: ``["referral-bot record v2", kind, id, version]``;
     * an outbox action: ``["referral-bot outbox v1", outbox id, action type]``;
-    * (before schema 5) ``["referral-bot record v1", kind, id]``: read once, by the upgrade.
+    * a held photo (issue 10): ``["referral-bot record v1", "unassigned_photo", id]``, no
+      version: its row is deleted once the photo is claimed or destroyed, and its bytes
+      are shredded from the vault then, so a row put back brings no photo back;
+    * (before schema 6) ``["referral-bot record v1", kind, id]``: read once, by the upgrade.
     """
 
     def __init__(self, keys: Keys):
@@ -101,6 +104,12 @@ class _Sealer:
 
     def open_legacy_record(self, kind: str, ident: str, blob: bytes) -> dict[str, Any]:
         return self.open(["referral-bot record v1", kind, ident], blob, f"{kind} {ident}")
+
+    def held_photo(self, photo_id: str, doc: dict[str, Any]) -> bytes:
+        return self.seal(["referral-bot record v1", "unassigned_photo", photo_id], doc)
+
+    def open_held_photo(self, photo_id: str, blob: bytes) -> dict[str, Any]:
+        return self.open(["referral-bot record v1", "unassigned_photo", photo_id], blob, f"held photo {photo_id}")
 
     def action(self, outbox_id: int, kind: str, doc: dict[str, Any]) -> bytes:
         return self.seal(["referral-bot outbox v1", int(outbox_id), kind], doc)
@@ -217,6 +226,26 @@ class SQLiteTransaction:
         """Every referral, oldest first (for status and export tools; not in the Protocol)."""
         return [self._referral(r) for r in await self._tx.fetchall(Q.REFERRALS_ALL)]
 
+    # -- photos waiting for the GP to name their referral -----------------------------------
+    def _unassigned(self, row: sqlite3.Row) -> UnassignedPhoto:
+        return UnassignedPhoto.from_dict(self._store._sealer.open_held_photo(row["photo_id"], row["doc"]))
+
+    async def save_unassigned_photo(self, photo: UnassignedPhoto) -> None:
+        doc = self._store._sealer.held_photo(photo.photo_id, photo.to_dict())
+        await self._tx.execute(
+            Q.UNASSIGNED_UPSERT,
+            (photo.photo_id, photo.referrer, to_text(photo.received_at), to_text(photo.destroy_at), doc),
+        )
+
+    async def unassigned_photos(self, user_id: str) -> list[UnassignedPhoto]:
+        return [self._unassigned(r) for r in await self._tx.fetchall(Q.UNASSIGNED_BY_REFERRER, (user_id,))]
+
+    async def delete_unassigned_photo(self, photo_id: str) -> None:
+        await self._tx.execute(Q.UNASSIGNED_DELETE, (photo_id,))
+
+    async def due_unassigned_photos(self, at: datetime) -> list[UnassignedPhoto]:
+        return [self._unassigned(r) for r in await self._tx.fetchall(Q.UNASSIGNED_DUE, (to_text(at),))]
+
     # -- vault -------------------------------------------------------------------------------
     async def vault_put(self, image_id: str, data: bytes, media_type: str) -> None:
         if await self._store._vault.entry(self._tx, image_id) is not None:
@@ -324,7 +353,8 @@ class SQLiteStore:
         exclusive: bool = False,
     ) -> "SQLiteStore":
         """Open (and migrate) the database; refuse a key that isn't this database's key,
-        a read-only database, and a database that does not match its signed state.
+        a read-only database (when ``exclusive``), and a database that does not match its
+        signed state.
 
         ``anchor_path``: the anchor file (default ``<path>.anchor``). ``exclusive``: the
         bot itself (one process per database; `status` and `export` pass False)."""
@@ -343,7 +373,7 @@ class SQLiteStore:
         anchor = AnchorFile(anchor_path if anchor_path is not None else Path(str(path) + ".anchor"))
         store = cls(db, keys, anchor)
         store._lock = lock
-        await store._start(f"the database {path}")
+        await store._start(f"the database {path}", probe_write=exclusive)
         return store
 
     # -- start-up ---------------------------------------------------------------------------
@@ -355,21 +385,33 @@ class SQLiteStore:
         return (f"{where} is read-only, and the bot must write to it: check the file's owner and permissions, "
                 "the disk's mount options and `lsattr` (immutable)")
 
-    async def _start(self, where: str) -> None:
-        """Key check, write check, keyed upgrade, state check: or close and raise."""
+    async def _start(self, where: str, *, probe_write: bool) -> None:
+        """Key check, write check, keyed upgrade, state check: or close and raise.
+
+        ``probe_write`` (the bot): make one real write, so a read-only database is refused
+        now and not on the first GP's command. Any other process (`status`, `export`) reads
+        first and takes no write lock when the database already knows its key and has no
+        upgrade pending: a write lock there made `status` next to the running bot fail
+        with "database is locked" while the bot checkpointed."""
         try:
-            try:
-                async with self.db.transaction() as tx:
-                    # a real write, rolled back by the delete: a read-only file, mount or
-                    # immutable flag is refused now, not on the first GP's command
-                    await tx.execute(Q.PUT_META, ("write_probe", to_text(utc_now())))
-                    await tx.execute(Q.DELETE_META, ("write_probe",))
-                    await self._vault.check_key(tx)
-                    upgraded = await self._keyed_upgrade(tx)
-            except Exception as exc:
-                if self._is_read_only(exc):
-                    raise StorageError(self._read_only_message(where)) from None
-                raise
+            if not probe_write:
+                async with self.db.read() as tx:
+                    known = await self._vault.check_key(tx, record=False)
+                    pending = await tx.scalar(Q.GET_META, (UPGRADE_ROW,)) is not None
+            upgraded = False
+            if probe_write or not known or pending:
+                try:
+                    async with self.db.transaction() as tx:
+                        if probe_write:
+                            # a real write, rolled back by the delete
+                            await tx.execute(Q.PUT_META, ("write_probe", to_text(utc_now())))
+                            await tx.execute(Q.DELETE_META, ("write_probe",))
+                        await self._vault.check_key(tx)
+                        upgraded = await self._keyed_upgrade(tx)
+                except Exception as exc:
+                    if self._is_read_only(exc):
+                        raise StorageError(self._read_only_message(where)) from None
+                    raise
             if upgraded:
                 await self._after_upgrade()
             await self._check_at_start()
@@ -378,7 +420,7 @@ class SQLiteStore:
             raise
 
     async def _keyed_upgrade(self, tx: Tx) -> bool:
-        """Finish migration 005 with the key (once): re-anchor the audit chain, re-seal
+        """Finish migration 006 with the key (once): re-anchor the audit chain, re-seal
         records with a version, seal pending outbox payloads, sign the state."""
         if await tx.scalar(Q.GET_META, (UPGRADE_ROW,)) is None:
             return False

@@ -32,6 +32,7 @@ from nio.exceptions import LocalProtocolError
 
 from bot.matrix import nioclient
 from bot.matrix.admin import SynapseAdmin
+from bot.matrix.mentions import alert_content
 from bot.matrix.state import TransportState
 from bot.outbox import OutboxLoop
 from handlers import actions as A
@@ -76,6 +77,30 @@ def _pre_ref(image_id: str) -> str:
 
 def _txn(key: str, suffix: str = "") -> str:
     return re.sub(r"[^A-Za-z0-9._~-]", "_", f"rb.{key}{suffix}")[:200]
+
+
+def _answered(content: dict) -> str | None:
+    """The event a message answers: a reply's ``m.in_reply_to`` (not a thread's fallback),
+    or the root of a thread started on it (Element's "Reply in thread")."""
+    rel = content.get("m.relates_to") or {}
+    target = (rel.get("m.in_reply_to") or {}).get("event_id")
+    if rel.get("rel_type") == "m.thread":
+        return rel.get("event_id") if rel.get("is_falling_back", True) or not target else target
+    return target
+
+
+def _without_reply_fallback(body: str) -> str:
+    """A reply's body without the quoted original that older clients put first
+    ("> <@bot:hs> ...", then an empty line): only the person's own words are passed on."""
+    lines = body.split("\n")
+    if not lines or not lines[0].startswith(">"):
+        return body
+    i = 0
+    while i < len(lines) and lines[i].startswith(">"):
+        i += 1
+    if i < len(lines) and lines[i] == "":
+        i += 1
+    return "\n".join(lines[i:])
 
 
 class MatrixTransport(OutboxLoop):
@@ -325,11 +350,15 @@ class MatrixTransport(OutboxLoop):
         self.state.set_dm_room(sender, room_id)
         place = E.DirectChat(user_id=sender)
         actor = self._actor(sender)
+        answered = _answered(content)
         if msgtype in ("m.text", "m.notice", "m.emote"):
+            body = str(content.get("body", ""))
+            if answered:
+                body = _without_reply_fallback(body)
             await self._handle(E.CommandReceived(event_id=event_id, actor=actor, at=at,
-                                                 text=str(content.get("body", "")), place=place))
+                                                 text=body, place=place, in_reply_to=answered))
         elif msgtype in ("m.image", "m.file", "m.video", "m.audio"):
-            await self._on_upload(room_id, event_id, actor, content, at, place)
+            await self._on_upload(room_id, event_id, actor, content, at, place, answered)
 
     async def _on_specialty_message(self, room_id: str, specialty: str, event_id: str,
                                     sender: str, msgtype: str | None, content: dict,
@@ -339,12 +368,17 @@ class MatrixTransport(OutboxLoop):
         place = E.SpecialtyThread(specialty=specialty, thread_event_id=thread_root)
         actor = self._actor(sender)
         body = str(content.get("body", ""))
+        if (rel.get("m.in_reply_to") or {}).get("event_id") and not rel.get("is_falling_back"):
+            body = _without_reply_fallback(body)
         if msgtype in ("m.text", "m.notice") and body.lstrip().startswith("!"):
             await self._handle(E.CommandReceived(event_id=event_id, actor=actor, at=at,
                                                  text=body, place=place))
         elif thread_root is not None:
+            # only words from the clinician directory are ever handed on (the workflow
+            # further limits the relay to the specialty's roster)
+            words = body if msgtype in ("m.text", "m.emote") and sender in self.s.directory else ""
             await self._handle(E.ThreadActivity(event_id=event_id, actor=actor, at=at,
-                                                place=place))
+                                                place=place, text=words))
         if msgtype in ("m.image", "m.file", "m.video"):
             # people must not post patient images straight into the room
             await self._say(room_id, "Please send images to me in your direct chat, not "
@@ -352,7 +386,7 @@ class MatrixTransport(OutboxLoop):
                             key=f"noimg.{event_id}", thread_root=thread_root)
 
     async def _on_upload(self, room_id: str, event_id: str, actor: Actor, content: dict,
-                         at: datetime, place: E.DirectChat) -> None:
+                         at: datetime, place: E.DirectChat, answered: str | None = None) -> None:
         upload_ref = self._ledger_upload(room_id, event_id, content)
         file_info = content.get("file")
         mxc = (file_info or {}).get("url") or content.get("url")
@@ -364,11 +398,15 @@ class MatrixTransport(OutboxLoop):
             t0 = time.perf_counter()
             data = await self._download(mxc, file_info)
             log.debug("downloaded an upload in %.1f ms", (time.perf_counter() - t0) * 1000)
+        # a media caption (spec 1.10): a ``filename`` is given and ``body`` differs from it
+        filename = content.get("filename")
+        body = str(content.get("body") or "")
+        caption = body if filename and body and body != filename else ""
         await self._handle(E.ImageReceived(
             event_id=event_id, actor=actor, at=at, data=data,
-            filename=str(content.get("filename") or content.get("body") or "upload"),
+            filename=str(filename or body or "upload"),
             declared_mimetype=str(info.get("mimetype") or (file_info or {}).get("mimetype") or ""),
-            upload_ref=upload_ref, place=place))
+            upload_ref=upload_ref, place=place, caption=caption, in_reply_to=answered))
 
     def _ledger_upload(self, room_id: str, event_id: str, content: dict) -> str:
         """Remember an upload's media (and thumbnail) at once, so it is deleted even
@@ -466,18 +504,23 @@ class MatrixTransport(OutboxLoop):
         if self.filer is not None and self.filer.handles(action):
             return await self.filer.execute(action)
         if isinstance(action, A.Reply):
-            await self._reply(action.to, action.text, action.key)
-            return None
+            event_id = await self._reply(action.to, action.text, action.key, action.mentions)
+            return self._sent(action, event_id if isinstance(action.to, E.DirectChat) else None, at)
         if isinstance(action, A.Notify):
             room_id = await self._dm_room_for(action.user_id)
-            await self._say(room_id, action.text, key=action.key)
+            event_id = await self._say(room_id, action.text, key=action.key, mentions=action.mentions)
+            return self._sent(action, event_id, at)
+        if isinstance(action, A.Acknowledge):
+            await self._acknowledge(action)
             return None
         if isinstance(action, A.PostThreadRoot):
             try:
                 room_id = await self._safe_room(action.specialty)
             except RoomUnsafe as why:
                 return self._failed(action, str(why), action.referral_id)
-            event_id = await self._say(room_id, action.text, key=action.key)
+            # a new referral needs a person: m.text mentioning the roster, never a notice
+            event_id = await self._say(room_id, action.text, key=action.key,
+                                       mentions=action.mentions, alert=True)
             return E.ThreadRootPosted(event_id=f"done:{action.key}", at=at,
                                       referral_id=action.referral_id, room_event_id=event_id)
         if isinstance(action, A.PostImage):
@@ -512,9 +555,36 @@ class MatrixTransport(OutboxLoop):
                               action_key=action.key, action_type=type(action).__name__,
                               reason=reason, referral_id=referral_id, permanent=True, **extra)
 
-    async def _say(self, room_id: str, text: str, key: str, thread_root: str | None = None) -> str:
-        content = nioclient.text_content(text, thread_root, notice=True,
-                                         in_reply_to=self._thread_latest(thread_root))
+    @staticmethod
+    def _sent(action: Any, event_id: str | None, at: datetime) -> E.MessageSent | None:
+        """Tie a direct-chat message about a referral to it: a reply to it names it."""
+        if not event_id or not getattr(action, "referral_id", None):
+            return None
+        return E.MessageSent(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
+                             room_event_id=event_id)
+
+    def _name(self, room_id: str, user_id: str) -> str:
+        """How a mentioned person is named: the directory's name, else their Matrix name."""
+        actor = self.s.directory.get(user_id)
+        if actor is not None and actor.display_name:
+            return actor.display_name
+        room = self.client.rooms.get(room_id)
+        name = room.user_name(user_id) if room is not None else None
+        return name or user_id
+
+    def _content(self, room_id: str, text: str, thread_root: str | None,
+                 mentions: tuple[str, ...], alert: bool) -> dict:
+        latest = self._thread_latest(thread_root)
+        if not mentions and not alert:
+            return nioclient.text_content(text, thread_root, notice=True, in_reply_to=latest)
+        relation = nioclient.thread_relation(thread_root, latest) if thread_root else None
+        return alert_content(text, [(u, self._name(room_id, u)) for u in mentions], relation)
+
+    async def _say(self, room_id: str, text: str, key: str, thread_root: str | None = None,
+                   mentions: tuple[str, ...] = (), alert: bool = False) -> str:
+        """Send *text*: an ``m.notice`` (no alert), or ``m.text`` mentioning *mentions*
+        when the message needs those people (see bot/matrix/mentions.py)."""
+        content = self._content(room_id, text, thread_root, mentions, alert)
         try:
             event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(key))
         except nioclient.MatrixCallError as exc:
@@ -556,6 +626,23 @@ class MatrixTransport(OutboxLoop):
         self.state.note_thread_event(rel["event_id"], event_id,
                                      src.get("origin_server_ts") or None)
 
+    async def _acknowledge(self, action: A.Acknowledge) -> None:
+        """A reaction on the person's message saying it was passed on. Best effort: a
+        failure is logged, never retried (the relay itself already went)."""
+        if isinstance(action.to, E.DirectChat):
+            room_id = self.state.dm_room(action.to.user_id)
+        else:
+            room_id = self.s.specialty_rooms.get(action.to.specialty)
+        if not room_id or room_id not in self.client.rooms:
+            return
+        content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": action.event_id,
+                                    "key": action.reaction}}
+        try:
+            await nioclient.send(self.client, room_id, content, event_type="m.reaction",
+                                 txn_id=_txn(action.key))
+        except (nioclient.MatrixCallError, LocalProtocolError) as exc:
+            log.warning("could not mark a relayed message (%s)", type(exc).__name__)
+
     async def _thread_root_for(self, place: E.SpecialtyThread) -> str | None:
         if place.thread_event_id:
             return place.thread_event_id
@@ -565,16 +652,18 @@ class MatrixTransport(OutboxLoop):
             return getattr(ref, "thread_root_event_id", None) if ref else None
         return None
 
-    async def _reply(self, to: Any, text: str, key: str) -> None:
+    async def _reply(self, to: Any, text: str, key: str, mentions: tuple[str, ...] = ()) -> str | None:
         if isinstance(to, E.DirectChat):
             room_id = await self._dm_room_for(to.user_id)
-            await self._say(room_id, text, key=key)
-        elif isinstance(to, E.SpecialtyThread):
+            return await self._say(room_id, text, key=key, mentions=mentions)
+        if isinstance(to, E.SpecialtyThread):
             room_id = self.s.specialty_rooms.get(to.specialty)
             if room_id is None:
                 log.warning("reply to an unknown specialty dropped")
-                return
-            await self._say(room_id, text, key=key, thread_root=await self._thread_root_for(to))
+                return None
+            return await self._say(room_id, text, key=key, thread_root=await self._thread_root_for(to),
+                                   mentions=mentions)
+        return None
 
     async def _dm_room_for(self, user_id: str) -> str:
         room_id = self.state.dm_room(user_id)

@@ -38,12 +38,17 @@ SENTINELS = ("9434765919", "943 476 5919", "9434", "5919", "476")
         ("!export 9434765919", "referral id"),
         ("!blur 9434765919", "referral id"),
         ("!discard 9434765919", "referral id"),
-        ("!status R9434765919", "no referral with that id"),
-        ("!cancel R-94347659", "no referral with that id"),
-        ("!withdraw C9434765919", "no consent with that id"),
-        ("!consent show C9434765919", "no consent with that id"),
+        ("!status R9434765919", "referral id"),
+        ("!cancel R-94347659", "referral id"),
+        ("!status R-943476", "not one of your referrals"),
+        ("!cancel R-943476", "not one of your referrals"),
+        ("!withdraw C9434765919", "consent id"),
+        ("!withdraw C-943476", "no consent with that id"),
+        ("!consent show C9434765919", "consent id"),
+        ("!consent show C-943476", "no consent with that id"),
         ("!consent show 9434765919", "consent id"),
-        ("!refer dermatology C-9434765919 Rash on the arm", "no consent with that id"),
+        ("!refer dermatology C-9434765919 Rash on the arm", "consent id"),
+        ("!refer dermatology C-943476 Rash on the arm", "no consent with that id"),
         ("!refer 9434765919 C-ABC123 Rash on the arm", "that specialty"),
     ],
 )
@@ -61,5 +66,5 @@ async def test_naming_another_referral_in_a_thread_does_not_echo_it():
     rid = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Itchy plaque"))
     await h.drain()
     thread = E.SpecialtyThread("dermatology", None, f"$root-{rid}")
-    text = reply_text(await h.say(DERM, "!opinion R-94347659 benign", place=thread))
-    assert "not the referral you named" in text and "94347659" not in text
+    text = reply_text(await h.say(DERM, "!opinion R-943476 benign", place=thread))
+    assert "not the referral you named" in text and "943476" not in text

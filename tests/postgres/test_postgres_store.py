@@ -165,7 +165,7 @@ async def test_a_read_only_database_is_refused_at_start(pg_dsn, pg_server, keys)
     finally:
         await admin.close()
     with pytest.raises(StorageError, match="is read-only .* and the bot must write to it") as info:
-        await PostgresStore.open(pg_dsn, keys)
+        await PostgresStore.open(pg_dsn, keys, exclusive=True)
     assert "\n" not in str(info.value)
 
 

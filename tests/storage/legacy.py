@@ -1,4 +1,4 @@
-"""What the program wrote before schema version 5 (at version 3), for migration tests: the plain SHA-256
+"""What the program wrote before schema version 6 (at version 3), for migration tests: the plain SHA-256
 audit link and the version-3 consent upsert (no ``version`` column yet). A whole database
 written by that program is ``data/v3-store.sqlite3`` (see ``data/make_v3_store.py``)."""
 from __future__ import annotations

@@ -48,7 +48,7 @@ async def test_reopening_applies_nothing_twice(db_path):
 @pytest.mark.parametrize("start", range(0, latest_version()))
 async def test_migrating_from_each_earlier_version_preserves_data(db_path, keys, start):
     """Rows written by the program of each earlier version survive the SQL migrations.
-    (The keyed part of version 5, done by the store with the key, is tests/storage/test_upgrade.py.)"""
+    (The keyed part of version 6, done by the store with the key, is tests/storage/test_upgrade.py.)"""
     old = await Database.open(db_path, target_version=start)
     assert await old.schema_version() == start
     vault = Vault(keys)
@@ -73,7 +73,7 @@ async def test_migrating_from_each_earlier_version_preserves_data(db_path, keys,
                 assert await tx.scalar(Q.IS_PROCESSED, ("$ev1",)) == 1
                 rows = await tx.fetchall(Q.PENDING_ACTIONS)
                 assert [(r["id"], r["kind"]) for r in rows] == [(1, "Reply")]
-                # version 5: a done action's payload is gone; a pending one waits for the key
+                # version 6: a done action's payload is gone; a pending one waits for the key
                 done = await tx.fetchone(Q.OUTBOX_ROW, (2,))
                 assert done["done_at"] is not None and done["payload"] is None
                 result = await audit.verify(tx, keys.audit_key, allow_unsigned=True)
@@ -82,7 +82,7 @@ async def test_migrating_from_each_earlier_version_preserves_data(db_path, keys,
             if start >= 3:
                 row = await tx.fetchone(Q.CONSENT_GET, ("C-1",))
                 assert row["doc"] == b"sealed" and row["version"] == 0  # re-sealed by the store, with the key
-            assert await tx.scalar(Q.GET_META, ("keyed_upgrade",)) == "005"
+            assert await tx.scalar(Q.GET_META, ("keyed_upgrade",)) == "006"
         # and the new schema is usable at once
         async with new.transaction() as tx:
             await audit.append(tx, keys.audit_key, at=T0, actor="@referral-bot", action="migrated")

@@ -36,7 +36,22 @@ async def test_a_read_only_database_is_refused_at_start(tmp_path, keys, immutabl
     await store.close()
     immutable(path)
     with pytest.raises(StorageError, match="is read-only, and the bot must write to it"):
-        await SQLiteStore.open(path, keys)
+        await SQLiteStore.open(path, keys, exclusive=True)
+
+
+async def test_status_reads_a_read_only_database(tmp_path, keys, immutable):
+    """`status` and `export` (not ``exclusive``) only read a database that knows its key:
+    they open an immutable file and see its referrals."""
+    path = tmp_path / "bot.sqlite3"
+    store = await SQLiteStore.open(path, keys)
+    await store.close()
+    immutable(path)
+    store = await SQLiteStore.open(path, keys)
+    try:
+        async with store.read() as tx:
+            assert await tx.all_referrals() == []
+    finally:
+        await store.close()
 
 
 def test_run_refuses_a_read_only_database_with_one_line(tmp_path, key_file, immutable):

@@ -1,4 +1,4 @@
--- 005 (PostgreSQL): same as 005_sealed_state.sqlite.sql (read that one for the why).
+-- 006 (PostgreSQL): same as 006_sealed_state.sqlite.sql (read that one for the why).
 -- PostgreSQL can change the column in place. Dead row versions keep the old JSON until
 -- VACUUM: the store runs VACUUM FULL on the outbox after its keyed upgrade.
 ALTER TABLE outbox ALTER COLUMN payload DROP NOT NULL;
@@ -12,4 +12,4 @@ CREATE TABLE store_meta (
     name         TEXT PRIMARY KEY,
     value        TEXT NOT NULL
 );
-INSERT INTO store_meta (name, value) VALUES ('keyed_upgrade', '005');
+INSERT INTO store_meta (name, value) VALUES ('keyed_upgrade', '006');

@@ -1,5 +1,5 @@
--- 005 (SQLite): nothing clinical in clear, and a state that can be checked (issue 9,
--- findings 2 and 8). The PostgreSQL variant is 005_sealed_state.postgres.sql.
+-- 006 (SQLite): nothing clinical in clear, and a state that can be checked (issue 9,
+-- findings 2 and 8). The PostgreSQL variant is 006_sealed_state.postgres.sql.
 --
 -- The outbox payload (an action's JSON: it can hold the question, the opinion, a reply)
 -- becomes an AES-256-GCM sealed BLOB under the records key, and NULL once the action is
@@ -22,7 +22,7 @@ CREATE INDEX outbox_pending ON outbox (done_at, id);
 
 -- Each consent and referral carries a version, bound into its sealed document's
 -- associated data and into the signed state, so an older copy of a row is refused.
--- 0 = sealed before version 5; the store re-seals those as version 1.
+-- 0 = sealed before version 6; the store re-seals those as version 1.
 ALTER TABLE consents ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE referrals ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 
@@ -33,4 +33,4 @@ CREATE TABLE store_meta (
     name         TEXT PRIMARY KEY,
     value        TEXT NOT NULL
 );
-INSERT INTO store_meta (name, value) VALUES ('keyed_upgrade', '005');
+INSERT INTO store_meta (name, value) VALUES ('keyed_upgrade', '006');
