@@ -32,7 +32,7 @@ from handlers.model import AuditEntry, ConsentRecord, Referral
 from storage import audit as audit_trail
 from storage import queries as Q
 from storage.db import Database, StorageError, Tx, from_text, to_text, utc_now
-from storage.interfaces import OutboxEntry, StoreError
+from storage.interfaces import DeadLetter, OutboxEntry, RecordUnreadable, SetAside, StoreError
 from storage.keys import Keys
 from storage.vault import ImageNotFound, ImageShredded, Vault, VaultEntry, VaultImage
 
@@ -60,11 +60,12 @@ class _Records:
         blob = bytes(blob)
         try:
             plain = self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], self._aad(kind, ident))
-        except (InvalidTag, ValueError):
-            raise StoreError(
-                f"cannot read {kind} {ident}: wrong key for this database, or the row was altered"
-            ) from None
-        return json.loads(plain)
+        except (InvalidTag, ValueError, TypeError):
+            raise RecordUnreadable(kind, ident, "wrong key for this database, or the row was altered") from None
+        try:
+            return json.loads(plain)
+        except ValueError:
+            raise RecordUnreadable(kind, ident, "the document is not valid JSON") from None
 
 
 class SQLiteTransaction:
@@ -107,7 +108,11 @@ class SQLiteTransaction:
 
     # -- referrals -------------------------------------------------------------------------
     def _referral(self, row: sqlite3.Row) -> Referral:
-        return Referral.from_dict(self._store._records.open("referral", row["referral_id"], row["doc"]))
+        doc = self._store._records.open("referral", row["referral_id"], row["doc"])
+        try:
+            return Referral.from_dict(doc)
+        except (KeyError, ValueError, TypeError):
+            raise RecordUnreadable("referral", row["referral_id"], "the document does not fit the model") from None
 
     async def get_referral(self, referral_id: str) -> Referral | None:
         row = await self._tx.fetchone(Q.REFERRAL_GET, (referral_id,))
@@ -147,9 +152,31 @@ class SQLiteTransaction:
     async def due_referrals(self, at: datetime) -> list[Referral]:
         return [self._referral(r) for r in await self._tx.fetchall(Q.REFERRALS_DUE, (to_text(at),))]
 
+    async def due_referral_ids(self, at: datetime) -> list[str]:
+        return [r["referral_id"] for r in await self._tx.fetchall(Q.REFERRAL_IDS_DUE, (to_text(at),))]
+
+    async def set_aside_referral(self, referral_id: str, reason: str, at: datetime) -> None:
+        await self._tx.execute(Q.SET_ASIDE_REFERRAL, (referral_id, to_text(at), reason))
+
+    async def referral_ids(self) -> list[str]:
+        """Every referral id, in opening order (not in the Protocol)."""
+        return [r["referral_id"] for r in await self._tx.fetchall(Q.REFERRAL_IDS_ALL)]
+
     async def all_referrals(self) -> list[Referral]:
         """Every referral, oldest first (for status and export tools; not in the Protocol)."""
         return [self._referral(r) for r in await self._tx.fetchall(Q.REFERRALS_ALL)]
+
+    async def readable_referrals(self) -> tuple[list[Referral], list[str]]:
+        """Every referral that can be read, and the ids of those that cannot (for status
+        and metrics, which must keep working when one row is damaged)."""
+        good: list[Referral] = []
+        bad: list[str] = []
+        for row in await self._tx.fetchall(Q.REFERRALS_ALL):
+            try:
+                good.append(self._referral(row))
+            except RecordUnreadable:
+                bad.append(row["referral_id"])
+        return good, bad
 
     # -- vault -------------------------------------------------------------------------------
     async def vault_put(self, image_id: str, data: bytes, media_type: str) -> None:
@@ -278,6 +305,28 @@ class SQLiteStore:
     async def vault_get(self, image_id: str) -> bytes | None:
         async with self.read() as tx:
             return await tx.vault_get(image_id)
+
+    async def dead_letter(self, outbox_id: int, *, kind: str, referral_id: str | None,
+                          reason: str, attempts: int, at: datetime) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute(Q.DEAD_LETTER_ADD, (int(outbox_id), to_text(at), kind, referral_id, reason, int(attempts)))
+            await tx.execute(Q.COMPLETE_ACTION, (to_text(at), int(outbox_id)))
+
+    async def dead_letters(self, limit: int = 50) -> list[DeadLetter]:
+        async with self.db.read() as tx:
+            rows = await tx.fetchall(Q.DEAD_LETTERS, (int(limit),))
+        return [DeadLetter(outbox_id=int(r["outbox_id"]), at=from_text(r["at"]), kind=r["kind"],
+                           referral_id=r["referral_id"], reason=r["reason"], attempts=int(r["attempts"]))
+                for r in rows]
+
+    async def dead_letter_count(self) -> int:
+        async with self.db.read() as tx:
+            return int(await tx.scalar(Q.DEAD_LETTER_COUNT))
+
+    async def set_aside_referrals(self) -> list[SetAside]:
+        async with self.db.read() as tx:
+            rows = await tx.fetchall(Q.SET_ASIDE_ALL)
+        return [SetAside(referral_id=r["referral_id"], at=from_text(r["at"]), reason=r["reason"]) for r in rows]
 
     async def verify_audit(self) -> audit_trail.VerifyResult:
         async with self.db.read() as tx:
