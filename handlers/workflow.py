@@ -13,7 +13,8 @@ Decisions (also in docs/commands.md):
 
 * The GP's original upload is always redacted (``RedactOriginalUpload``), even when
   the image is refused: the raw photo must not stay in any chat.
-* An image goes to the GP's most recently opened referral that is still open.
+* An image goes to the GP's most recently opened referral that is still open (opened
+  last in the store's sequence: never judged by the wall clock, which can step back).
 * Faces found and the consent does not cover identifiable images: the image is
   blurred at once and only the blurred copy is kept, HELD until the GP types
   ``!blur R-…`` (send it blurred) or ``!discard R-…``. Nothing unblurred is posted.
@@ -84,7 +85,7 @@ from handlers.model import (
 )
 from handlers.patientref import PatientRefHasher
 from handlers.policy import Policy
-from storage.interfaces import Store, Transaction
+from storage.interfaces import RecordUnreadable, Store, StoreError, Transaction
 
 __all__ = ["ClearedImage", "Workflow"]
 
@@ -192,7 +193,15 @@ class Workflow:
                 ctx = _Ctx(tx, event.event_id)
                 await self._dispatch(ctx, event)
                 return await ctx.flush()
-        except Exception as exc:  # a bug or a store failure: nothing was changed
+        except StoreError as exc:
+            if not isinstance(exc, RecordUnreadable):
+                # the store itself failed (disk full, lock timeout): nothing was changed and
+                # nothing is marked handled; the transport retries the event later
+                raise
+            log.error("handling a %s failed: a record cannot be read", type(event).__name__)
+            if not user_event:
+                raise
+        except Exception as exc:  # a bug: nothing was changed
             log.error("handling a %s failed: %s", type(event).__name__, type(exc).__name__)
             if not user_event:
                 raise
@@ -259,13 +268,37 @@ class Workflow:
 
     # ------------------------------------------------------------------ timers
     async def _tick(self, at: datetime) -> list[Action]:
+        """Each due referral in its own transaction: one that cannot be read (or trips a
+        bug) is set aside and alerted on, and never stops the others' expiries. A store
+        failure (disk full, lock timeout) stops the tick; the next one retries."""
         async with self.store.transaction() as tx:
-            out: list[Action] = []
-            for ref in await tx.due_referrals(at):
-                ctx = _Ctx(tx, f"tick:{at.isoformat()}:{ref.referral_id}")
-                await ctx.apply(*lc.tick(ref, at=at, policy=self.policy))
-                out.extend(await ctx.flush())
-            return out
+            due = await tx.due_referral_ids(at)
+        out: list[Action] = []
+        for rid in due:
+            try:
+                async with self.store.transaction() as tx:
+                    ref = await tx.get_referral(rid)
+                    if ref is None or ref.next_due_at() is None or ref.next_due_at() > at:
+                        continue  # changed since the list was read
+                    ctx = _Ctx(tx, f"tick:{at.isoformat()}:{rid}")
+                    await ctx.apply(*lc.tick(ref, at=at, policy=self.policy))
+                    out.extend(await ctx.flush())
+            except StoreError as exc:
+                if not isinstance(exc, RecordUnreadable):
+                    raise
+                await self._set_aside(rid, "unreadable", at)
+            except Exception as exc:  # a bug in one referral's rules
+                log.exception("the timer failed on referral %s", rid)
+                await self._set_aside(rid, f"error ({type(exc).__name__})", at)
+        return out
+
+    async def _set_aside(self, referral_id: str, reason: str, at: datetime) -> None:
+        log.error("referral %s set aside: %s; its timers stop until an operator repairs it "
+                  "(referral-bot status lists it)", referral_id, reason)
+        async with self.store.transaction() as tx:
+            await tx.set_aside_referral(referral_id, reason, at)
+            await tx.append_audit(AuditEntry(BOT_ACTOR, "referral.set_aside", at, referral_id=referral_id,
+                                             details={"reason": reason}))
 
     # ------------------------------------------------------------------ commands
     async def _command(self, ctx: _Ctx, ev: CommandReceived) -> None:
@@ -287,6 +320,16 @@ class Workflow:
 
     def _practice(self, actor: Actor) -> str | None:
         return actor.practice or self.policy.practices.get(actor.user_id)
+
+    def _require_referrer(self, ev: CommandReceived, kind: str, what: str) -> None:
+        """Roles are enforced: only directory clinicians listed as referrers record
+        consent or refer (a specialist on a roster is not one unless also listed so)."""
+        if not ev.actor.may_refer:
+            raise _Refuse(
+                f"Only clinicians listed as referrers in this bot's directory can {what}; "
+                f"ask your administrator to set your role to \"referrer\" or \"both\".",
+                audit=AuditEntry(ev.actor.user_id, f"{kind}.refused", ev.at, details={"rule": "role"}),
+            )
 
     def _in_direct_chat(self, ev: CommandReceived, what: str) -> None:
         if not isinstance(ev.place, DirectChat):
@@ -311,9 +354,11 @@ class Workflow:
             return HELP_TOPICS.get(cmd.topic, HELP_TEXT) if cmd.topic else HELP_TEXT
         if isinstance(cmd, ConsentCmd):
             self._in_direct_chat(ev, "!consent")
+            self._require_referrer(ev, "consent", "record consent")
             return await self._consent(ctx, ev, cmd)
         if isinstance(cmd, ReferCmd):
             self._in_direct_chat(ev, "!refer")
+            self._require_referrer(ev, "referral", "open referrals")
             return await self._refer(ctx, ev, cmd)
         if isinstance(cmd, OpinionCmd):
             return await self._opinion(ctx, ev, cmd)
@@ -562,7 +607,7 @@ class Workflow:
         open_refs = await tx.open_referrals_by_referrer(actor.user_id)
         if not open_refs:
             raise _Refuse("You have no open referral for this photo: record consent with !consent and open one with !refer first.")
-        ref = max(open_refs, key=lambda r: (r.opened_at, r.opened_seq))
+        ref = open_refs[-1]  # the newest by the store's opening sequence, never by the clock
         live = [i for i in ref.images if i.state is not ImageState.DISCARDED]
         if len(live) >= self.policy.max_images_per_referral:
             raise _Refuse(f"{ref.referral_id} already has {len(live)} images, the most allowed; open another referral for more.")
