@@ -41,10 +41,13 @@ retention_days = 90           # vault copy kept (when !consent gives no retentio
 adult_age = 16                # a parent's consent stops covering new sharing at this age
 
 [directory]
-# Who may invite and talk to the bot: clinicians below, plus these users / servers.
+# Who may invite and talk to the bot (!help, !status): clinicians below, plus these users /
+# servers. Only the clinicians below may send photos.
 allowed_users = []
 allowed_servers = ["example.org"]
 
+# role: "referrer" (default) may !consent and !refer; "specialist" may not, and is on the
+# roster of its specialties (may be in that room, may give !opinion); "both" is both.
 [[directory.clinicians]]
 user_id = "@dr.gp:example.org"
 role = "referrer"             # referrer | specialist | both
@@ -54,10 +57,12 @@ name = "Dr A. GP"
 [[directory.clinicians]]
 user_id = "@dr.derm:example.org"
 role = "specialist"
-specialties = ["dermatology"] # on this specialty's roster: may give !opinion
+specialties = ["dermatology"] # on this specialty's roster: may be in its room, may give !opinion
 name = "Dr B. Dermatologist"
 
-# One end-to-end-encrypted room per specialty; every member must be in the directory.
+# One end-to-end-encrypted room per specialty; every member must be on its roster (the
+# specialists above with this specialty, plus an optional roster = [...] here): a GP in
+# the room makes it unsafe, and the bot then posts nothing there.
 [specialties.dermatology]
 room = "!replace-with-room-id:example.org"
 title = "Dermatology advice"

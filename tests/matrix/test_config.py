@@ -124,3 +124,25 @@ def test_specialty_room_needed_for_matrix_only(tmp_path):
     del raw["matrix"]
     cfg = parse_config(raw, need_matrix=False)
     assert cfg.matrix is None and cfg.specialties["dermatology"].room == ""
+
+
+def test_roles_decide_who_may_refer_and_rosters_who_may_be_in_a_room(tmp_path):
+    """A clinician without ``role`` is a referrer (configs from before roles were
+    enforced keep working); a specialist may not refer; GPs are on no roster."""
+    from bot.app import directory_actors
+
+    text = BASE.format(secret='password = "x"').replace(
+        'user_id = "@derm:example.org"\nrole = "specialist"',
+        'user_id = "@derm:example.org"\nrole = "specialist"\npractice = "P1"')
+    text += ('\n[[directory.clinicians]]\nuser_id = "@both:example.org"\nrole = "both"\n'
+             'practice = "P1"\nspecialties = ["dermatology"]\n')
+    p = tmp_path / "c.toml"
+    p.write_text(text.replace("[telegram]\nallow_images = false\n", ""))
+    cfg = load_config(p)
+    actors = directory_actors(cfg)
+    assert actors["@gp:example.org"].may_refer is True
+    assert actors["@derm:example.org"].may_refer is False
+    assert actors["@both:example.org"].may_refer is True
+    assert cfg.roster("dermatology") == frozenset({"@derm:example.org", "@extra:example.org",
+                                                    "@both:example.org"})
+    assert "@gp:example.org" not in cfg.roster("dermatology")
