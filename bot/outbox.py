@@ -12,6 +12,11 @@ Reliability rules (security review, issue 9; docs/operations.md):
   waits behind a post and a stuck post never keeps a GP's ``!help`` unanswered.
   Inside a lane an action waits only for earlier actions with the same ordering key
   (the same referral, the same chat), so one failing action does not hold up the others.
+  One courtesy remains: while a post is actually being sent (not while one is failing or
+  backing off), the other lanes give way for at most ``post_first_seconds``, because
+  the image reaching the thread is the latency the specialist sees and the other lanes'
+  requests (redacting the GP's upload, deleting its media, the "Removed: ..." reply)
+  would compete with it on the homeserver.
 * **Three kinds of failure.** ``PermanentFailure`` (403, not in the room, unknown room:
   it can never work as it is): the action is set aside at once. An outage
   (``transient_errors``: the server cannot be reached): everything backs off, nothing is
@@ -43,7 +48,7 @@ from storage.interfaces import RecordUnreadable, StoreError
 log = logging.getLogger("referral_bot.outbox")
 
 #: the lanes, and which actions run in each (anything else is a message)
-LANES = ("removals", "posts", "messages")
+LANES = ("posts", "removals", "messages")  # posts start first (see post_first_seconds)
 _LANE_OF = {A.RemoveImages: "removals", A.RedactOriginalUpload: "removals",
             A.PostThreadRoot: "posts", A.PostImage: "posts"}
 
@@ -88,6 +93,8 @@ class OutboxLoop:
     max_backoff: float = 10.0
     #: failures of one action (not outages) before it is set aside, per lane
     max_attempts: dict[str, int] = {"posts": 20, "messages": 20, "removals": 120}
+    #: how long the other lanes give way to a post being sent (never longer)
+    post_first_seconds: float = 0.5
 
     def __init__(self, store: Any, workflow: Any, clock: Callable[[], datetime], tick_seconds: float):
         self.store = store
@@ -109,6 +116,9 @@ class OutboxLoop:
         self._not_before: dict[int, float] = {}   # outbox id -> monotonic time of its next try
         # executed, but the outcome is not stored yet: (outcome, dead-letter reason, attempts)
         self._unrecorded: dict[int, tuple[Any, str | None, int]] = {}
+        self._posts_sending = 0
+        self._no_post_sending = asyncio.Event()
+        self._no_post_sending.set()
         #: how often the store failed (for the metrics), and actions set aside in this process
         self.store_errors = 0
         self.dead_lettered = 0
@@ -225,6 +235,11 @@ class OutboxLoop:
             entry = self._next_runnable(mine, now)
             if entry is None:
                 return done
+            if lane != "posts" and not self._no_post_sending.is_set():
+                try:  # a post is being sent right now: let it go first, briefly
+                    await asyncio.wait_for(self._no_post_sending.wait(), self.post_first_seconds)
+                except asyncio.TimeoutError:
+                    pass
             if await self._run(lane, entry):
                 done += 1
         return done
@@ -254,7 +269,16 @@ class OutboxLoop:
             dead = None
             attempts = self._attempts.get(oid, 0) + 1
             try:
-                outcome = await self._execute(action)
+                if lane == "posts":
+                    self._posts_sending += 1
+                    self._no_post_sending.clear()
+                try:
+                    outcome = await self._execute(action)
+                finally:
+                    if lane == "posts":
+                        self._posts_sending -= 1
+                        if self._posts_sending == 0:
+                            self._no_post_sending.set()
             except asyncio.CancelledError:
                 raise
             except PermanentFailure as why:

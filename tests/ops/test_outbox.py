@@ -180,3 +180,31 @@ async def test_tick_survives_a_store_failure(h):
     h.workflow.handle = broken
     await loop.tick()  # logged and counted, never raised
     assert loop.store_errors == 1
+
+
+async def test_a_post_that_hangs_delays_a_removal_by_at_most_a_moment(h):
+    """Other lanes give way to a post being sent, but only for post_first_seconds: a post
+    stuck on the network never holds a removal back."""
+    await _referral_with_image_posted(h)
+    h.advance(days=8)
+    gate = asyncio.Event()
+
+    class HangingPosts(ScriptedLoop):
+        async def _execute(self, action):
+            if isinstance(action, A.PostThreadRoot):
+                await gate.wait()  # the homeserver never answers this one
+            return await super()._execute(action)
+
+    loop = HangingPosts(h)
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    await h.say(GP, f"!refer dermatology {cid} Another lesion?")
+    await loop._handle(E.Tick(at=h.now))
+    started = asyncio.get_running_loop().time()
+    draining = asyncio.create_task(loop.drain())
+    while h.chat and asyncio.get_running_loop().time() - started < 5:
+        await asyncio.sleep(0.05)
+    assert h.chat == {}  # removed while the post still hangs
+    assert asyncio.get_running_loop().time() - started < 2 * loop.post_first_seconds + 0.5
+    assert not draining.done()
+    gate.set()
+    await draining
