@@ -135,7 +135,7 @@ async def main(args) -> dict:
         # mandatory and blocks posting); every referral of phase 1 alternates between them
         cids = {}
         for case, ident in (("ident", "yes"), ("nonident", "no")):
-            ans = await w.gp_says(f"!consent patient=9434765919 by=patient purposes=care "
+            ans = await w.gp_says(f"!consent patient=9434765919 by=patient adult=yes specialties=dermatology purposes=care "
                                   f"identifiable={ident} notes=yes", expect="C-")
             cids[case] = re.search(r"C-[A-Z0-9]+", ans.body).group(0)
         cid = cids["ident"]

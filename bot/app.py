@@ -57,6 +57,23 @@ def make_workflow(store: Any, config: Config, keys: Any, clock: Callable[[], dat
     return Workflow(store=store, policy=config.policy(), hasher=keys.patient_ref_hasher())
 
 
+def make_filer(config: Config, store: Any, keys: Any, clock: Callable[[], datetime]):
+    """The filing sinks from ``[filing]`` (docs/filing.md), wrapped for the transports."""
+    from bot.filing.config import FilingConfigError, filing_key, parse_sinks
+    from bot.filing.filer import Filer
+
+    try:
+        sinks = parse_sinks(config.raw, key=filing_key(keys.records_key),
+                            base=config.path.parent if config.path else None)
+    except FilingConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if not sinks:
+        log.warning("no [[filing.sink]] is configured: records are not filed, and the vault copies are "
+                    "destroyed at the end of their retention (docs/filing.md)")
+    titles = {k: (s.title or k.capitalize()) for k, s in config.specialties.items()}
+    return Filer(store, sinks, clock=clock, titles=titles, legacy_export_dir=config.storage.export_dir)
+
+
 def pickle_key_for(config: Config, keys: Any) -> str:
     """The nio store's pickle key: configured, or derived from the deployment key."""
     if config.matrix and config.matrix.pickle_key:
@@ -78,6 +95,7 @@ class BotApp:
         self.admin = None
         self.state = None
         self.metrics_server = None
+        self.filer = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -118,16 +136,10 @@ class BotApp:
             tick_seconds=m.tick_seconds,
             sync_timeout_ms=m.sync_timeout_ms,
         )
-        exporter = None
-        try:
-            from storage.fhir_export import file_exporter
-
-            exporter = file_exporter(self.store, cfg.storage.export_dir, clock=self.clock)
-        except ImportError:  # pragma: no cover - a build without the FHIR exporter
-            log.warning("FHIR export is not available; !export will say so")
+        self.filer = make_filer(cfg, self.store, keys, self.clock)
         self.transport = MatrixTransport(self.client, self.store, self.workflow, settings,
                                          self.state, admin=self.admin, clock=self.clock,
-                                         exporter=exporter)
+                                         filer=self.filer)
         await self.transport.start()
         await self._start_metrics()
         log.info("bot is running")

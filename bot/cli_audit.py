@@ -1,4 +1,9 @@
 """`referral-bot audit verify --db PATH`: check the hash-chained audit trail.
+`referral-bot audit show R-… --db PATH`: a referral's audit trail, for a person to read
+(who opened it, who was in the room at each image post, who discussed, who gave the
+opinion, when it was filed and where, when the media were deleted).
+`referral-bot audit show --patient REF --db PATH --key-file KEY`: a subject access
+request: every referral under that patient's consents, and what was filed where.
 
 Exit 0 and "audit chain intact: N entries" when every link holds; exit 1 and
 "audit chain broken at entry N: ..." naming the first broken entry; exit 2 for
@@ -20,15 +25,160 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also require the last entry's hash to equal HASH (recorded earlier, e.g. from a previous run), "
         "which detects entries cut off the end",
     )
+    show = sub.add_parser("show", help="print a referral's audit trail, or every referral of a patient")
+    show.add_argument("referral_id", nargs="?", metavar="R-ID", help="the referral, e.g. R-7K3QX9")
+    show.add_argument("--patient", metavar="REF", help="a patient reference (e.g. the NHS number): subject access request")
+    show.add_argument("--db", required=True, metavar="PATH", help="the bot's SQLite database")
+    show.add_argument("--key-file", metavar="PATH", help="the bot's key file (needed with --patient); "
+                      "default: the REFERRAL_BOT_KEK environment variable")
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "audit_command", None) != "verify":
-        print("usage: referral-bot audit verify --db PATH", file=sys.stderr)
-        return 2
     import asyncio
 
+    command = getattr(args, "audit_command", None)
+    if command == "show":
+        if bool(args.referral_id) == bool(args.patient):
+            print("usage: referral-bot audit show (R-ID | --patient REF) --db PATH", file=sys.stderr)
+            return 2
+        return asyncio.run(_show(args))
+    if command != "verify":
+        print("usage: referral-bot audit (verify | show) --db PATH ...", file=sys.stderr)
+        return 2
     return asyncio.run(_verify(args.db, args.expect_head))
+
+
+_WORDS = {
+    "referral.opened": "opened the referral",
+    "thread.posted": "posted the question in the specialty room",
+    "image.accepted": "sent an image (metadata removed)",
+    "image.held": "sent an image that was held (faces, consent does not cover them)",
+    "image.post_requested": "queued an image for the specialty thread",
+    "image.posted": "posted an image in the specialty thread",
+    "image.room_members": "in the room when the image was posted",
+    "thread.discussed": "wrote in the thread",
+    "opinion.given": "gave the opinion",
+    "opinion.refused": "tried to give the opinion (not on the roster)",
+    "image.removal_requested": "asked for the images to be removed from the chat",
+    "image.removed": "removed images from the chat",
+    "referral.cancelled": "cancelled the referral",
+    "referral.expired": "expired the referral (no opinion in time)",
+    "referral.withdrawn": "withdrew the consent for this referral",
+    "referral.closed": "closed the referral",
+    "referral.export_requested": "asked for the record to be filed (!export)",
+    "referral.exported": "exported the record (referral-bot export)",
+    "record.filing_requested": "asked for the record to be filed",
+    "record.filed": "filed the record",
+    "record.filing_failed": "could not file the record",
+    "record.retention_warning": "warned that retention is near and the record is unfiled",
+    "record.copies_deleted": "deleted files left in filing folders",
+    "vault.retention_ended": "destroyed a vault copy (end of retention)",
+    "image.discarded": "discarded an image (never shown)",
+    "action.failed": "could not carry out an action",
+}
+
+
+def _line(e) -> str:
+    d = dict(e.details)
+    what = _WORDS.get(e.action, e.action)
+    extra = []
+    if e.action == "image.room_members":
+        extra.append("members: " + ", ".join(d.get("members", [])))
+    elif e.action in ("record.filed", "record.filing_failed"):
+        extra.append("to " + ", ".join(d.get("sinks", [])))
+    elif e.action == "image.removed":
+        extra.append("media deleted from the server" if d.get("media_deleted") else "media NOT confirmed deleted")
+    for key in ("image_id", "reason", "count", "attempt", "rule", "outcome"):
+        if key in d and e.action != "image.room_members":
+            extra.append(f"{key} {d[key]}")
+    tail = f" ({'; '.join(extra)})" if extra else ""
+    return f"{e.at.strftime('%Y-%m-%d %H:%M:%S')}  {e.actor}  {what}{tail}"
+
+
+async def _open_db(path: str):
+    from storage.db import Database
+
+    db = await Database.open(path, create=False, migrate=False)
+    return db
+
+
+async def _show(args) -> int:
+    from storage import audit
+    from storage.db import StorageError
+
+    if args.referral_id:
+        rid = args.referral_id.strip().upper()
+        try:
+            db = await _open_db(args.db)
+        except StorageError as exc:
+            print(f"referral-bot audit: {exc}", file=sys.stderr)
+            return 2
+        try:
+            async with db.read() as tx:
+                entries = await audit.entries(tx, rid)
+        finally:
+            await db.close()
+        if not entries:
+            print(f"referral-bot audit: no audit entries for {rid}", file=sys.stderr)
+            return 1
+        print(f"Audit trail of {rid} ({len(entries)} entries; times UTC)")
+        for e in entries:
+            print("  " + _line(e))
+        return 0
+    return await _subject_access(args)
+
+
+async def _subject_access(args) -> int:
+    """Which referrals the bot holds for this patient, and what was filed where. The
+    reference is hashed with the deployment key and compared with each consent's hash;
+    it is never printed back or logged."""
+    from storage import audit
+    from storage.db import StorageError
+    from storage.interfaces import StoreError
+    from storage.keys import KeyProblem, load_keys
+    from storage.sqlite_store import SQLiteStore
+
+    try:
+        keys = load_keys(args.key_file)
+        store = await SQLiteStore.open(args.db, keys, create=False)
+    except (KeyProblem, StorageError, StoreError) as exc:
+        print(f"referral-bot audit: {exc}", file=sys.stderr)
+        return 2
+    try:
+        try:
+            wanted = keys.patient_ref_hasher().hash(args.patient)
+        except ValueError:
+            print("referral-bot audit: the patient reference is empty", file=sys.stderr)
+            return 2
+        async with store.read() as tx:
+            consents = [c for c in await tx.all_consents() if c.patient_ref == wanted]
+            referrals = {c.consent_id: await tx.referrals_by_consent(c.consent_id) for c in consents}
+        async with store.db.read() as tx:
+            trails = {r.referral_id: await audit.entries(tx, r.referral_id) for rs in referrals.values() for r in rs}
+    finally:
+        await store.close()
+    if not consents:
+        print("No consent or referral is held for that patient reference.")
+        return 0
+    print(f"Subject access: {len(consents)} consent(s), {sum(len(r) for r in referrals.values())} referral(s)")
+    for c in consents:
+        state = f"withdrawn {c.withdrawn_at:%Y-%m-%d}" if c.withdrawn_at else "in force"
+        print(f"Consent {c.consent_id}: recorded {c.recorded_at:%Y-%m-%d} by {c.recorded_by} ({c.practice}); "
+              f"purposes {', '.join(sorted(p.value for p in c.purposes))}; {state}")
+        for r in referrals[c.consent_id]:
+            filed = [e for e in trails[r.referral_id] if e.action == "record.filed"]
+            where = sorted({s for e in filed for s in e.details.get("sinks", [])})
+            print(f"  {r.referral_id} {r.specialty}: opened {r.opened_at:%Y-%m-%d} by {r.referrer}, {r.state.value}"
+                  + (f" ({r.close_reason.value})" if r.close_reason else "")
+                  + (f"; opinion by {r.opinion_by}" if r.opinion_by else "")
+                  + (f"; filed to {', '.join(where)} (last {filed[-1].at:%Y-%m-%d %H:%M})" if filed else "; not filed")
+                  + f"; images {len([i for i in r.images if i.state.value != 'discarded'])}, "
+                  f"{sum(1 for i in r.images if not i.shredded)} still in the vault")
+            seen = sorted({m for e in trails[r.referral_id] if e.action == "image.room_members"
+                           for m in e.details.get("members", [])})
+            if seen:
+                print(f"    seen in the specialty room by: {', '.join(seen)}")
+    return 0
 
 
 async def _verify(path: str, expect_head: str | None) -> int:

@@ -8,6 +8,8 @@ import sys
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-running", action="store_true",
                         help="leave Synapse and the bot up afterwards and print logins for Element")
+    parser.add_argument("--with-pacs", action="store_true",
+                        help="also start a throwaway Orthanc PACS (if installed) and file the image there")
     parser.add_argument("--workdir", default=None, metavar="DIR",
                         help="use (and keep) this directory instead of a temporary one")
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(play(sys.stdout, keep_running=args.keep_running,
-                                workdir=Path(args.workdir) if args.workdir else None))
+                                workdir=Path(args.workdir) if args.workdir else None,
+                                with_pacs=args.with_pacs))
     except KeyboardInterrupt:
         return 0
     except (TimeoutError, AssertionError) as exc:

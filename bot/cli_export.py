@@ -1,12 +1,11 @@
 """`referral-bot export R-… --db PATH [--key-file PATH] [-o FILE]`.
 
-Writes the referral as a validated FHIR R4 Bundle (JSON), then crypto-shreds
-the vault copies of its images, as the design says ("the vault copy is
-crypto-shredded ... after export"): the file is written and synced first, so
-a crash in between never loses an image; then, in one transaction, the
-lifecycle's ``exported`` transition is applied (data keys destroyed, referral
-marked exported, audit entry appended). Images still waiting to be posted in
-the specialty thread keep their vault copy until the lifecycle is done with them.
+Writes the referral as a validated FHIR R4 Bundle (JSON) for the operator, and
+records that it was exported (the lifecycle's ``exported`` transition: audit
+entry, ``exported_at``). Exporting destroys nothing (issue 13): the vault copies
+go when their retention ends once the referral is filed (docs/filing.md), or at
+once on withdrawal. The file is written with an unguessable temporary name
+(``O_EXCL|O_NOFOLLOW``), mode 0600, fsynced and renamed into place.
 """
 from __future__ import annotations
 
@@ -75,27 +74,18 @@ async def _run(args: argparse.Namespace) -> int:
                 write_private(out, text, overwrite=args.force)
             except OSError as exc:
                 return _fail(f"cannot write {out}: {exc.strerror or exc}")
-        # The bundle is safely out: now destroy the vault copies (one transaction).
         try:
             async with store.transaction() as tx:
                 ref = await tx.get_referral(referral_id)
                 ref2, effects = lifecycle.exported(ref, at=at)
-                shredded = []
-                for image_id in effects.shred:
-                    if await tx.vault_shred(image_id, reason="exported"):
-                        shredded.append(image_id)
                 for entry in effects.audit:
                     await tx.append_audit(entry)
-                await tx.enqueue(effects.actions)
                 await tx.save_referral(ref2)
-        except lifecycle.IllegalTransition as exc:
-            return _fail(f"exported, but the vault copies were NOT shredded: {exc}", 1)
-        except (StorageError, StoreError) as exc:
-            return _fail(f"exported, but the vault copies were NOT shredded: {exc}", 1)
+        except (lifecycle.IllegalTransition, StorageError, StoreError) as exc:
+            return _fail(f"exported, but the export could not be recorded in the audit trail: {exc}", 1)
     finally:
         await store.close()
 
-    kept = [i.image_id for i in ref2.images if not i.shredded and i.image_id not in result.images_missing]
     report = sys.stderr if out is None else sys.stdout
     where = "standard output" if out is None else str(out)
     print(
@@ -104,18 +94,9 @@ async def _run(args: argparse.Namespace) -> int:
         + " and the consent record",
         file=report,
     )
-    if shredded:
-        print(
-            f"vault copies crypto-shredded after export: {', '.join(shredded)} "
-            "(their data keys are destroyed; nobody can decrypt them any more)",
-            file=report,
-        )
-    else:
-        print("no vault copy needed shredding", file=report)
+    print("nothing was destroyed: the vault copies stay until their retention ends once the referral is filed",
+          file=report)
     if result.images_missing:
         print(f"already destroyed before this export (listed without image data): {', '.join(result.images_missing)}",
-              file=report)
-    if kept:
-        print(f"still in the vault (waiting to be posted; shredded later by the lifecycle): {', '.join(kept)}",
               file=report)
     return 0

@@ -39,6 +39,12 @@ max_lifetime_hours = 72       # no opinion by then: images removed, referral exp
 reminder_before_hours = 12    # reminder this long before the max lifetime
 retention_days = 90           # vault copy kept (when !consent gives no retention=)
 adult_age = 16                # a parent's consent stops covering new sharing at this age
+consent_window_days = 30      # one episode: referrals may be opened this long after !consent
+max_consent_window_days = 365 # the longest valid-for= a GP may give
+# Patient references accepted besides NHS numbers (10 digits, modulus 11), e.g.:
+# [[policy.patient_references]]
+# name = "hospital no."
+# pattern = "RX[0-9]{{7}}"
 
 [directory]
 # Who may invite and talk to the bot (!help, !status): clinicians below, plus these users /

@@ -71,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
                     ledger = len(st.live_media())
                 finally:
                     st.close()
+        filing_failed = [{"referral": r.referral_id, "attempts": r.filing_failures,
+                          "sinks_done": list(r.filed_to), "next_try": _fmt(r.filing_retry_at)}
+                         for r in refs if r.awaiting_filing and r.filing_failures > 0]
         return {
+            "filing_configured": config.policy().filing_enabled,
+            "filing_pending": sum(1 for r in refs if r.awaiting_filing),
+            "filing_failed": filing_failed,
             "referrals_open": sum(1 for r in refs if r.is_open),
             "referrals_total": len(refs),
             "images_live_in_chat": live,
@@ -105,6 +111,15 @@ def run(args: argparse.Namespace) -> int:
     for o in info["overdue"]:
         print(f"  {o['referral']}  {o['state']}  due {o['due']} ({o['late_seconds']} s late)")
     print(f"Outbox actions pending: {info['outbox_pending']}")
+    if not info["filing_configured"]:
+        print("Filing: NOT CONFIGURED - records are not filed; vault copies are destroyed at the end of "
+              "their retention (add [[filing.sink]], docs/filing.md)")
+    else:
+        print(f"Filing: {info['filing_pending']} referral(s) waiting to be filed, "
+              f"{len(info['filing_failed'])} FAILING")
+        for f in info["filing_failed"]:
+            done = f", already in {', '.join(f['sinks_done'])}" if f["sinks_done"] else ""
+            print(f"  {f['referral']}  {f['attempts']} failed attempt(s){done}; next try {f['next_try']}")
     if info["media_on_server_not_yet_deleted"] is not None:
         print(f"Media the bot still has to delete from the homeserver: "
               f"{info['media_on_server_not_yet_deleted']}")

@@ -5,7 +5,8 @@ for a production one)::
 
     [matrix]       homeserver, user_id, password/admin token/pickle key (secrets), store_dir
     [storage]      backend, sqlite_path / dsn, key_file, deployment_secret
-    [policy]       grace period, max lifetime, reminder, retention, adult age
+    [policy]       grace period, max lifetime, reminder, retention, adult age, consent window,
+                   [[policy.patient_references]] (hospital numbers, CHI: name + pattern)
     [directory]    allowed_users / allowed_servers + [[directory.clinicians]]
     [specialties.<key>]  room, title, aliases, roster
     [telegram]     (parsed by the Telegram transport itself from ``Config.raw``)
@@ -137,7 +138,12 @@ class Config:
             for key, s in self.specialties.items()
         }
         practices = {c.user_id: c.practice for c in self.clinicians.values() if c.practice}
-        return Policy(specialties=specs, practices=practices, **self.policy_values)
+        filing = self.raw.get("filing") or {}
+        values = dict(self.policy_values)
+        values["filing_enabled"] = bool(isinstance(filing, dict) and filing.get("sink"))  # docs/filing.md
+        if isinstance(filing, dict) and "retention_warning_days" in filing:
+            values["retention_warning"] = timedelta(days=float(filing["retention_warning_days"]))
+        return Policy(specialties=specs, practices=practices, **values)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -183,6 +189,26 @@ def _duration(section: dict, name: str) -> timedelta | None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"[policy] {name}_{unit} must be a number of {unit} (0 or more).")
     return timedelta(seconds=float(value) * _UNITS[unit])
+
+
+def _patient_reference_schemes(entries: Any) -> tuple:
+    """[[policy.patient_references]] name = "hospital no.", pattern = "RX[0-9]{7}"."""
+    import re
+
+    from handlers.patientref import PatientRefScheme
+
+    if not isinstance(entries, list):
+        raise ConfigError("[[policy.patient_references]] must be a list of tables with name and pattern.")
+    out = []
+    for i, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict) or not entry.get("name") or not entry.get("pattern"):
+            raise ConfigError(f"[[policy.patient_references]] entry {i} needs name and pattern.")
+        try:
+            re.compile(str(entry["pattern"]))
+        except re.error:
+            raise ConfigError(f"[[policy.patient_references]] entry {i}: pattern is not a valid regular expression.") from None
+        out.append(PatientRefScheme(name=str(entry["name"]), pattern=str(entry["pattern"])))
+    return tuple(out)
 
 
 def _path(value: Any, base: Path | None, default: str) -> Path:
@@ -251,7 +277,9 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
                          ("reminder_before", "reminder_lead"), ("reminder_lead", "reminder_lead"),
                          ("retention", "default_retention"),
                          ("default_retention", "default_retention"),
-                         ("max_retention", "max_retention")):
+                         ("max_retention", "max_retention"),
+                         ("consent_window", "consent_window"),
+                         ("max_consent_window", "max_consent_window")):
         d = _duration(p, ours)
         if d is not None:
             policy_values[theirs] = d
@@ -260,6 +288,9 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
             policy_values["age_out_years"] = int(p[key])
     if "max_images_per_referral" in p:
         policy_values["max_images_per_referral"] = int(p["max_images_per_referral"])
+    schemes = _patient_reference_schemes(p.get("patient_references", []))
+    if schemes:
+        policy_values["patient_ref_schemes"] = schemes
 
     d = raw.get("directory", {}) or {}
     clinicians: dict[str, Clinician] = {}

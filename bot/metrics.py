@@ -29,6 +29,8 @@ scrape so they are right even after a restart:
                                            not end-to-end encrypted in an encrypted room,
                                            or their sender key was not the sender's
 ``referral_bot_scrape_errors_total``       refreshes that could not read the store
+``referral_bot_filing_failed``             referrals whose filing into the record is failing (retrying)
+``referral_bot_filing_pending``            referrals waiting to be filed (requested, not all sinks done)
 =========================================  ==============================================
 
 ``/healthz`` answers 200 ``{"status": "ok"}`` when the store answered and every transport
@@ -229,6 +231,10 @@ class Metrics:
         self.next_due = Gauge("referral_bot_next_due_timestamp_seconds",
                               "Unix time of the next timer (0 if none)", registry=r)
         self.outbox = Gauge("referral_bot_outbox_pending", "Outbox actions waiting to be executed", registry=r)
+        self.filing_failed = Gauge("referral_bot_filing_failed",
+                                   "Referrals whose filing into the record failed and is being retried", registry=r)
+        self.filing_pending = Gauge("referral_bot_filing_pending",
+                                    "Referrals waiting to be filed into the record", registry=r)
         self.sync_lag = Gauge("referral_bot_sync_lag_seconds", "Seconds since the transport last synced",
                               ["transport"], registry=r)
         self.refusals = Gauge("referral_bot_refusals_total",
@@ -321,6 +327,9 @@ class Metrics:
                 if now - due > self.overdue_after:
                     overdue += 1
         self.referrals_open.set(open_count)
+        self.filing_pending.set(sum(1 for r in referrals if r.awaiting_filing))
+        # a PACS outage is not the bot being unhealthy (no /healthz problem): alert on the gauge
+        self.filing_failed.set(sum(1 for r in referrals if r.awaiting_filing and r.filing_failures > 0))
         for state, n in by_state.items():
             self.referrals.labels(state=state).set(n)
         self.images_live.set(live)

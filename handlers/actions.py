@@ -34,6 +34,8 @@ __all__ = [
     "RedactOriginalUpload",
     "RemoveImages",
     "ExportReferral",
+    "FileRecord",
+    "PurgeFiledCopies",
     "action_from_dict",
     "ACTION_TYPES",
 ]
@@ -163,9 +165,41 @@ class ExportReferral(Action):
     reply_to: Place
 
 
+@dataclass(frozen=True, kw_only=True, repr=False)
+class FileRecord(Action):
+    """File the referral's record document (images, question, consent, opinion, addenda,
+    timeline) through the configured sinks (``bot/filing/``): PACS, the practice's document
+    inbox, its mailbox. ``version`` is ``Referral.filing_version`` when it was requested;
+    sinks named in ``skip`` already hold that version (a retry does not send twice).
+    The record is built when the action runs, from the store, so it is current.
+    Carries ids only. Feedback: ``RecordFiled``, which says which sinks took it, which
+    failed and why; the workflow replies to ``reply_to`` (``!export``) with where it went."""
+
+    feedback: ClassVar[str | None] = "RecordFiled"
+    referral_id: str
+    version: int
+    reason: str = "closed"  # closed | export | withdrawn | addendum | retry
+    skip: tuple[str, ...] = ()
+    reply_to: Place | None = None
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class PurgeFiledCopies(Action):
+    """Delete whatever the bot itself left on disk for this referral and that nobody has
+    taken in yet: files of versions before ``before_version`` still in a filing folder,
+    and FHIR files the old ``!export`` wrote. Requested on withdrawal and at the end of
+    retention. Feedback: ``FiledCopiesPurged(referral_id, count)``."""
+
+    feedback: ClassVar[str | None] = "FiledCopiesPurged"
+    referral_id: str
+    before_version: int
+    reason: str  # withdrawn | retention
+
+
 ACTION_TYPES: dict[str, type[Action]] = {
     cls.__name__: cls
-    for cls in (Reply, Notify, PostThreadRoot, PostImage, RedactOriginalUpload, RemoveImages, ExportReferral)
+    for cls in (Reply, Notify, PostThreadRoot, PostImage, RedactOriginalUpload, RemoveImages, ExportReferral,
+                FileRecord, PurgeFiledCopies)
 }
 
 

@@ -21,11 +21,13 @@ from datetime import date, timedelta
 from typing import Union
 
 from handlers.ids import normalise_id
-from handlers.model import ConsentBasis, Purpose
+from handlers.model import ConsentBasis, Purpose, Sex
 
 __all__ = [
     "CommandError",
     "ConsentCmd",
+    "ConsentShowCmd",
+    "ANY_SPECIALTY",
     "ReferCmd",
     "OpinionCmd",
     "WithdrawCmd",
@@ -48,6 +50,10 @@ class CommandError(ValueError):
 
 
 # ---------------------------------------------------------------- parsed commands
+#: ``specialties=any``: the consent covers referrals to any specialty.
+ANY_SPECIALTY = "any"
+
+
 @dataclass(frozen=True)
 class ConsentCmd:
     patient: str | None = None  # raw reference: hash it at once, never store or log it
@@ -55,14 +61,25 @@ class ConsentCmd:
     purposes: frozenset[Purpose] | None = None
     identifiable: bool | None = None
     notes: bool | None = None
-    dob: date | None = None  # used only to compute the age-out date, never stored
+    dob: date | None = None  # exact date: used while recording, only its year-month is stored
     gillick: bool | None = None
     statement: str | None = None
     retention: timedelta | None = None
     expires: date | None = None
+    adult: bool | None = None  # adult=yes: the patient is 18 or over (instead of dob=)
+    sex: Sex | None = None
+    specialties: tuple[str, ...] | None = None  # words as typed (lower case); ("any",) = any
+    valid_for: timedelta | None = None  # how long referrals may be opened under it
 
     def __repr__(self) -> str:  # never print the patient reference or free text
         return "ConsentCmd(<redacted>)"
+
+
+@dataclass(frozen=True)
+class ConsentShowCmd:
+    """``!consent show C-…``: read a consent back (never the patient reference)."""
+
+    consent_id: str
 
 
 @dataclass(frozen=True)
@@ -124,7 +141,7 @@ class HelpCmd:
 
 
 Command = Union[
-    ConsentCmd, ReferCmd, OpinionCmd, WithdrawCmd, StatusCmd, CancelCmd, ExportCmd, BlurCmd, DiscardCmd, HelpCmd
+    ConsentCmd, ConsentShowCmd, ReferCmd, OpinionCmd, WithdrawCmd, StatusCmd, CancelCmd, ExportCmd, BlurCmd, DiscardCmd, HelpCmd
 ]
 
 # ---------------------------------------------------------------- vocabulary
@@ -153,9 +170,14 @@ for _canon, _words in {
     "notes": ("notes", "in-notes", "recorded", "recorded-in-notes", "documented"),
     "dob": ("dob", "born", "birth", "date-of-birth", "birthdate"),
     "gillick": ("gillick", "competent", "gillick-competent"),
-    "statement": ("statement", "best-interests", "best-interests-statement", "bi", "reason", "why"),
+    "statement": ("statement", "best-interests", "best-interests-statement", "bi", "reason", "why",
+                  "wishes", "known-wishes", "views"),
     "retention": ("retention", "retain", "keep", "keep-for"),
     "expires": ("expires", "until", "valid-until", "expiry"),
+    "adult": ("adult", "over-18", "18+"),
+    "sex": ("sex", "gender"),
+    "specialties": ("specialties", "specialty", "speciality", "specialities", "spec", "to"),
+    "valid_for": ("valid-for", "validfor", "valid", "window", "episode", "refer-within"),
 }.items():
     for _w in _words:
         _CONSENT_KEYS[_w] = _canon
@@ -178,11 +200,21 @@ _PURPOSE_WORDS: dict[str, Purpose] = {}
 for _purpose, _words in {
     Purpose.CARE: ("care", "second-opinion", "second", "opinion", "clinical", "treatment", "referral", "advice"),
     Purpose.TEACHING: ("teaching", "teach", "education", "training"),
+    Purpose.AUDIT: ("audit", "clinical-audit", "quality-improvement", "qi"),
     Purpose.RESEARCH: ("research", "study"),
     Purpose.PUBLICATION: ("publication", "publish", "journal", "public"),
 }.items():
     for _w in _words:
         _PURPOSE_WORDS[_w] = _purpose
+
+_SEX_WORDS: dict[str, Sex] = {}
+for _sex, _words in {
+    Sex.FEMALE: ("female", "f", "woman", "girl"),
+    Sex.MALE: ("male", "m", "man", "boy"),
+    Sex.OTHER: ("other", "x", "intersex", "indeterminate"),
+}.items():
+    for _w in _words:
+        _SEX_WORDS[_w] = _sex
 
 _YES = {"yes", "y", "true", "1", "on", "ok"}
 _NO = {"no", "n", "false", "0", "off", "none"}
@@ -222,10 +254,10 @@ def _parse_date(key: str, value: str) -> date:
         raise CommandError(f"{key}={v} is not a real date; use YYYY-MM-DD.") from None
 
 
-def _parse_duration(value: str) -> timedelta:
+def _parse_duration(value: str, key: str = "retention") -> timedelta:
     m = _DURATION_RE.match(value.strip().lower())
     if not m:
-        raise CommandError("retention= takes a number of days, weeks, months or years, like 90d, 12w, 6m or 1y.")
+        raise CommandError(f"{key}= takes a number of days, weeks, months or years, like 90d, 12w, 6m or 1y.")
     n = int(m.group(1))
     unit = (m.group(2) or "d")[0]
     return timedelta(days=n * _DURATION_UNITS[unit])
@@ -234,7 +266,7 @@ def _parse_duration(value: str) -> timedelta:
 def _parse_purposes(value: str) -> frozenset[Purpose]:
     words = [w for w in re.split(r"[,+;/&\s]+|\band\b", value.strip().lower()) if w]
     if not words:
-        raise CommandError("purposes= needs at least one of: care, teaching, research, publication.")
+        raise CommandError("purposes= needs at least one of: care, teaching, audit, research, publication.")
     out: set[Purpose] = set()
     for w in words:
         w = _canon_word(w)
@@ -243,9 +275,20 @@ def _parse_purposes(value: str) -> frozenset[Purpose]:
                 "Consent must name each purpose explicitly: write e.g. purposes=care,teaching instead of 'all'."
             )
         if w not in _PURPOSE_WORDS:
-            raise CommandError(f"Unknown purpose {w!r}: use care, teaching, research or publication.")
+            raise CommandError("Unknown purpose in purposes=: use care, teaching, audit, research or publication.")
         out.add(_PURPOSE_WORDS[w])
     return frozenset(out)
+
+
+def _parse_specialties(value: str) -> tuple[str, ...]:
+    words = [_canon_word(w) for w in re.split(r"[,+;/&]+|\s+and\s+|\s+", value.strip().lower()) if w.strip()]
+    if not words:
+        raise CommandError("specialties= names the specialties the patient agreed to, e.g. specialties=dermatology, or specialties=any.")
+    if ANY_SPECIALTY in words or "all" in words:
+        if len(words) > 1:
+            raise CommandError("specialties= is either a list of specialties or any, not both.")
+        return (ANY_SPECIALTY,)
+    return tuple(dict.fromkeys(words))
 
 
 def _split_args(rest: str, what: str) -> list[str]:
@@ -255,12 +298,19 @@ def _split_args(rest: str, what: str) -> list[str]:
         raise CommandError(f"A quote is not closed in your {what} command; put values with spaces in \"double quotes\".") from None
 
 
-def _parse_consent(rest: str) -> ConsentCmd:
+_SHOW_WORDS = frozenset({"show", "view", "read", "get", "see"})
+
+
+def _parse_consent(rest: str) -> ConsentCmd | ConsentShowCmd:
     tokens = _split_args(rest, "!consent")
     if not tokens:
         raise CommandError(
-            "Type e.g. !consent patient=<ref> by=patient purposes=care identifiable=no notes=yes (see !help consent)."
+            "Type e.g. !consent patient=<NHS no.> by=patient adult=yes purposes=care identifiable=no notes=yes specialties=dermatology (see !help consent)."
         )
+    if tokens[0].lower() in _SHOW_WORDS:
+        return ConsentShowCmd(_need_id(tokens[1] if len(tokens) > 1 else None, "C", "!consent show C-…"))
+    if len(tokens) == 1 and "=" not in tokens[0] and ":" not in tokens[0] and normalise_id(tokens[0], "C") is not None:
+        return ConsentShowCmd(_need_id(tokens[0], "C", "!consent show C-…"))
     # allow "key = value" written with spaces around '='
     merged: list[str] = []
     i = 0
@@ -288,13 +338,14 @@ def _parse_consent(rest: str) -> ConsentCmd:
         key, value = _canon_word(tok[:cut]), tok[cut + 1 :].strip()
         if key not in _CONSENT_KEYS:
             raise CommandError(
-                f"Unknown field {key!r}: use patient, by, purposes, identifiable, notes, dob, gillick, statement, retention, expires."
+                "Unknown field: use patient, by, purposes, identifiable, notes, specialties, dob, adult, sex, gillick, statement, valid-for, retention, expires."
             )
         canon = _CONSENT_KEYS[key]
+        shown = canon.replace("_", "-")
         if canon in values:
-            raise CommandError(f"{canon}= is given twice; give it once.")
+            raise CommandError(f"{shown}= is given twice; give it once.")
         if not value:
-            raise CommandError(f"{canon}= has no value.")
+            raise CommandError(f"{shown}= has no value.")
         values[canon] = value
 
     kw: dict[str, object] = {}
@@ -323,6 +374,17 @@ def _parse_consent(rest: str) -> ConsentCmd:
         kw["retention"] = _parse_duration(values["retention"])
     if "expires" in values:
         kw["expires"] = _parse_date("expires", values["expires"])
+    if "adult" in values:
+        kw["adult"] = _yes_no("adult", values["adult"])
+    if "sex" in values:
+        w = _canon_word(values["sex"])
+        if w not in _SEX_WORDS:
+            raise CommandError("sex= takes female, male or other (or leave it out).")
+        kw["sex"] = _SEX_WORDS[w]
+    if "specialties" in values:
+        kw["specialties"] = _parse_specialties(values["specialties"])
+    if "valid_for" in values:
+        kw["valid_for"] = _parse_duration(values["valid_for"], "valid-for")
     return ConsentCmd(**kw)  # type: ignore[arg-type]
 
 
@@ -423,21 +485,24 @@ def parse_command(text: str) -> Command:
 # ---------------------------------------------------------------- help
 HELP_TEXT = """\
 Referral bot — send a clinical photo to a specialist safely.
-1. !consent patient=<ref> by=<who> purposes=<list> identifiable=yes|no notes=yes
+1. !consent patient=<NHS no.> by=<who> purposes=<list> identifiable=yes|no notes=yes specialties=<list>|any
      who: patient, parent, attorney, deputy, best-interests, deceased-wishes, executor, family
-     purposes: care, teaching, research, publication (name each one)
-     optional: dob=YYYY-MM-DD (needed for by=parent) gillick=yes|no statement="..." retention=90d expires=YYYY-MM-DD
-   -> you get a consent id C-…
+     purposes: care, teaching, audit, research, publication (name each one)
+     age: dob=YYYY-MM-DD (needed for by=parent; by=patient needs dob= or adult=yes)
+     optional: sex=female|male|other gillick=yes|no statement="..." valid-for=30d retention=90d expires=YYYY-MM-DD
+   -> you get a consent id C-…; !consent show C-… reads it back
 2. !refer <specialty> <C-id> <clinical question>   -> referral R-…; then send the photo(s) here.
 3. The specialist answers in the thread with !opinion <text>; you get it here. Images are removed afterwards.
 Other: !status [R-…]  !cancel R-…  !withdraw C-…  !export R-…  !blur R-… / !discard R-… (held images)  !help <command>"""
 
 HELP_TOPICS: dict[str, str] = {
     "consent": (
-        "!consent patient=<ref> by=patient|parent|attorney|deputy|best-interests|deceased-wishes|executor|family "
-        "purposes=care,teaching,research,publication identifiable=yes|no notes=yes "
-        "[dob=YYYY-MM-DD] [gillick=yes|no] [statement=\"...\"] [retention=90d] [expires=YYYY-MM-DD]. "
-        "The patient reference is stored only as a keyed hash."
+        "!consent patient=<NHS no.> by=patient|parent|attorney|deputy|best-interests|deceased-wishes|executor|family "
+        "purposes=care,teaching,audit,research,publication identifiable=yes|no notes=yes specialties=dermatology|any "
+        "[dob=YYYY-MM-DD | adult=yes] [sex=female|male|other] [gillick=yes|no] [statement=\"...\"] [valid-for=30d] "
+        "[retention=90d] [expires=YYYY-MM-DD]. Referrals may be opened under it for 30 days (valid-for=). "
+        "Someone deciding for the patient needs statement=\"...\" (why, and whose views were heard). "
+        "The patient reference is stored only as a keyed hash; !consent show C-… reads a consent back."
     ),
     "refer": "!refer <specialty> <C-id> <clinical question> — opens a referral R-…; then send the photo(s) in this chat.",
     "opinion": "!opinion <text> — in the referral's thread, by a specialist on that specialty's roster.",

@@ -40,6 +40,8 @@ __all__ = [
     "ImagesRemoved",
     "ExportCompleted",
     "ActionFailed",
+    "RecordFiled",
+    "FiledCopiesPurged",
     "Tick",
     "Event",
 ]
@@ -132,7 +134,9 @@ class ThreadRootPosted:
 
 @dataclass(frozen=True)
 class ImagePosted:
-    """Feedback for ``PostImage``: the image event and the uploaded media (mxc:// URI)."""
+    """Feedback for ``PostImage``: the image event and the uploaded media (mxc:// URI).
+    ``members``: the user ids joined to the room when the image was posted (who could
+    see it), for the audit trail; empty when the transport cannot tell."""
 
     event_id: str
     at: datetime
@@ -140,6 +144,7 @@ class ImagePosted:
     image_id: str
     room_event_id: str
     media_uri: str
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,35 @@ class ActionFailed:
 
 
 @dataclass(frozen=True)
+class RecordFiled:
+    """Feedback for ``FileRecord``: which sinks took ``version`` (``filed``, with
+    ``where``: their plain labels, e.g. "the practice document inbox"), and which did not
+    (``failed``, with ``reason``: one plain sentence, no patient data, no server path)."""
+
+    event_id: str
+    at: datetime
+    referral_id: str
+    version: int
+    filed: tuple[str, ...] = ()
+    where: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    failed_where: tuple[str, ...] = ()
+    reason: str = ""
+    reply_to: Place | None = None
+
+
+@dataclass(frozen=True)
+class FiledCopiesPurged:
+    """Feedback for ``PurgeFiledCopies``: how many files were deleted."""
+
+    event_id: str
+    at: datetime
+    referral_id: str
+    count: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Tick:
     """Timer: run everything that fell due at or before ``at``. Not deduplicated
     (has no event id); handling it twice is harmless because due work changes state."""
@@ -200,5 +234,7 @@ Event = Union[
     ImagesRemoved,
     ExportCompleted,
     ActionFailed,
+    RecordFiled,
+    FiledCopiesPurged,
     Tick,
 ]

@@ -34,11 +34,21 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from handlers.actions import Action, Notify, PostedImageRef, PostImage, PostThreadRoot, RemoveImages, Reply
+from handlers.actions import (
+    Action,
+    FileRecord,
+    Notify,
+    PostedImageRef,
+    PostImage,
+    PostThreadRoot,
+    PurgeFiledCopies,
+    RemoveImages,
+    Reply,
+)
 from handlers.consent import check_cover
-from handlers.events import DirectChat, SpecialtyThread
+from handlers.events import DirectChat, Place, SpecialtyThread
 from handlers.model import (
     BOT_ACTOR,
     OPEN_STATES,
@@ -70,6 +80,9 @@ __all__ = [
     "images_removed",
     "post_failed",
     "exported",
+    "request_filing",
+    "record_filed",
+    "copies_purged",
     "tick",
     "fmt_time",
 ]
@@ -93,6 +106,8 @@ class Input(str, enum.Enum):
     IMAGES_REMOVED = "images_removed"
     EXPORTED = "exported"
     RETENTION = "retention"  # vault retention ended for an image (tick)
+    FILE = "file"  # file the record: on closing, !export, withdrawal, an addendum
+    FILED = "filed"  # feedback from the sinks (RecordFiled)
 
 
 _OPEN = tuple(s for s in S if s in OPEN_STATES)  # in lifecycle order
@@ -115,6 +130,8 @@ ALLOWED: dict[Input, tuple[ReferralState, ...]] = {
     Input.IMAGES_REMOVED: _ALL,
     Input.EXPORTED: _ALL,
     Input.RETENTION: _ALL,
+    Input.FILE: _ALL,  # a referral is filed whatever its chat state; withdrawal re-files the notice
+    Input.FILED: _ALL,
 }
 
 
@@ -357,11 +374,28 @@ def _removal_action(ref: Referral, items: list[ImageItem], reason: CloseReason) 
     )
 
 
+#: the audit keeps flat lists of at most this many values; longer member lists are split
+_MEMBERS_PER_ENTRY = 50
+
+
+def _members_audit(ref: Referral, image_id: str, members: tuple[str, ...], at: datetime) -> list[AuditEntry]:
+    """Who could see the image when it was posted (user ids only), for information
+    governance (``referral-bot audit show``)."""
+    ids = sorted(set(members))
+    if not ids:
+        return []
+    return [
+        _audit(BOT_ACTOR, "image.room_members", at, ref, image_id=image_id, count=len(ids),
+               members=ids[i:i + _MEMBERS_PER_ENTRY])
+        for i in range(0, len(ids), _MEMBERS_PER_ENTRY)
+    ]
+
+
 def image_posted(
-    ref: Referral, *, image_id: str, room_event_id: str, media_uri: str, at: datetime
+    ref: Referral, *, image_id: str, room_event_id: str, media_uri: str, at: datetime, members: tuple[str, ...] = ()
 ) -> tuple[Referral, Effects]:
-    """Feedback: an image is in the thread. If the referral is already closing, it is
-    removed at once."""
+    """Feedback: an image is in the thread (``members``: who was joined to the room at
+    that moment). If the referral is already closing, it is removed at once."""
     _require(ref, Input.IMAGE_POSTED)
     item = ref.image(image_id)
     if item is None:
@@ -372,6 +406,7 @@ def image_posted(
         item = dataclasses.replace(item, state=ImageState.REMOVING, room_event_id=room_event_id, media_uri=media_uri)
         ref = ref.with_image(item)
         eff.actions.append(_removal_action(ref, [item], ref.close_reason or CloseReason.CANCELLED))
+        eff.audit.extend(_members_audit(ref, image_id, members, at))
         eff.audit.append(_audit(BOT_ACTOR, "image.removal_requested", at, ref, count=1, reason="late_post"))
         if ref.state is S.CLOSED:
             ref = dataclasses.replace(ref, state=S.IMAGES_EXPIRED, closed_at=None)
@@ -381,6 +416,7 @@ def image_posted(
     item = dataclasses.replace(item, state=ImageState.POSTED, room_event_id=room_event_id, media_uri=media_uri)
     ref = ref.with_image(item)
     eff.audit.append(_audit(BOT_ACTOR, "image.posted", at, ref, image_id=image_id))
+    eff.audit.extend(_members_audit(ref, image_id, members, at))
     if ref.state in (S.IMAGES_EXPIRED, S.CLOSED):
         reason = ref.close_reason or CloseReason.CANCELLED
         item = dataclasses.replace(item, state=ImageState.REMOVING)
@@ -393,11 +429,13 @@ def image_posted(
 
 
 def discussed(ref: Referral, *, at: datetime, actor: str) -> tuple[Referral, Effects]:
-    """Someone wrote in the thread: ``posted`` -> ``discussed``; elsewhere no change."""
+    """Someone wrote in the thread: ``posted`` -> ``discussed``. Every message's author is
+    audited (who discussed the referral: information governance), never its text."""
     _require(ref, Input.DISCUSS)
+    eff = Effects(audit=[_audit(actor, "thread.discussed", at, ref)])
     if ref.state is S.POSTED:
-        return dataclasses.replace(ref, state=S.DISCUSSED), Effects(audit=[_audit(actor, "thread.discussed", at, ref)])
-    return ref, Effects()
+        return dataclasses.replace(ref, state=S.DISCUSSED), eff
+    return ref, eff
 
 
 def give_opinion(
@@ -423,7 +461,8 @@ def give_opinion(
             text=(
                 f"Opinion on {ref.referral_id} ({ref.specialty}) from {who}:\n{text}\n"
                 f"The images will be removed from the specialty room at {fmt_time(remove_at)}. "
-                f"Use !export {ref.referral_id} to file the record."
+                + (f"I am filing the record (images, question, opinion, consent) now."
+                   if policy.filing_enabled else f"Use !export {ref.referral_id} to file the record.")
             ),
         )
     )
@@ -434,6 +473,7 @@ def give_opinion(
         )
     )
     eff.audit.append(_audit(by, "opinion.given", at, ref))
+    ref = _file(ref, at=at, policy=policy, reason="closed", eff=eff)
     return ref, eff
 
 
@@ -464,19 +504,30 @@ def _start_removal(ref: Referral, *, at: datetime, reason: CloseReason, actor: s
     return ref, eff
 
 
-def cancel(ref: Referral, *, at: datetime, actor: str) -> tuple[Referral, Effects]:
-    """The GP cancels: images leave the chat now (also during the grace period)."""
+def cancel(ref: Referral, *, at: datetime, actor: str, policy: Policy | None = None) -> tuple[Referral, Effects]:
+    """The GP cancels: images leave the chat now (also during the grace period). The
+    record is filed (what was shared, and that it was cancelled), unless it already was
+    filed with its opinion."""
     _require(ref, Input.CANCEL)
+    was_open = ref.is_open
     ref2, eff = _start_removal(ref, at=at, reason=CloseReason.CANCELLED, actor=actor)
     eff.audit.insert(0, _audit(actor, "referral.cancelled", at, ref2))
     if ref.thread_root_event_id is not None:
         eff.actions.append(Reply(to=_thread(ref2), text=f"{ref.referral_id} was cancelled by the GP."))
+    if was_open:
+        ref2 = _file(ref2, at=at, policy=policy, reason="closed", eff=eff)
     return ref2, eff
 
 
-def withdraw(ref: Referral, *, at: datetime, actor: str) -> tuple[Referral, Effects]:
+def withdraw(
+    ref: Referral, *, at: datetime, actor: str, policy: Policy | None = None
+) -> tuple[Referral, Effects]:
     """Consent withdrawn: immediate, in every state. Images leave the chat and every
-    vault copy is shredded now (withdrawal overrides retention)."""
+    vault copy is shredded now (withdrawal overrides retention and filing). Copies the
+    bot left in filing folders are deleted, and the record is filed again WITHOUT the
+    images: what was asked, the opinion if any, the consent and its withdrawal (GMC,
+    recordings para 15: what was done for the patient's care is part of their record;
+    the images are not, once the patient has withdrawn: docs/filing.md)."""
     _require(ref, Input.WITHDRAW)
     eff = Effects()
     if ref.state in (S.IMAGES_EXPIRED, S.CLOSED):
@@ -492,6 +543,11 @@ def withdraw(ref: Referral, *, at: datetime, actor: str) -> tuple[Referral, Effe
             eff.shred.append(item.image_id)
             ref = ref.with_image(dataclasses.replace(item, shredded=True))
     eff.audit.insert(0, _audit(actor, "referral.withdrawn", at, ref))
+    if ref.filing_version > 0 or ref.exported_at is not None:
+        eff.actions.append(
+            PurgeFiledCopies(referral_id=ref.referral_id, before_version=ref.filing_version + 1, reason="withdrawn")
+        )
+    ref = _file(ref, at=at, policy=policy, reason="withdrawn", eff=eff)
     return ref, eff
 
 
@@ -546,17 +602,172 @@ def post_failed(
 
 
 def exported(ref: Referral, *, at: datetime) -> tuple[Referral, Effects]:
-    """Feedback: the record was exported; vault copies are crypto-shredded (images still
-    in the chat stay until the lifecycle removes them)."""
+    """Feedback: the record was exported (``referral-bot export``, or an old ``!export``
+    still in the outbox). Exporting destroys nothing: the vault copies go at the end of
+    their retention once the referral is filed, or on withdrawal."""
     _require(ref, Input.EXPORTED)
-    eff = Effects()
-    for item in ref.images:
-        if not item.shredded and item.state not in (ImageState.HELD, ImageState.WAITING, ImageState.POSTING):
-            eff.shred.append(item.image_id)
-            ref = ref.with_image(dataclasses.replace(item, shredded=True))
     ref = dataclasses.replace(ref, exported_at=at)
-    eff.audit.append(_audit(BOT_ACTOR, "referral.exported", at, ref, shredded=len(eff.shred)))
+    return ref, Effects(audit=[_audit(BOT_ACTOR, "referral.exported", at, ref)])
+
+
+# ------------------------------------------------------------------ filing
+#: a filing just requested gets this long before "still not filed" is worth a warning
+_WARN_NOT_BEFORE = timedelta(hours=1)
+
+
+def _retry_delay(policy: Policy, failures: int) -> timedelta:
+    delay = policy.filing_retry_first * (2 ** max(0, failures - 1))
+    return min(delay, policy.filing_retry_max)
+
+
+def _first_retention_end(ref: Referral) -> datetime | None:
+    return min((i.retention_until for i in ref.images if not i.shredded), default=None)
+
+
+def _file(
+    ref: Referral,
+    *,
+    at: datetime,
+    policy: Policy | None,
+    reason: str,
+    eff: Effects,
+    reply_to: Place | None = None,
+    actor: str = BOT_ACTOR,
+) -> Referral:
+    """Ask for a new version of the record to be filed (no-op when filing is off)."""
+    if policy is None or not policy.filing_enabled:
+        return ref
+    version = ref.filing_version + 1
+    end = _first_retention_end(ref)
+    ref = dataclasses.replace(
+        ref,
+        filing_version=version,
+        filed_to=(),
+        filing_failures=0,
+        filing_retry_at=None,
+        retention_warning_at=None if end is None else max(at + _WARN_NOT_BEFORE, end - policy.retention_warning),
+    )
+    eff.actions.append(FileRecord(referral_id=ref.referral_id, version=version, reason=reason, reply_to=reply_to))
+    eff.audit.append(_audit(actor, "record.filing_requested", at, ref, reason=reason, attempt=1))
+    return ref
+
+
+def request_filing(
+    ref: Referral, *, at: datetime, policy: Policy, reason: str, reply_to: Place | None = None, actor: str = BOT_ACTOR
+) -> tuple[Referral, Effects]:
+    """File the record now (``!export``, an addendum): a new version, through every sink.
+    Destroys nothing. Raises ``IllegalTransition`` when filing is not configured."""
+    _require(ref, Input.FILE)
+    if not policy.filing_enabled:
+        raise IllegalTransition(
+            "Filing is not set up on this bot, so I cannot file the record; ask your administrator.",
+            state=ref.state,
+            input=Input.FILE,
+        )
+    eff = Effects()
+    ref = _file(ref, at=at, policy=policy, reason=reason, eff=eff, reply_to=reply_to, actor=actor)
     return ref, eff
+
+
+def _and(words: tuple[str, ...] | list[str]) -> str:
+    words = list(words)
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def record_filed(
+    ref: Referral,
+    *,
+    version: int,
+    filed: tuple[str, ...],
+    where: tuple[str, ...],
+    failed: tuple[str, ...],
+    failed_where: tuple[str, ...],
+    reason: str,
+    at: datetime,
+    policy: Policy,
+    reply_to: Place | None = None,
+) -> tuple[Referral, Effects]:
+    """Feedback from the sinks. All took it: the referral is filed (retention may now
+    destroy the vault copies when it ends). Some failed: retry with a growing delay;
+    the GP hears of the first failure and of the recovery, the operator sees every one
+    (``referral-bot status``, the ``referral_bot_filing_failed`` metric, the audit)."""
+    _require(ref, Input.FILED)
+    eff = Effects()
+    rid = ref.referral_id
+    if filed:
+        eff.audit.append(_audit(BOT_ACTOR, "record.filed", at, ref, sinks=list(filed), attempt=ref.filing_failures + 1))
+    if version != ref.filing_version:  # a newer version was requested meanwhile: it decides
+        return ref, eff
+    filed_to = tuple(dict.fromkeys(ref.filed_to + tuple(filed)))
+    to = reply_to
+    if not failed:
+        recovered = ref.filing_failures > 0
+        ref = dataclasses.replace(
+            ref, filed_to=filed_to, filed_version=version, filed_at=at, filing_failures=0,
+            filing_retry_at=None, retention_warning_at=None,
+        )
+        text = f"{rid} filed to {_and(where)}." if where else f"{rid} filed."
+        if to is not None:
+            eff.actions.append(Reply(to=to, text=text))
+        elif recovered:
+            eff.actions.append(Notify(user_id=ref.referrer, text=f"{text} (It had failed before; it is done now.)"))
+        return ref, eff
+    failures = ref.filing_failures + 1
+    retry_at = at + _retry_delay(policy, failures)
+    ref = dataclasses.replace(ref, filed_to=filed_to, filing_failures=failures, filing_retry_at=retry_at)
+    eff.audit.append(
+        _audit(BOT_ACTOR, "record.filing_failed", at, ref, sinks=list(failed), attempt=failures, permanent=False)
+    )
+    done = f" It did reach {_and(where)}." if where else ""
+    text = (
+        f"I could not file {rid} to {_and(failed_where) or 'the record'}: {reason}{done} "
+        f"I will try again at {fmt_time(retry_at)} and keep its images until it is filed; "
+        f"your administrator has been alerted."
+    )
+    if to is not None:
+        eff.actions.append(Reply(to=to, text=text))
+    elif failures == 1:
+        eff.actions.append(Notify(user_id=ref.referrer, text=text))
+    return ref, eff
+
+
+def copies_purged(ref: Referral, *, count: int, reason: str, at: datetime) -> tuple[Referral, Effects]:
+    """Feedback: files the bot had left on disk for this referral were deleted."""
+    _require(ref, Input.FILED)
+    return ref, Effects(audit=[_audit(BOT_ACTOR, "record.copies_deleted", at, ref, count=count, reason=reason)])
+
+
+def _filing_timers(ref: Referral, *, at: datetime, policy: Policy, eff: Effects) -> Referral:
+    """Retry a failed filing; warn when retention is near and the referral is unfiled."""
+    if not ref.awaiting_filing:
+        return ref
+    rid = ref.referral_id
+    if ref.filing_retry_at is not None and at >= ref.filing_retry_at:
+        ref = dataclasses.replace(ref, filing_retry_at=None)
+        eff.actions.append(FileRecord(referral_id=rid, version=ref.filing_version, reason="retry", skip=ref.filed_to))
+        eff.audit.append(_audit(BOT_ACTOR, "record.filing_requested", at, ref, reason="retry", attempt=ref.filing_failures + 1))
+    if ref.retention_warning_at is not None and at >= ref.retention_warning_at:
+        end = _first_retention_end(ref)
+        if end is None:
+            ref = dataclasses.replace(ref, retention_warning_at=None)
+        else:
+            ended = at >= end
+            when = "has ended" if ended else f"ends at {fmt_time(end)}"
+            eff.actions.append(
+                Notify(
+                    user_id=ref.referrer,
+                    text=(
+                        f"{rid} ({ref.specialty}) is not filed yet and the retention of its images {when}. "
+                        f"I keep them until it is filed; your administrator has been alerted. "
+                        f"You can try again with !export {rid}."
+                    ),
+                )
+            )
+            eff.audit.append(_audit(BOT_ACTOR, "record.retention_warning", at, ref, outcome="ended" if ended else "near"))
+            ref = dataclasses.replace(ref, retention_warning_at=None if ended else end)
+    return ref
 
 
 # ------------------------------------------------------------------ timers
@@ -577,6 +788,7 @@ def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effe
         )
         if ref.thread_root_event_id is not None:
             e.actions.append(Reply(to=_thread(ref), text=f"{ref.referral_id} expired without an opinion; {outcome}."))
+        ref = _file(ref, at=at, policy=policy, reason="closed", eff=e)
         eff.extend(e)
     elif ref.is_open and not ref.reminder_sent and at >= ref.reminder_at:
         ref = dataclasses.replace(ref, reminder_sent=True)
@@ -597,9 +809,18 @@ def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effe
     if ref.state is S.OPINION_GIVEN and ref.remove_images_at is not None and at >= ref.remove_images_at:
         ref, e = _start_removal(ref, at=at, reason=CloseReason.OPINION, actor=BOT_ACTOR)
         eff.extend(e)
+    ref = _filing_timers(ref, at=at, policy=policy, eff=eff)
+    if ref.awaiting_filing:
+        return ref, eff  # nothing is destroyed unfiled (only withdrawal does that)
+    ended = 0
     for item in ref.images:
         if not item.shredded and at >= item.retention_until:
             ref = ref.with_image(dataclasses.replace(item, shredded=True))
             eff.shred.append(item.image_id)
             eff.audit.append(_audit(BOT_ACTOR, "vault.retention_ended", at, ref, image_id=item.image_id))
+            ended += 1
+    if ended and all(i.shredded for i in ref.images) and (ref.filing_version > 0 or ref.exported_at is not None):
+        eff.actions.append(
+            PurgeFiledCopies(referral_id=ref.referral_id, before_version=ref.filing_version + 1, reason="retention")
+        )
     return ref, eff

@@ -31,6 +31,7 @@ __all__ = [
     "Actor",
     "Purpose",
     "ConsentBasis",
+    "Sex",
     "ConsentRecord",
     "ReferralState",
     "CloseReason",
@@ -71,6 +72,7 @@ class Purpose(str, enum.Enum):
 
     CARE = "care"  # the patient's own care, including a second opinion
     TEACHING = "teaching"
+    AUDIT = "audit"  # clinical audit / quality improvement
     RESEARCH = "research"
     PUBLICATION = "publication"
 
@@ -101,6 +103,15 @@ class ConsentBasis(str, enum.Enum):
         return self in (ConsentBasis.DECEASED_WISHES, ConsentBasis.EXECUTOR, ConsentBasis.FAMILY)
 
 
+class Sex(str, enum.Enum):
+    """The patient's sex as the GP recorded it (optional; shown to the specialist as
+    clinical context, issue 12 part 1)."""
+
+    FEMALE = "female"
+    MALE = "male"
+    OTHER = "other"  # intersex / indeterminate / not male or female
+
+
 @dataclass(frozen=True)
 class ConsentRecord:
     """A recorded consent (id ``C-…``).
@@ -117,8 +128,28 @@ class ConsentRecord:
     age; from then on the consent no longer covers NEW sharing (the date of birth
     itself is not stored).
     ``gillick_competent``: as stated by the clinician (None = not stated).
-    ``best_interests_statement``: free text, required in some cases (see consent.py).
+    ``best_interests_statement``: free text (the field keeps its first name so stored
+    records load): the statement of a decision made on the patient's behalf, or for a
+    deceased patient their known wishes and/or the views of those close to them.
+    Required in the cases handlers/consent.py names.
     ``expires_at``: optional end of the consent (None = until withdrawn).
+
+    Added by issue 12 (all default to "unknown", so records stored before load):
+
+    ``patient_ref_scheme`` / ``patient_ref_ending``: "NHS no." and the last 3
+    characters of the reference, so a read-back can say "NHS no. ending 919" and the
+    GP can catch a typo; never the reference itself.
+    ``birth_month``: "YYYY-MM" from the date of birth, for an age band. Kept instead
+    of the date: the day adds most of a date of birth's identifying power and none of
+    the clinical meaning (a month is enough for an infant's age in months). The exact
+    date is used while recording (who may consent, when a parent's consent ends) and
+    dropped. ``adult_asserted``: the GP said adult=yes instead of giving a date of birth.
+    ``sex``: as recorded, optional.
+    ``specialties``: specialty keys the consent names; None = any specialty (said
+    with specialties=any, or a record from before issue 12).
+    ``refer_until``: the episode: new referrals may be opened under this consent until
+    then (recorded_at + valid-for, default 30 days). None (records from before issue
+    12) = recorded_at + the deployment's current window.
     """
 
     consent_id: str
@@ -137,10 +168,24 @@ class ConsentRecord:
     expires_at: datetime | None = None
     withdrawn_at: datetime | None = None
     withdrawn_by: str | None = None
+    patient_ref_scheme: str | None = None
+    patient_ref_ending: str | None = None
+    birth_month: str | None = None
+    adult_asserted: bool | None = None
+    sex: Sex | None = None
+    specialties: frozenset[str] | None = None
+    refer_until: datetime | None = None
 
     @property
     def withdrawn(self) -> bool:
         return self.withdrawn_at is not None
+
+    @property
+    def patient_hint(self) -> str:
+        """"NHS no. ending 919" (or a neutral phrase for records from before issue 12)."""
+        if self.patient_ref_scheme and self.patient_ref_ending:
+            return f"{self.patient_ref_scheme} ending {self.patient_ref_ending}"
+        return "patient reference not shown (recorded before read-back existed)"
 
     def __repr__(self) -> str:  # safe for logs: no patient hash, no statement
         return (
@@ -244,6 +289,14 @@ class Referral:
     closed_at: datetime | None = None
     exported_at: datetime | None = None
     opened_seq: int = 0  # how many referrals this GP had before: orders referrals opened in the same instant
+    # filing into the record (handlers/lifecycle.py "filing"; docs/filing.md)
+    filing_version: int = 0  # bumped each time the record must be (re)filed: close, !export, withdrawal, addendum
+    filed_version: int = 0  # the last version every configured sink accepted
+    filed_to: tuple[str, ...] = ()  # sinks that hold filing_version (a retry skips them)
+    filed_at: datetime | None = None
+    filing_failures: int = 0  # consecutive failed attempts at filing_version
+    filing_retry_at: datetime | None = None  # when the next attempt is due (None = none scheduled)
+    retention_warning_at: datetime | None = None  # warn the GP and the operator: retention near, still unfiled
 
     def __repr__(self) -> str:  # safe for logs: no question, no opinion
         return (
@@ -273,6 +326,12 @@ class Referral:
         """Still waiting for an opinion (images may be added)."""
         return self.state in OPEN_STATES
 
+    @property
+    def awaiting_filing(self) -> bool:
+        """A filing was requested and not every sink has the latest version yet. While
+        this holds, retention does not destroy the vault copies (only withdrawal does)."""
+        return self.filing_version > self.filed_version
+
     def next_due_at(self) -> datetime | None:
         """Earliest time a ``Tick`` has work to do for this referral (None = never).
 
@@ -286,9 +345,15 @@ class Referral:
             candidates.append(self.expires_at)
         if self.state is ReferralState.OPINION_GIVEN and self.remove_images_at is not None:
             candidates.append(self.remove_images_at)
-        for item in self.images:
-            if not item.shredded:
-                candidates.append(item.retention_until)
+        if self.awaiting_filing:
+            if self.filing_retry_at is not None:
+                candidates.append(self.filing_retry_at)
+            if self.retention_warning_at is not None:
+                candidates.append(self.retention_warning_at)
+        else:  # images wait for their filing; the retry and the warning above are the timers then
+            for item in self.images:
+                if not item.shredded:
+                    candidates.append(item.retention_until)
         return min(candidates) if candidates else None
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,13 +7,20 @@ Pure data. Defaults are the product defaults from DESIGN.md.
 aliases GPs may type (``"derm"``, ``"skin"``). ``practices`` maps user ids to a
 practice for users whose ``Actor.practice`` the transport could not fill in
 (optional; ``Actor.practice`` wins when set).
+
+``consent_window`` is how long after ``!consent`` referrals may be opened under it
+when the GP gives no ``valid-for=`` (one episode; issue 12), ``max_consent_window``
+the longest ``valid-for=`` allowed. ``patient_ref_schemes`` are the deployment's
+own patient-reference schemes accepted besides NHS numbers (handlers/patientref.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-__all__ = ["Specialty", "Policy"]
+from handlers.patientref import PatientRefScheme
+
+__all__ = ["Specialty", "Policy", "PatientRefScheme"]
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,18 @@ class Policy:
     default_retention: timedelta = timedelta(days=90)  # vault copy kept (when !consent has no retention=)
     max_retention: timedelta = timedelta(days=3650)  # longest retention a consent may ask for
     age_out_years: int = 16  # a parent's consent stops covering new sharing at this age
+    consent_window: timedelta = timedelta(days=30)  # one episode: referrals may open this long after !consent
+    max_consent_window: timedelta = timedelta(days=365)  # the longest valid-for= a GP may give
+    patient_ref_schemes: tuple[PatientRefScheme, ...] = ()  # accepted besides NHS numbers (hospital no. ...)
     specialties: dict[str, Specialty] = field(default_factory=dict)
     practices: dict[str, str] = field(default_factory=dict)
     max_images_per_referral: int = 10
+    # filing into the record (docs/filing.md). Off when no sink is configured: then the
+    # bot keeps no record copy and retention destroys the vault copies as before.
+    filing_enabled: bool = False
+    filing_retry_first: timedelta = timedelta(minutes=1)  # doubles after each failed attempt
+    filing_retry_max: timedelta = timedelta(hours=6)
+    retention_warning: timedelta = timedelta(days=7)  # warn this long before an unfiled referral's retention ends
 
     def find_specialty(self, word: str) -> Specialty | None:
         """Specialty by key, alias, or title (case-insensitive); None if unknown."""
@@ -46,3 +62,8 @@ class Policy:
 
     def specialty_names(self) -> list[str]:
         return sorted(self.specialties)
+
+    def reference_patterns(self) -> list:
+        """Compiled patterns of the deployment's own reference schemes, for the identifier
+        guard (``handlers.identifiers.find_identifiers(..., reference_patterns=...)``)."""
+        return [scheme.compiled() for scheme in self.patient_ref_schemes]

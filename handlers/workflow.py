@@ -40,7 +40,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from handlers import lifecycle as lc
-from handlers.actions import Action, ExportReferral, Notify, RedactOriginalUpload, RemoveImages, Reply
+from handlers.actions import Action, Notify, RedactOriginalUpload, RemoveImages, Reply
 from handlers.commands import (
     HELP_TEXT,
     HELP_TOPICS,
@@ -48,6 +48,7 @@ from handlers.commands import (
     CancelCmd,
     CommandError,
     ConsentCmd,
+    ConsentShowCmd,
     DiscardCmd,
     ExportCmd,
     HelpCmd,
@@ -57,16 +58,18 @@ from handlers.commands import (
     WithdrawCmd,
     parse_command,
 )
-from handlers.consent import ConsentRefused, check_cover, record_consent
+from handlers.consent import ConsentRefused, check_cover, consent_summary, describe_consent, record_consent
 from handlers.events import (
     ActionFailed,
     CommandReceived,
     DirectChat,
     ExportCompleted,
+    FiledCopiesPurged,
     ImagePosted,
     ImageReceived,
     ImagesRemoved,
     Place,
+    RecordFiled,
     SpecialtyThread,
     ThreadActivity,
     ThreadRootPosted,
@@ -83,7 +86,7 @@ from handlers.model import (
     Referral,
     ReferralState,
 )
-from handlers.patientref import PatientRefHasher
+from handlers.patientref import PATIENT_REF_MEDIA_TYPE, PatientRefHasher, normalise_patient_ref, patient_ref_vault_id
 from handlers.policy import Policy
 from storage.interfaces import RecordUnreadable, Store, StoreError, Transaction
 
@@ -242,7 +245,8 @@ class Workflow:
             if ref is not None and ref.image(event.image_id) is not None:
                 await ctx.apply(
                     *lc.image_posted(
-                        ref, image_id=event.image_id, room_event_id=event.room_event_id, media_uri=event.media_uri, at=event.at
+                        ref, image_id=event.image_id, room_event_id=event.room_event_id, media_uri=event.media_uri,
+                        at=event.at, members=tuple(event.members),
                     )
                 )
         elif isinstance(event, ImagesRemoved):
@@ -255,6 +259,17 @@ class Workflow:
             ref = await ctx.tx.get_referral(event.referral_id)
             if ref is not None:
                 await ctx.apply(*lc.exported(ref, at=event.at))
+        elif isinstance(event, RecordFiled):
+            ref = await ctx.tx.get_referral(event.referral_id)
+            if ref is not None:
+                await ctx.apply(*lc.record_filed(
+                    ref, version=event.version, filed=tuple(event.filed), where=tuple(event.where),
+                    failed=tuple(event.failed), failed_where=tuple(event.failed_where), reason=event.reason,
+                    at=event.at, policy=self.policy, reply_to=event.reply_to))
+        elif isinstance(event, FiledCopiesPurged):
+            ref = await ctx.tx.get_referral(event.referral_id)
+            if ref is not None:
+                await ctx.apply(*lc.copies_purged(ref, count=event.count, reason=event.reason, at=event.at))
         elif isinstance(event, ActionFailed):
             await self._action_failed(ctx, event)
         else:
@@ -290,6 +305,8 @@ class Workflow:
             except Exception as exc:  # a bug in one referral's rules
                 log.exception("the timer failed on referral %s", rid)
                 await self._set_aside(rid, f"error ({type(exc).__name__})", at)
+        async with self.store.transaction() as tx:
+            await self._tick_patient_refs(tx, at)
         return out
 
     async def _set_aside(self, referral_id: str, reason: str, at: datetime) -> None:
@@ -299,6 +316,32 @@ class Workflow:
             await tx.set_aside_referral(referral_id, reason, at)
             await tx.append_audit(AuditEntry(BOT_ACTOR, "referral.set_aside", at, referral_id=referral_id,
                                              details={"reason": reason}))
+
+    # ------------------------------------------------------------------ patient references
+    async def _shred_patient_ref(self, tx: Transaction, consent_id: str, at: datetime, reason: str) -> None:
+        if await tx.vault_shred(patient_ref_vault_id(consent_id)):
+            await tx.patient_ref_shredded(consent_id, at, reason)
+            await tx.append_audit(AuditEntry(BOT_ACTOR, "patient_ref.shredded", at, consent_id=consent_id,
+                                             details={"reason": reason}))
+
+    async def _tick_patient_refs(self, tx: Transaction, at: datetime) -> None:
+        """At the end of the record's retention the patient reference goes, unless a
+        referral under the consent still needs it (open, unfiled, or images still kept)."""
+        for consent_id in await tx.due_patient_refs(at):
+            try:
+                referrals = await tx.referrals_by_consent(consent_id)
+            except RecordUnreadable:  # one of them cannot be read: keep the reference for now
+                log.error("a referral under consent %s cannot be read; its patient reference is kept",
+                          consent_id)
+                await tx.patient_ref_keep(consent_id, at + self.policy.filing_retry_first)
+                continue
+            busy = [r for r in referrals
+                    if r.is_open or r.awaiting_filing or any(not i.shredded for i in r.images)]
+            if busy:
+                later = min((r.next_due_at() for r in busy if r.next_due_at() is not None), default=None)
+                await tx.patient_ref_keep(consent_id, max(later or at, at) + self.policy.filing_retry_first)
+            else:
+                await self._shred_patient_ref(tx, consent_id, at, "retention")
 
     # ------------------------------------------------------------------ commands
     async def _command(self, ctx: _Ctx, ev: CommandReceived) -> None:
@@ -356,6 +399,9 @@ class Workflow:
             self._in_direct_chat(ev, "!consent")
             self._require_referrer(ev, "consent", "record consent")
             return await self._consent(ctx, ev, cmd)
+        if isinstance(cmd, ConsentShowCmd):
+            self._in_direct_chat(ev, "!consent show")
+            return await self._consent_show(ctx, ev, cmd)
         if isinstance(cmd, ReferCmd):
             self._in_direct_chat(ev, "!refer")
             self._require_referrer(ev, "referral", "open referrals")
@@ -370,7 +416,7 @@ class Workflow:
         if isinstance(cmd, CancelCmd):
             self._in_direct_chat(ev, "!cancel")
             ref = await self._own_referral(tx, cmd.referral_id, actor)
-            ref = await ctx.apply(*lc.cancel(ref, at=ev.at, actor=actor.user_id))
+            ref = await ctx.apply(*lc.cancel(ref, at=ev.at, actor=actor.user_id, policy=self.policy))
             removing = sum(1 for i in ref.images if i.state is ImageState.REMOVING)
             tail = f" {_plural(removing, 'image')} being removed from the specialty room." if removing else ""
             return f"{ref.referral_id} cancelled.{tail}"
@@ -380,8 +426,9 @@ class Workflow:
             await tx.append_audit(
                 AuditEntry(actor.user_id, "referral.export_requested", ev.at, ref.referral_id, ref.consent_id)
             )
-            ctx.add(ExportReferral(referral_id=ref.referral_id, requested_by=actor.user_id, reply_to=ev.place))
-            return f"Exporting {ref.referral_id} as a FHIR record; I will tell you when it is done. The vault copy of its images is then destroyed."
+            await ctx.apply(*lc.request_filing(ref, at=ev.at, policy=self.policy, reason="export",
+                                               reply_to=ev.place, actor=actor.user_id))
+            return f"Filing {ref.referral_id} into the record now; I will tell you where it went. Nothing is deleted by this."
         if isinstance(cmd, (BlurCmd, DiscardCmd)):
             self._in_direct_chat(ev, "!blur / !discard")
             ref = await self._own_referral(tx, cmd.referral_id, actor)
@@ -414,6 +461,12 @@ class Workflow:
                 audit=AuditEntry(ev.actor.user_id, "consent.refused", ev.at, details={"rule": exc.rule}),
             ) from None
         await tx.save_consent(consent)
+        if cmd.patient:
+            # the reference itself, for filing into the record only: encrypted under its own
+            # data key, kept while the record may need filing, shredded with the rest
+            await tx.vault_put(patient_ref_vault_id(consent_id), normalise_patient_ref(cmd.patient).encode("utf-8"),
+                               PATIENT_REF_MEDIA_TYPE)
+            await tx.patient_ref_keep(consent_id, ev.at + consent.retention)
         await tx.append_audit(
             AuditEntry(
                 ev.actor.user_id,
@@ -425,18 +478,26 @@ class Workflow:
                     "purposes": ",".join(sorted(p.value for p in consent.purposes)),
                     "identifiable": consent.identifiable,
                     "retention_days": consent.retention.days,
+                    "specialty": ",".join(sorted(consent.specialties)) if consent.specialties is not None else "any",
                 },
             )
         )
-        parts = [
-            f"Consent {consent_id} recorded: given by {consent.basis.value}",
-            "for " + ", ".join(sorted(p.value for p in consent.purposes)),
-            "identifiable images " + ("covered" if consent.identifiable else "NOT covered (faces will be blurred)"),
-            f"images kept {consent.retention.days} days",
-        ]
-        if consent.age_out_at is not None:
-            parts.append(f"stops covering new sharing on {consent.age_out_at.date().isoformat()}")
-        return "; ".join(parts) + f". Next: !refer <specialty> {consent_id} <question>."
+        return consent_summary(consent, self.policy) + f" Next: !refer <specialty> {consent_id} <question>."
+
+    # ---- !consent show
+    async def _consent_show(self, ctx: _Ctx, ev: CommandReceived, cmd: ConsentShowCmd) -> str:
+        """Read a consent back to a clinician of the practice that recorded it (audited)."""
+        consent = await ctx.tx.get_consent(cmd.consent_id)
+        if consent is None:
+            raise _Refuse(f"There is no consent {cmd.consent_id}; check the id.")
+        if self._practice(ev.actor) != consent.practice:
+            raise _Refuse(
+                f"Consent {cmd.consent_id} was recorded by another practice; only that practice can read it.",
+                audit=AuditEntry(ev.actor.user_id, "consent.show_refused", ev.at, consent_id=consent.consent_id,
+                                 details={"rule": "practice"}),
+            )
+        await ctx.tx.append_audit(AuditEntry(ev.actor.user_id, "consent.shown", ev.at, consent_id=consent.consent_id))
+        return describe_consent(consent, at=ev.at, policy=self.policy)
 
     # ---- !refer
     async def _refer(self, ctx: _Ctx, ev: CommandReceived, cmd: ReferCmd) -> str:
@@ -450,13 +511,21 @@ class Workflow:
         consent = await tx.get_consent(cmd.consent_id)
         if consent is None:
             raise _Refuse(f"There is no consent {cmd.consent_id}; record one with !consent (see !help consent).")
-        refusal = check_cover(consent, actor=ev.actor, at=ev.at, policy=self.policy)
+        refusal = check_cover(consent, actor=ev.actor, at=ev.at, policy=self.policy, specialty=spec.key)
         if refusal is not None:
             raise _Refuse(
                 f"Referral not opened: {refusal.message}",
                 audit=AuditEntry(
                     ev.actor.user_id, "referral.refused", ev.at, consent_id=consent.consent_id, details={"rule": refusal.rule}
                 ),
+            )
+        kept = await tx.patient_ref_info(consent.consent_id)
+        if kept is not None and kept[1] is not None:
+            raise _Refuse(
+                f"Referral not opened: the record retention of consent {consent.consent_id} has ended and its patient "
+                f"reference was destroyed, so a new referral could not be filed; record a fresh consent with !consent.",
+                audit=AuditEntry(ev.actor.user_id, "referral.refused", ev.at, consent_id=consent.consent_id,
+                                 details={"rule": "patient_ref.shredded"}),
             )
         practice = self._practice(ev.actor)
         assert practice is not None  # check_cover passed the practice rule
@@ -530,10 +599,11 @@ class Workflow:
         consent = dataclasses.replace(consent, withdrawn_at=ev.at, withdrawn_by=ev.actor.user_id)
         await tx.save_consent(consent)
         await tx.append_audit(AuditEntry(ev.actor.user_id, "consent.withdrawn", ev.at, consent_id=consent.consent_id))
+        await self._shred_patient_ref(tx, consent.consent_id, ev.at, "withdrawn")
         closed = removing = shredded = 0
         for ref in await tx.referrals_by_consent(consent.consent_id):
             was_open = ref.state not in (ReferralState.CLOSED, ReferralState.IMAGES_EXPIRED)
-            ref2, eff = lc.withdraw(ref, at=ev.at, actor=ev.actor.user_id)
+            ref2, eff = lc.withdraw(ref, at=ev.at, actor=ev.actor.user_id, policy=self.policy)
             shredded += len(eff.shred)
             removing += sum(len(a.images) for a in eff.actions if isinstance(a, RemoveImages))
             closed += int(was_open)
@@ -682,6 +752,7 @@ class Workflow:
             except Exception:  # an optimisation only: the post uploads from the vault anyway
                 log.warning("on_image_cleared failed", exc_info=True)
         await tx.vault_put(image_id, keep.data, keep.media_type)
+        await tx.patient_ref_keep(consent.consent_id, item.retention_until)
         await ctx.apply(ref2, effects)
         removed = ("Removed: " + ", ".join(clean.removed) + ".") if clean.removed else "No hidden data found."
         if blurred is not None:
@@ -726,8 +797,8 @@ class Workflow:
                 )
             )
             await ctx.apply(ref2, eff)
-        elif ev.action_type == "ExportReferral":
-            ctx.add(Notify(user_id=ref.referrer, text=f"The export of {ref.referral_id} did not complete: {ev.reason}"))
+        elif ev.action_type in ("ExportReferral", "FileRecord"):
+            ctx.add(Notify(user_id=ref.referrer, text=f"Filing {ref.referral_id} did not complete: {ev.reason}"))
         elif ev.action_type == "RemoveImages":
             ctx.add(
                 Notify(

@@ -76,6 +76,10 @@ ALLOWED_DETAIL_KEYS = frozenset(
         "removed",
         "retention_seconds",
         "shredded",
+        # filing and information governance (issue 13): user ids of the room's joined
+        # members when an image was posted; the names of the filing sinks (config keys)
+        "members",
+        "sinks",
     }
 )
 # Only used to give a sharper message for keys that are refused anyway.

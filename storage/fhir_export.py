@@ -36,7 +36,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Sequence
 
 from handlers.model import ConsentRecord, ImageItem, ImageState, Purpose, Referral
 
@@ -135,7 +135,10 @@ def _consent_resource(consent: ConsentRecord, subject: dict[str, Any], at: datet
     if consent.age_out_at is not None:
         extensions.append({"url": EXT_BASE + "parental-consent-ends", "valueDateTime": _iso(consent.age_out_at)})
     if consent.best_interests_statement:
-        extensions.append({"url": EXT_BASE + "best-interests-statement", "valueString": consent.best_interests_statement})
+        # a deceased patient's record holds their known wishes / the views of those close to them,
+        # not a best-interests statement (issue 12)
+        kind = "known-wishes-statement" if consent.basis.deceased else "best-interests-statement"
+        extensions.append({"url": EXT_BASE + kind, "valueString": consent.best_interests_statement})
     if consent.withdrawn_at is not None:
         extensions.append({"url": EXT_BASE + "withdrawn-at", "valueDateTime": _iso(consent.withdrawn_at)})
     return {
@@ -168,19 +171,31 @@ def _consent_resource(consent: ConsentRecord, subject: dict[str, Any], at: datet
     }
 
 
+SYSTEM_NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
+
+
 def build_bundle(
     consent: ConsentRecord,
     referral: Referral,
     images: Sequence[ExportImage],
     *,
     at: datetime,
+    nhs_number: str | None = None,
+    document: bool = False,
+    version: int = 1,
 ) -> dict[str, Any]:
-    """The bundle as plain JSON (not yet validated: see :func:`export_bundle`)."""
+    """The bundle as plain JSON (not yet validated: see :func:`export_bundle`).
+    ``nhs_number``: when filing into the record, the patient is identified by it
+    (system https://fhir.nhs.uk/Id/nhs-number) so the receiving system can match them;
+    otherwise only by the bot's pseudonymous keyed hash."""
     if consent.consent_id != referral.consent_id:
         raise ExportError(f"consent {consent.consent_id} is not the consent of referral {referral.referral_id}")
     rid = referral.referral_id
-    subject = {"identifier": {"system": SYSTEM_PATIENT_REF, "value": consent.patient_ref},
-               "display": "Patient (pseudonymous reference held by the referral bot)"}
+    if nhs_number:
+        subject = {"identifier": {"system": SYSTEM_NHS_NUMBER, "value": nhs_number}, "display": f"NHS number {nhs_number}"}
+    else:
+        subject = {"identifier": {"system": SYSTEM_PATIENT_REF, "value": consent.patient_ref},
+                   "display": "Patient (pseudonymous reference held by the referral bot)"}
     url_sr, url_consent, url_report = _uid(rid, "ServiceRequest"), _uid(rid, "Consent"), _uid(rid, "DiagnosticReport")
     media_urls = [_uid(rid, "Media", im.item.image_id) for im in images]
 
@@ -254,10 +269,35 @@ def build_bundle(
             "media": [{"link": {"reference": u}} for u in media_urls],
             "conclusion": referral.opinion,
         }})
+    bundle_type = "collection"
+    if document:
+        # a FHIR document: a Composition first, its sections pointing at the resources
+        # (https://hl7.org/fhir/R4/documents.html), which a GP system can file as one letter
+        sections = [
+            {"title": "Clinical question", "entry": [{"reference": url_sr}]},
+            {"title": "Consent", "entry": [{"reference": url_consent}]},
+        ]
+        if media_urls:
+            sections.append({"title": "Images", "entry": [{"reference": u} for u in media_urls]})
+        if referral.opinion is not None:
+            sections.append({"title": "Specialist opinion", "entry": [{"reference": url_report}]})
+        composition = {
+            "resourceType": "Composition",
+            "identifier": {"system": SYSTEM_REFERRAL, "value": f"{rid}/v{version}"},
+            "status": "final",
+            "type": {"coding": [{"system": "http://loinc.org", "code": "11488-4", "display": "Consult note"}]},
+            "subject": subject,
+            "date": _iso(at),
+            "author": [_user(referral.opinion_by or referral.referrer)],
+            "title": f"Specialist advice and guidance: {referral.specialty} ({rid})",
+            "section": sections,
+        }
+        entries.insert(0, {"fullUrl": _uid(rid, "Composition", str(version)), "resource": composition})
+        bundle_type = "document"
     bundle = {
         "resourceType": "Bundle",
-        "identifier": {"system": SYSTEM_REFERRAL, "value": rid},
-        "type": "collection",
+        "identifier": {"system": SYSTEM_REFERRAL, "value": rid if not document else f"{rid}/v{version}"},
+        "type": bundle_type,
         "timestamp": _iso(at),
         "entry": entries,
     }
@@ -281,8 +321,9 @@ def validate(bundle: dict[str, Any]) -> Any:
         raise ExportError(f"the FHIR bundle did not validate at {where or 'top level'}: {first.get('msg')}") from None
 
 
-def export_bundle(consent: ConsentRecord, referral: Referral, images: Sequence[ExportImage], *, at: datetime) -> ExportResult:
-    bundle = build_bundle(consent, referral, images, at=at)
+def export_bundle(consent: ConsentRecord, referral: Referral, images: Sequence[ExportImage], *, at: datetime,
+                  nhs_number: str | None = None, document: bool = False, version: int = 1) -> ExportResult:
+    bundle = build_bundle(consent, referral, images, at=at, nhs_number=nhs_number, document=document, version=version)
     validate(bundle)
     return ExportResult(
         referral_id=referral.referral_id,
@@ -316,37 +357,59 @@ async def export_referral(store: Any, referral_id: str, *, at: datetime) -> Expo
     return export_bundle(consent, referral, images, at=at)
 
 
+def write_private(path: Path, text: str | bytes, *, overwrite: bool = True, mode: int = 0o600) -> None:
+    """Write ``text`` atomically with ``mode`` (0600 by default).
 
-def file_exporter(store: Any, directory: str | os.PathLike[str], clock: Callable[[], datetime] | None = None
-                  ) -> Callable[[str], Awaitable[str]]:
-    """An ``exporter`` for the transports (``MatrixTransport(exporter=...)``): writes
-    ``<directory>/<R-id>-<UTC time>.fhir.json`` (mode 0600, fsynced, atomic rename) and
-    returns the path. Shredding is left to the workflow's ``ExportCompleted``."""
-    folder = Path(directory)
+    The temporary file gets an unguessable name in the same folder and is created with
+    ``O_CREAT | O_EXCL | O_NOFOLLOW``: a file or symlink someone planted at a predictable
+    name is never opened, followed or truncated (issue 9, finding 9). It is fsynced, then
+    renamed over ``path`` (``rename`` replaces a symlink at ``path`` itself rather than
+    following it), and the folder is fsynced so the rename survives a crash."""
+    import secrets
 
-    async def export(referral_id: str) -> str:
-        at = (clock or (lambda: datetime.now(timezone.utc)))()
-        result = await export_referral(store, referral_id, at=at)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = folder / f"{referral_id}-{at.strftime('%Y%m%dT%H%M%SZ')}.fhir.json"
-        write_private(path, result.json())
-        return str(path)
-
-    return export
-
-
-def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
-    """Write ``text`` with mode 0600, atomically (temp file + fsync + rename)."""
-    if path.exists() and not overwrite:
+    path = Path(path)
+    if not overwrite and (path.exists() or path.is_symlink()):
         raise FileExistsError(f"{path} already exists")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    tmp = path.with_name(f".{secrets.token_hex(16)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            os.fchmod(fd, mode)  # whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path appeared meanwhile: never replaces it
+            os.unlink(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def legacy_export_files(directory: str | os.PathLike[str], referral_id: str) -> list[Path]:
+    """FHIR files the old ``!export`` left in its folder for this referral
+    (``<R-id>-<time>.fhir.json``): deleted on withdrawal and at the end of retention."""
+    folder = Path(directory)
+    if not folder.is_dir() or not re.fullmatch(r"R-[0-9A-Z]+", referral_id):
+        return []
+    return sorted(p for p in folder.glob(f"{referral_id}-*.fhir.json") if p.is_file() and not p.is_symlink())

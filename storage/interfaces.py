@@ -181,6 +181,27 @@ class Transaction(Protocol):
         """Destroy the data key of *image_id*. True if something was destroyed."""
         ...
 
+    # patient references -------------------------------------------------------
+    # The reference itself (e.g. an NHS number, for filing) is a vault item,
+    # ``handlers.patientref.patient_ref_vault_id(consent_id)``; these say until when it
+    # is kept. Stores without them cannot file records (docs/filing.md).
+    async def patient_ref_keep(self, consent_id: str, until: datetime) -> None:
+        """Keep the consent's patient reference at least until *until* (never shortens;
+        no effect once shredded)."""
+        ...
+
+    async def patient_ref_info(self, consent_id: str) -> tuple[datetime, datetime | None] | None:
+        """``(keep_until, shredded_at)``, or None for a consent recorded before references were kept."""
+        ...
+
+    async def patient_ref_shredded(self, consent_id: str, at: datetime, reason: str) -> None:
+        """Record that the reference was shredded (the caller shreds the vault item)."""
+        ...
+
+    async def due_patient_refs(self, at: datetime) -> list[str]:
+        """Consent ids whose reference is live and whose keep-until is at or before *at*."""
+        ...
+
     # audit & outbox --------------------------------------------------------
     async def append_audit(self, entry: AuditEntry) -> None:
         """Append one audit entry (the store chains it)."""

@@ -33,6 +33,7 @@ class _State:
     next_outbox_id: int = 1
     seq: dict[str, int] = field(default_factory=dict)  # referral id -> order of first save
     set_aside: dict[str, SetAside] = field(default_factory=dict)
+    patient_refs: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
 
     def clone(self) -> "_State":
         # model objects are frozen: shallow copies of the containers are enough
@@ -47,6 +48,7 @@ class _State:
             next_outbox_id=self.next_outbox_id,
             seq=dict(self.seq),
             set_aside=dict(self.set_aside),
+            patient_refs=dict(self.patient_refs),
         )
 
 
@@ -123,6 +125,25 @@ class _MemoryTransaction:
             return True
         return False
 
+    async def patient_ref_keep(self, consent_id: str, until: datetime) -> None:
+        old = self._s.patient_refs.get(consent_id)
+        if old is None:
+            self._s.patient_refs[consent_id] = (until, None)
+        elif old[1] is None and until > old[0]:
+            self._s.patient_refs[consent_id] = (until, None)
+
+    async def patient_ref_info(self, consent_id: str) -> tuple[datetime, datetime | None] | None:
+        return self._s.patient_refs.get(consent_id)
+
+    async def patient_ref_shredded(self, consent_id: str, at: datetime, reason: str) -> None:
+        old = self._s.patient_refs.get(consent_id)
+        if old is not None and old[1] is None:
+            self._s.patient_refs[consent_id] = (old[0], at)
+
+    async def due_patient_refs(self, at: datetime) -> list[str]:
+        due = sorted((keep, cid) for cid, (keep, gone) in self._s.patient_refs.items() if gone is None and keep <= at)
+        return [cid for _, cid in due]
+
     async def append_audit(self, entry: AuditEntry) -> None:
         self._s.audit.append(entry)
 
@@ -154,6 +175,14 @@ class MemoryStore:
             work = self._state.clone()
             yield _MemoryTransaction(work)
             self._state = work  # only reached when the block did not raise
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[_MemoryTransaction]:
+        """A read-only snapshot with the transaction's getters (nothing is kept)."""
+        yield _MemoryTransaction(self._state.clone())
+
+    async def audit_entries(self, referral_id: str | None = None) -> list[AuditEntry]:
+        return [e for e in self._state.audit if referral_id is None or e.referral_id == referral_id]
 
     async def pending_actions(self, limit: int = 100) -> list[OutboxEntry]:
         return [e for e in self._state.outbox if e.outbox_id not in self._completed][:limit]
@@ -199,6 +228,12 @@ class MemoryStore:
 
     def vault_ids(self) -> set[str]:
         return set(self._state.vault)
+
+    def image_vault_ids(self) -> set[str]:
+        """Vault ids of images (not the patient references kept for filing)."""
+        from handlers.patientref import PATIENT_REF_MEDIA_TYPE
+
+        return {k for k, (_, media_type) in self._state.vault.items() if media_type != PATIENT_REF_MEDIA_TYPE}
 
     def is_processed(self, event_id: str) -> bool:
         return event_id in self._state.processed

@@ -117,7 +117,7 @@ REFERRAL_IDS_DUE = (
 REFERRALS_ALL = _REFERRAL_COLS + " ORDER BY seq"
 REFERRAL_IDS_ALL = "SELECT referral_id FROM referrals ORDER BY seq"
 
-# --- what the transports gave up on, and what the timers skip (004) ----------------------
+# --- what the transports gave up on, and what the timers skip (005) ----------------------
 SET_ASIDE_REFERRAL = (
     "INSERT INTO referrals_set_aside (referral_id, at, reason) VALUES (?, ?, ?)"
     " ON CONFLICT (referral_id) DO NOTHING"
@@ -132,3 +132,18 @@ DEAD_LETTERS = (
     " ORDER BY outbox_id DESC LIMIT ?"
 )
 DEAD_LETTER_COUNT = "SELECT COUNT(*) FROM dead_letters"
+
+# --- patient references (004; the reference itself is a vault item) -------------------
+PATIENT_REF_KEEP = (
+    "INSERT INTO patient_refs (consent_id, keep_until) VALUES (?, ?)"
+    " ON CONFLICT (consent_id) DO UPDATE SET keep_until = excluded.keep_until"
+    " WHERE patient_refs.shredded_at IS NULL AND excluded.keep_until > patient_refs.keep_until"
+)
+PATIENT_REF_GET = "SELECT keep_until, shredded_at FROM patient_refs WHERE consent_id = ?"
+PATIENT_REF_SHREDDED = (
+    "UPDATE patient_refs SET shredded_at = ?, shred_reason = ? WHERE consent_id = ? AND shredded_at IS NULL"
+)
+PATIENT_REFS_DUE = (
+    "SELECT consent_id FROM patient_refs WHERE shredded_at IS NULL AND keep_until <= ?"
+    " ORDER BY keep_until, consent_id"
+)

@@ -203,6 +203,25 @@ class SQLiteTransaction:
         self.shredded = self.shredded or done
         return done
 
+    # -- patient references (the reference is a vault item; this is its keep-until) ----------
+    async def patient_ref_keep(self, consent_id: str, until: datetime) -> None:
+        await self._tx.execute(Q.PATIENT_REF_KEEP, (consent_id, to_text(until)))
+
+    async def patient_ref_info(self, consent_id: str) -> tuple[datetime, datetime | None] | None:
+        row = await self._tx.fetchone(Q.PATIENT_REF_GET, (consent_id,))
+        return None if row is None else (from_text(row["keep_until"]), from_text(row["shredded_at"]))
+
+    async def patient_ref_shredded(self, consent_id: str, at: datetime, reason: str) -> None:
+        await self._tx.execute(Q.PATIENT_REF_SHREDDED, (to_text(at), reason, consent_id))
+
+    async def due_patient_refs(self, at: datetime) -> list[str]:
+        return [r[0] for r in await self._tx.fetchall(Q.PATIENT_REFS_DUE, (to_text(at),))]
+
+    async def all_consents(self) -> list[ConsentRecord]:
+        """Every consent (for `audit show --patient`; not in the Protocol)."""
+        rows = await self._tx.fetchall("SELECT consent_id, doc FROM consents ORDER BY recorded_at, consent_id")
+        return [ConsentRecord.from_dict(self._store._records.open("consent", r["consent_id"], r["doc"])) for r in rows]
+
     # -- audit & outbox ---------------------------------------------------------------------
     async def append_audit(self, entry: AuditEntry) -> None:
         await audit_trail.append(

@@ -120,7 +120,54 @@ async def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-async def play(out: TextIO, keep_running: bool = False, workdir: Path | None = None) -> int:
+def show_filed(inbox: Path, out: TextIO) -> None:
+    """What the practice's document workflow finds: the files, and page 1 of the PDF as text."""
+    import io
+    import json
+    import stat
+
+    from pypdf import PdfReader
+
+    manifest = json.loads((inbox / "manifest.json").read_text())["records"]
+    for p in sorted(inbox.iterdir()):
+        print(f"  {p.name}  ({stat.S_IMODE(p.stat().st_mode):04o}, {p.stat().st_size} bytes)", file=out)
+    pdf = inbox / manifest[-1]["files"]["pdf"]["name"]
+    page = PdfReader(io.BytesIO(pdf.read_bytes())).pages[0]
+    print("  --- page 1 of the filed PDF, as text ---", file=out)
+    for line in page.extract_text().splitlines():
+        print(f"  | {line}", file=out)
+
+
+def show_pacs(pacs, out: TextIO) -> None:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{pacs.dicomweb_url}/studies?PatientID=9434765919", timeout=10) as resp:
+        studies = json.loads(resp.read())
+    for st in studies:
+        print(f"  PACS (QIDO-RS): study {st['00080050']['Value'][0]} for Patient ID 9434765919, "
+              f"{st.get('00201208', {}).get('Value', ['?'])[0]} instance(s), modality XC", file=out)
+
+
+async def play(out: TextIO, keep_running: bool = False, workdir: Path | None = None,
+               with_pacs: bool = False) -> int:
+    pacs = None
+    if with_pacs:
+        from bot.filing.orthanc_local import OrthancServer, OrthancUnavailable
+
+        try:
+            pacs = await asyncio.to_thread(OrthancServer.start)
+            print(f"Orthanc PACS (DICOMweb) is up at {pacs.dicomweb_url}", file=out)
+        except OrthancUnavailable as exc:
+            print(f"--with-pacs: {exc}; filing to the practice inbox only.", file=out)
+    try:
+        return await _play(out, keep_running, workdir, pacs)
+    finally:
+        if pacs is not None:
+            await asyncio.to_thread(pacs.stop)
+
+
+async def _play(out: TextIO, keep_running: bool, workdir: Path | None, pacs) -> int:
     tmp = Path(workdir or tempfile.mkdtemp(prefix="referral-bot-demo-"))
     hs = LocalSynapse(tmp / "synapse")
     t_start = time.monotonic()
@@ -131,15 +178,22 @@ async def play(out: TextIO, keep_running: bool = False, workdir: Path | None = N
           f"'Dermatology advice' room.", file=out)
     world: World | None = None
     try:
+        inbox = tmp / "practice-inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        filing = (f'\n[[filing.sink]]\nname = "practice-inbox"\ntype = "folder"\n'
+                  f'label = "the practice document inbox"\npath = "{inbox}"\n')
+        if pacs is not None:
+            filing += (f'\n[[filing.sink]]\nname = "pacs"\ntype = "dicomweb"\n'
+                       f'label = "the hospital PACS"\nurl = "{pacs.dicomweb_url}"\n')
         world = await World.create(hs, tmp, policy={
             "grace_period_seconds": GRACE_SECONDS, "max_lifetime_hours": 72,
-            "reminder_before_hours": 12})
+            "reminder_before_hours": 12}, extra_toml=filing)
         tr = Transcript(world, out)
         await world.start_bot()
         await world.wait_bot_joined()
         bot = world.bot_user.user_id
         tr.step("The GP records the patient's consent")
-        ans = await world.gp_says("!consent patient=9434765919 by=patient purposes=care "
+        ans = await world.gp_says("!consent patient=9434765919 by=patient adult=yes purposes=care specialties=dermatology "
                                   "identifiable=no notes=yes", expect="C-")
         tr.flush()
         consent_id = re.search(r"C-[A-Z0-9]+", ans.body).group(0)
@@ -201,6 +255,15 @@ async def play(out: TextIO, keep_running: bool = False, workdir: Path | None = N
                                 and "seborrhoeic" in s.body, timeout=20, what="the opinion")
         await asyncio.sleep(0.3)
         tr.flush()
+
+        tr.step("The record is filed (PDF + FHIR document into the practice inbox"
+                + (", the image into the PACS)" if pacs is not None else ")"))
+        await _wait(lambda: any(inbox.glob("*.pdf")), 20, "the filed PDF")
+        await asyncio.sleep(0.3)
+        tr.flush()
+        show_filed(inbox, out)
+        if pacs is not None:
+            show_pacs(pacs, out)
 
         tr.step(f"Grace period ({GRACE_SECONDS} s) ends: images redacted, media deleted")
         await world.sp.wait_for(lambda s: s.event_id == img.event_id and s.redacted,

@@ -100,8 +100,10 @@ class MatrixTransport(OutboxLoop):
                  settings: TransportSettings, state: TransportState,
                  admin: SynapseAdmin | None = None,
                  clock: Callable[[], datetime] = utcnow,
-                 exporter: Callable[[str], Awaitable[str]] | None = None):
+                 exporter: Callable[[str], Awaitable[str]] | None = None,
+                 filer: Any = None):
         super().__init__(store, workflow, clock, settings.tick_seconds)
+        self.filer = filer  # filing.filer.Filer: runs FileRecord / PurgeFiledCopies (docs/filing.md)
         self.client = client
         self.s = settings
         self.state = state
@@ -604,6 +606,8 @@ class MatrixTransport(OutboxLoop):
     # ================================================================= actions
     async def _execute(self, action: A.Action) -> Any:
         at = self.clock()
+        if self.filer is not None and self.filer.handles(action):
+            return await self.filer.execute(action)
         if isinstance(action, A.Reply):
             await self._reply(action.to, action.text, action.key)
             return None
@@ -833,8 +837,11 @@ class MatrixTransport(OutboxLoop):
         event_id = await self._send(room_id, content, action.key)
         for mxc in [*earlier, up.mxc]:
             self.state.record_media(mxc, "posted", action.key, event_id, owner=me)
+        room = self.client.rooms.get(room_id)
+        members = tuple(sorted(room.users)) if room is not None else ()  # who could see it, for the audit
         return E.ImagePosted(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
-                             image_id=action.image_id, room_event_id=event_id, media_uri=up.mxc)
+                             image_id=action.image_id, room_event_id=event_id, media_uri=up.mxc,
+                             members=members)
 
     def _on_image_cleared(self, image: Any) -> None:
         """The workflow cleared an image for posting (its transaction is still open):

@@ -44,7 +44,7 @@ class World:
                      policy: dict | None = None, specialty_encrypted: bool = True,
                      dm_encrypted: bool = True, with_outsider: bool = False,
                      bot_is_admin: bool = True, decrypt_grace_seconds: float = 20.0,
-                     gp_practice: str = "P81001") -> "World":
+                     gp_practice: str = "P81001", extra_toml: str = "") -> "World":
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         bot_u = hs.register(f"referral-bot{suffix}", admin=bot_is_admin, displayname="Referral bot")
@@ -119,7 +119,7 @@ class World:
             'title = "Dermatology advice"',
             'aliases = ["derm", "skin"]',
         ]
-        config_path.write_text("\n".join(lines) + "\n")
+        config_path.write_text("\n".join(lines) + "\n" + extra_toml)  # e.g. [[filing.sink]] (the demo)
         w = cls(hs=hs, root=root, suffix=suffix, bot_user=bot_u, gp=gp, sp=sp, gp_user=gp_u,
                 sp_user=sp_u, dm_room=dm, derm_room=derm, config_path=config_path,
                 outsider=outsider, policy=policy)

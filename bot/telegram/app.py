@@ -61,12 +61,14 @@ class TelegramApp:
             log.info("Telegram runs without allow_images: no patient data is taken over Telegram")
         self.store, keys = await open_store(self.config)
         workflow = Workflow(store=self.store, policy=self.policy, hasher=keys.patient_ref_hasher())
-        exporter = None
-        export_dir = (self.config.raw.get("telegram") or {}).get("export_dir")
-        if export_dir:
-            from storage.fhir_export import file_exporter
+        from bot.app import make_filer
 
-            exporter = file_exporter(self.store, export_dir)
+        filer = make_filer(self.config, self.store, keys, self.clock)
+        export_dir = (self.config.raw.get("telegram") or {}).get("export_dir")
+        if export_dir:  # files the old !export left there are deleted on withdrawal and retention
+            from pathlib import Path
+
+            filer.legacy_export_dir = Path(export_dir)
         # the poll loop and the tick loop send concurrently: PTB's default pool has 1 connection
         bot = Bot(self.tg.token, base_url=self.tg.base_url, base_file_url=self.tg.base_file_url,
                   request=HTTPXRequest(connection_pool_size=8, media_write_timeout=60.0))
@@ -81,7 +83,7 @@ class TelegramApp:
                              specialty_titles={k: (s.title or k.capitalize())
                                                for k, s in self.config.specialties.items()},
                              rosters={k: self.config.roster(k) for k in self.config.specialties}),
-            clock=self.clock, exporter=exporter, metrics=metrics)
+            clock=self.clock, metrics=metrics, filer=filer)
         await self.transport.start()
         if metrics is not None:
             metrics.add_transport(self.transport)

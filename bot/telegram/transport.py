@@ -91,8 +91,9 @@ class TelegramTransport(OutboxLoop):
     def __init__(self, bot: Bot, store: Any, workflow: Any, settings: TelegramSettings,
                  clock: Callable[[], datetime] = utcnow,
                  exporter: Callable[[str], Awaitable[str]] | None = None,
-                 metrics: Any = None):
+                 metrics: Any = None, filer: Any = None):
         super().__init__(store, workflow, clock, settings.config.tick_seconds)
+        self.filer = filer  # filing.filer.Filer (docs/filing.md)
         self.bot = bot
         self.s = settings
         self.cfg = settings.config
@@ -289,6 +290,8 @@ class TelegramTransport(OutboxLoop):
 
     async def _execute(self, action: A.Action) -> Any:
         at = self.clock()
+        if self.filer is not None and self.filer.handles(action):
+            return await self.filer.execute(action)
         try:
             if isinstance(action, A.Reply):
                 await self._reply(action.to, action.text)

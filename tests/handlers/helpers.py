@@ -71,7 +71,12 @@ def face_jpeg() -> bytes:
     return FACE_JPEG.read_bytes()
 
 
-CONSENT_OK = "!consent patient=9434765919 by=patient purposes=care identifiable=no notes=yes"
+#: valid NHS numbers (modulus 11) for tests that need several patients
+NHS_NUMBERS = ("9434765919", "4000000004", "4000000012", "4000000020", "4000000039", "4000000047", "4000000055")
+
+CONSENT_OK = (
+    "!consent patient=9434765919 by=patient adult=yes purposes=care identifiable=no notes=yes specialties=dermatology"
+)
 
 
 @dataclass
@@ -90,6 +95,9 @@ class Harness:
         self.executed: list[A.Action] = []
         self.chat: dict[str, str] = {}  # room_event_id -> what is visible (posted images)
         self.fail_posts: str | None = None  # reason: make the "room" refuse posts
+        self.fail_filing: str | None = None  # reason: make every filing sink refuse
+        self.filed: list[A.FileRecord] = []  # what the scripted sinks took
+        self.room_members: tuple[str, ...] = ()  # reported with each ImagePosted
 
     def eid(self, tag: str = "ev") -> str:
         self.counter += 1
@@ -151,13 +159,24 @@ class Harness:
                 return E.ActionFailed(done_id, self.now, action.key, "PostImage", self.fail_posts, action.referral_id)
             room_event = f"$img-{action.image_id}"
             self.chat[room_event] = action.image_id
-            return E.ImagePosted(done_id, self.now, action.referral_id, action.image_id, room_event, f"mxc://hs/{action.image_id}")
+            return E.ImagePosted(done_id, self.now, action.referral_id, action.image_id, room_event,
+                                 f"mxc://hs/{action.image_id}", members=self.room_members)
         if isinstance(action, A.RemoveImages):
             for ref in action.images:
                 self.chat.pop(ref.room_event_id, None)
             return E.ImagesRemoved(done_id, self.now, action.referral_id, tuple(r.image_id for r in action.images))
         if isinstance(action, A.ExportReferral):
             return E.ExportCompleted(done_id, self.now, action.referral_id)
+        if isinstance(action, A.FileRecord):
+            if self.fail_filing:
+                return E.RecordFiled(done_id, self.now, action.referral_id, action.version, failed=("inbox",),
+                                     failed_where=("the practice document inbox",), reason=self.fail_filing,
+                                     reply_to=action.reply_to)
+            self.filed.append(action)
+            return E.RecordFiled(done_id, self.now, action.referral_id, action.version, filed=("inbox",),
+                                 where=("the practice document inbox",), reply_to=action.reply_to)
+        if isinstance(action, A.PurgeFiledCopies):
+            return E.FiledCopiesPurged(done_id, self.now, action.referral_id, count=1, reason=action.reason)
         return None
 
     def texts(self, actions) -> str:

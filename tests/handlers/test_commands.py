@@ -10,6 +10,7 @@ from handlers.commands import (
     CancelCmd,
     CommandError,
     ConsentCmd,
+    ConsentShowCmd,
     DiscardCmd,
     ExportCmd,
     HelpCmd,
@@ -20,7 +21,7 @@ from handlers.commands import (
     parse_command,
 )
 from handlers.ids import make_id, normalise_id
-from handlers.model import ConsentBasis, Purpose
+from handlers.model import ConsentBasis, Purpose, Sex
 
 
 @pytest.mark.parametrize(
@@ -147,7 +148,7 @@ def test_consent_synonyms_and_forms(text, field, value):
 @pytest.mark.parametrize(
     "text, hint",
     [
-        ("!consent", "patient=<ref>"),
+        ("!consent", "!consent patient=<NHS no.>"),
         ("!consent patient", "key=value"),
         ("!consent colour=blue", "Unknown field"),
         ("!consent by=cousin", "by= takes"),
@@ -183,3 +184,54 @@ def test_ids_are_deterministic_and_forgiving():
     assert normalise_id(a.replace("-", ""), "R") == a
     assert normalise_id(a, "C") is None
     assert normalise_id("R-!!", "R") is None
+
+
+# ---------------------------------------------------------------- issue 12: new !consent keys and !consent show
+@pytest.mark.parametrize(
+    "text, field, value",
+    [
+        ("!consent adult=yes", "adult", True),
+        ("!consent over-18=no", "adult", False),
+        ("!consent sex=F", "sex", Sex.FEMALE),
+        ("!consent gender=male", "sex", Sex.MALE),
+        ("!consent sex=other", "sex", Sex.OTHER),
+        ("!consent specialties=dermatology", "specialties", ("dermatology",)),
+        ("!consent specialty=derm,plastics", "specialties", ("derm", "plastics")),
+        ('!consent to="derm and plastics"', "specialties", ("derm", "plastics")),
+        ("!consent specialties=ANY", "specialties", ("any",)),
+        ("!consent valid-for=30d", "valid_for", timedelta(days=30)),
+        ("!consent window=6m", "valid_for", timedelta(days=180)),
+        ("!consent purposes=care,audit", "purposes", frozenset({Purpose.CARE, Purpose.AUDIT})),
+        ('!consent wishes="He wanted it used for teaching"', "statement", "He wanted it used for teaching"),
+    ],
+)
+def test_consent_new_keys(text, field, value):
+    assert getattr(parse_command(text), field) == value
+
+
+@pytest.mark.parametrize(
+    "text, hint",
+    [
+        ("!consent sex=maybe", "sex= takes"),
+        ("!consent specialties=derm,any", "any, not both"),
+        ("!consent valid-for=forever", "valid-for="),
+        ("!consent valid-for=30d window=10d", "valid-for= is given twice"),
+        ("!consent show", "!consent show C-"),
+        ("!consent show R-ABC123", "consent id"),
+    ],
+)
+def test_consent_new_keys_malformed(text, hint):
+    with pytest.raises(CommandError) as exc:
+        parse_command(text)
+    assert hint.lower() in str(exc.value).lower()
+
+
+@pytest.mark.parametrize("text", ["!consent show C-ABC123", "!consent show c-abc123", "!consent view C-ABC123",
+                                  "!consent C-ABC123", "!cons c abc123".replace("c abc", "c-abc")])
+def test_consent_show(text):
+    assert parse_command(text) == ConsentShowCmd("C-ABC123")
+
+
+def test_help_names_the_new_consent_keys():
+    for key in ("adult=yes", "specialties=", "valid-for=", "sex=", "!consent show", "audit"):
+        assert key in HELP_TEXT or key in HELP_TOPICS["consent"], key

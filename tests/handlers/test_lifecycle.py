@@ -17,7 +17,9 @@ from .helpers import GP, SECRET, T0, policy
 
 POLICY = policy()
 CONSENT = record_consent(
-    parse_command("!consent patient=X by=patient purposes=care identifiable=no notes=yes"),
+    parse_command(
+        "!consent patient=9434765919 by=patient adult=yes purposes=care identifiable=no notes=yes specialties=dermatology"
+    ),
     consent_id="C-LIFE01",
     actor=GP,
     at=T0,

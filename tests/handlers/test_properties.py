@@ -34,12 +34,14 @@ FACE = small_face_jpeg()
 GARBAGE = b"%PDF-1.4 not an image"
 
 CONSENTS = [
-    "!consent patient=P1 by=patient purposes=care identifiable=no notes=yes",
-    "!consent patient=P2 by=patient purposes=care identifiable=yes notes=yes retention=3d",
+    "!consent patient=4000000004 by=patient adult=yes purposes=care identifiable=no notes=yes specialties=any",
+    "!consent patient=4000000012 by=patient adult=yes purposes=care identifiable=yes notes=yes retention=3d specialties=any",
     # turns 16 a few days after T0: a parent's consent that ages out mid-test
-    "!consent patient=P3 by=parent dob=2010-03-06 purposes=care identifiable=no notes=yes",
-    "!consent patient=P4 by=patient purposes=teaching identifiable=no notes=yes",  # no care: refer refused
-    "!consent patient=P5 by=parent purposes=care identifiable=no notes=yes",  # refused: no dob
+    "!consent patient=4000000020 by=parent dob=2010-03-06 purposes=care identifiable=no notes=yes specialties=any "
+    'statement="Mother wants the rash reviewed; child too unwell to decide; photos guide treatment"',
+    # no care: refer refused
+    "!consent patient=4000000039 by=patient adult=yes purposes=teaching identifiable=no notes=yes specialties=any",
+    "!consent patient=4000000047 by=parent purposes=care identifiable=no notes=yes specialties=any",  # refused: no dob
 ]
 
 

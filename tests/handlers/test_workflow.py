@@ -26,11 +26,14 @@ from .helpers import (
     consent_id_from,
     face_jpeg,
     jpeg_with_metadata,
+    policy,
     referral_id_from,
     reply_text,
 )
 
-CONSENT_IDENT = "!consent patient=9434765919 by=patient purposes=care identifiable=yes notes=yes"
+CONSENT_IDENT = (
+    "!consent patient=9434765919 by=patient adult=yes purposes=care identifiable=yes notes=yes specialties=dermatology"
+)
 
 
 def thread(rid: str) -> E.SpecialtyThread:
@@ -153,7 +156,7 @@ async def test_non_images_are_refused_plainly(data, words):
     assert "removed your upload" in text and "Traceback" not in text
     assert any(isinstance(a, A.RedactOriginalUpload) for a in acts)
     assert not any(isinstance(a, (A.PostImage, A.PostThreadRoot)) for a in acts)
-    assert h.store.vault_ids() == set() and h.store.referral(rid).state is ReferralState.OPENED
+    assert h.store.image_vault_ids() == set() and h.store.referral(rid).state is ReferralState.OPENED
 
 
 async def test_image_without_open_referral_is_refused_and_redacted():
@@ -193,9 +196,9 @@ async def test_face_held_then_discarded_is_shredded():
     _cid, rid = await open_referral(h)
     await h.send_image(GP, face_jpeg())
     (item,) = h.store.referral(rid).images
-    assert item.image_id in h.store.vault_ids()
+    assert item.image_id in h.store.image_vault_ids()
     assert "discarded" in reply_text(await h.say(GP, f"!discard {rid}"))
-    assert item.image_id not in h.store.vault_ids()
+    assert item.image_id not in h.store.image_vault_ids()
     await h.drain()
     assert h.chat == {} and h.store.referral(rid).images[0].state is ImageState.DISCARDED
     assert "no held image" in reply_text(await h.say(GP, f"!blur {rid}"))
@@ -244,7 +247,7 @@ async def test_withdrawal_reaches_every_image_already_shared():
     await h.send_image(GP2, jpeg_with_metadata(seed=3))
     await h.drain()
     await h.say(DERM, "!opinion benign", place=thread(rid1))  # rid1 is in its grace period
-    assert len(h.chat) == 3 and len(h.store.vault_ids()) == 3
+    assert len(h.chat) == 3 and len(h.store.image_vault_ids()) == 3
 
     acts = await h.say(GP, f"!withdraw {cid}")
     text = reply_text(acts)
@@ -272,7 +275,7 @@ async def test_withdrawal_while_a_post_is_in_flight():
     await h.send_image(GP, jpeg_with_metadata(seed=9))
     assert h.store.referral(rid).images[1].state is ImageState.POSTING
     await h.say(GP, f"!withdraw {cid}")
-    assert h.store.vault_ids() == set()
+    assert h.store.image_vault_ids() == set()
     # the transport now runs the stale PostImage: the vault copy is gone, so it fails
     for entry in await h.store.pending_actions():
         if isinstance(entry.action, A.PostImage):
@@ -338,13 +341,14 @@ async def test_age_out_between_referral_and_image():
     h = Harness()
     # the child turns 16 on 2026-03-05 (T0 is 2026-03-02)
     cid = consent_id_from(
-        await h.say(GP, "!consent patient=X1 by=parent dob=2010-03-05 purposes=care identifiable=no notes=yes")
+        await h.say(GP, "!consent patient=4000000004 by=parent dob=2010-03-05 purposes=care identifiable=no notes=yes "
+            'specialties=derm statement="Parent wants eczema reviewed; child too young to decide; photos guide treatment"')
     )
     rid = referral_id_from(await h.say(GP, f"!refer derm {cid} eczema"))
     h.advance(days=3)
     text = reply_text(await h.send_image(GP, jpeg_with_metadata()))
     assert "reached 16" in text and "by=patient" in text
-    assert h.store.vault_ids() == set() and h.store.referral(rid).images == ()
+    assert h.store.image_vault_ids() == set() and h.store.referral(rid).images == ()
     assert "reached 16" in reply_text(await h.say(GP, f"!refer derm {cid} eczema again"))
 
 
@@ -358,25 +362,42 @@ async def test_vault_retention_shreds_after_closing():
     await h.tick()
     await h.drain()
     assert h.store.referral(rid).state is ReferralState.CLOSED
-    assert len(h.store.vault_ids()) == 1  # kept for the retention period
+    assert len(h.store.image_vault_ids()) == 1  # kept for the retention period
     h.advance(days=8)
     await h.tick()
-    assert h.store.vault_ids() == set()
+    assert h.store.image_vault_ids() == set()
     assert h.store.referral(rid).next_due_at() is None
     assert "vault.retention_ended" in [e.action for e in h.store.audit]
 
 
-async def test_export_then_vault_shredded():
-    h = Harness()
+async def test_export_refiles_and_destroys_nothing():
+    """Issue 13: !export re-files on demand, says where it went, and never destroys the
+    vault copy (before this change an export before the opinion lost the images)."""
+    h = Harness(policy=policy(filing_enabled=True))
     _cid, rid = await open_referral(h)
     await h.send_image(GP, jpeg_with_metadata())
     await h.drain()
-    await h.say(DERM, "!opinion fine", place=thread(rid))
-    acts = await h.say(GP, f"!export {rid}")
-    assert any(isinstance(a, A.ExportReferral) and a.referral_id == rid for a in acts)
+    acts = await h.say(GP, f"!export {rid}")  # before the opinion
+    assert any(isinstance(a, A.FileRecord) and a.referral_id == rid and a.reason == "export" for a in acts)
+    assert "Nothing is deleted" in reply_text(acts)
     assert "not one of your" in reply_text(await h.say(OTHER_GP, f"!export {rid}"))
+    done = await h.drain()
+    assert any(isinstance(a, A.Reply) and a.text == f"{rid} filed to the practice document inbox." for a in done)
+    assert len(h.store.image_vault_ids()) == 1
+    # the opinion later: filed again (a new version), the image still there for it
+    await h.say(DERM, "!opinion fine", place=thread(rid))
     await h.drain()
-    assert h.store.vault_ids() == set() and h.store.referral(rid).exported_at is not None
+    assert [f.version for f in h.filed] == [1, 2]
+    assert len(h.store.image_vault_ids()) == 1
+    assert all("/" not in a.text for a in done if isinstance(a, A.Reply))  # never a server path
+
+
+async def test_export_when_filing_is_not_configured_says_so():
+    h = Harness()
+    _cid, rid = await open_referral(h)
+    text = reply_text(await h.say(GP, f"!export {rid}"))
+    assert "Filing is not set up" in text
+    assert not [a for a in await h.store.pending_actions() if isinstance(a.action, A.FileRecord)]
 
 
 async def test_cancel():
@@ -414,7 +435,7 @@ async def test_room_refuses_post_gp_is_told_and_image_not_kept():
     assert any("not end-to-end encrypted" in n.text for n in notes)
     ref = h.store.referral(rid)
     assert ref.state is ReferralState.OPENED and ref.images[0].state is ImageState.DISCARDED
-    assert h.store.vault_ids() == set() and h.chat == {}
+    assert h.store.image_vault_ids() == set() and h.chat == {}
     # once the room is fixed, the next image asks for the thread root again
     h.fail_posts = None
     await h.send_image(GP, jpeg_with_metadata(seed=4))
@@ -433,7 +454,7 @@ async def test_commands_in_the_wrong_place_and_unknown_things():
     assert "no referrals" in reply_text(await h.say(GP, "!status"))
     assert "There is no consent" in reply_text(await h.say(GP, "!refer derm C-ZZZZZZ rash"))
     assert "choose one of: dermatology, plastics" in reply_text(await h.say(GP, "!refer cardiology C-ZZZZZZ rash"))
-    text = reply_text(await h.say(GP, "!consent patient=X by=parent purposes=care identifiable=no notes=yes"))
+    text = reply_text(await h.say(GP, "!consent patient=9434765919 by=parent purposes=care identifiable=no notes=yes specialties=derm"))
     assert text.startswith("Consent not recorded:") and "dob=" in text
     assert [e.details for e in h.store.audit if e.action == "consent.refused"] == [{"rule": "who.parent"}]
 
@@ -510,17 +531,17 @@ async def test_failure_mid_transaction_changes_nothing_and_says_sorry():
 
 
 async def test_export_failure_is_reported_and_keeps_the_vault_copy():
-    h = Harness()
+    h = Harness(policy=policy(filing_enabled=True))
     _cid, rid = await open_referral(h)
     await h.send_image(GP, jpeg_with_metadata())
     await h.drain()
     acts = await h.say(GP, f"!export {rid}")
-    export = next(a for a in acts if isinstance(a, A.ExportReferral))
+    export = next(a for a in acts if isinstance(a, A.FileRecord))
     acts = await h.workflow.handle(
-        E.ActionFailed(f"done:{export.key}", h.now, export.key, "ExportReferral", "Export is not configured on this bot.", rid)
+        E.ActionFailed(f"done:{export.key}", h.now, export.key, "FileRecord", "Filing is not configured on this bot.", rid)
     )
     assert any(isinstance(a, A.Notify) and "did not complete" in a.text and a.user_id == GP.user_id for a in acts)
-    assert len(h.store.vault_ids()) == 1 and h.store.referral(rid).exported_at is None
+    assert len(h.store.image_vault_ids()) == 1 and h.store.referral(rid).exported_at is None
 
 
 async def test_photo_goes_to_the_latest_referral_even_in_the_same_instant():
@@ -561,3 +582,46 @@ async def test_a_clock_stepped_back_never_sends_a_photo_to_an_older_referral():
     assert h.store.referral(first).images == ()
     status = reply_text(await h.say(GP, "!status"))
     assert status.index(first) < status.index(second)  # listed in the order they were opened
+# ---------------------------------------------------------------- issue 12: consents read back, episodes
+async def test_consent_reply_echoes_only_the_last_three_digits():
+    h = Harness()
+    text = reply_text(await h.say(
+        GP, "!consent patient=943-476-5919 by=patient adult=yes purposes=care identifiable=no notes=yes specialties=derm"))
+    assert "NHS no. ending 919" in text and "9434765919" not in text and "943-476" not in text
+    assert "specialties: dermatology" in text and "new referrals until 2026-04-01" in text
+    bad = reply_text(await h.say(GP, CONSENT_OK.replace("9434765919", "9434765918")))
+    assert "not a valid NHS number" in bad and "9434765918" not in bad
+    refused = [e.details for e in h.store.audit if e.action == "consent.refused"]
+    assert refused == [{"rule": "patient.format"}]
+
+
+async def test_consent_show_reads_back_to_the_practice_only():
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK + " sex=female"))
+    mine = reply_text(await h.say(GP, f"!consent show {cid.lower()}"))
+    assert cid in mine and "NHS no. ending 919" in mine and "sex female" in mine and "adult" in mine
+    assert "9434765919" not in mine and "hmac" not in mine
+    colleague = reply_text(await h.say(GP2, f"!consent {cid}"))  # same practice, other GP
+    assert "NHS no. ending 919" in colleague
+    other = reply_text(await h.say(OTHER_GP, f"!consent show {cid}"))
+    assert "another practice" in other and "919" not in other
+    assert "direct chat" in reply_text(await h.say(GP, f"!consent show {cid}", place=E.SpecialtyThread("dermatology")))
+    assert "no consent C-ZZZZZZ" in reply_text(await h.say(GP, "!consent show C-ZZZZZZ"))
+    shown = [(e.actor, e.action, e.consent_id) for e in h.store.audit if e.action.startswith("consent.show")]
+    assert shown == [(GP.user_id, "consent.shown", cid), (GP2.user_id, "consent.shown", cid),
+                     (OTHER_GP.user_id, "consent.show_refused", cid)]
+
+
+async def test_a_referral_after_the_episode_or_to_another_specialty_is_refused():
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    text = reply_text(await h.say(GP, f"!refer plastics {cid} scar revision?"))
+    assert text.startswith("Referral not opened:") and "specialties=plastics" in text
+    rid = referral_id_from(await h.say(GP, f"!refer derm {cid} rash"))
+    h.advance(days=30)
+    text = reply_text(await h.say(GP, f"!refer derm {cid} same rash, new question"))
+    assert "one episode" in text and "!consent" in text
+    assert [e.details["rule"] for e in h.store.audit if e.action == "referral.refused"] == ["specialty", "episode"]
+    # the referral opened inside the window still takes its photos
+    assert "on its way" in reply_text(await h.send_image(GP, jpeg_with_metadata()))
+    assert h.store.referral(rid).images

@@ -16,7 +16,7 @@ from bot.matrix.world import World
 
 
 async def consent(w: World, purposes: str = "care", identifiable: str = "no") -> str:
-    ans = await w.gp_says(f"!consent patient=9434765919 by=patient purposes={purposes} "
+    ans = await w.gp_says(f"!consent patient=9434765919 by=patient adult=yes specialties=dermatology purposes={purposes} "
                           f"identifiable={identifiable} notes=yes", expect="C-")
     m = re.search(r"C-[A-Z0-9]+", ans.body)
     assert m, ans.body

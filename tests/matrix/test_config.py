@@ -146,3 +146,20 @@ def test_roles_decide_who_may_refer_and_rosters_who_may_be_in_a_room(tmp_path):
     assert cfg.roster("dermatology") == frozenset({"@derm:example.org", "@extra:example.org",
                                                     "@both:example.org"})
     assert "@gp:example.org" not in cfg.roster("dermatology")
+
+
+def test_consent_window_and_patient_reference_schemes(tmp_path):
+    """Issue 12: the episode window and the deployment's own patient-reference schemes."""
+    raw = {"policy": {"consent_window_days": 14, "max_consent_window_days": 90,
+                      "patient_references": [{"name": "hospital no.", "pattern": "RX[0-9]{7}"},
+                                             {"name": "CHI no.", "pattern": "[0-3][0-9][01][0-9]{7}"}]}}
+    pol = parse_config(raw, need_matrix=False).policy()
+    assert pol.consent_window == timedelta(days=14) and pol.max_consent_window == timedelta(days=90)
+    assert [s.name for s in pol.patient_ref_schemes] == ["hospital no.", "CHI no."]
+    defaults = parse_config({}, need_matrix=False).policy()
+    assert defaults.consent_window == timedelta(days=30) and defaults.patient_ref_schemes == ()
+    for bad, says in (([{"name": "x"}], "needs name and pattern"), ([{"name": "x", "pattern": "RX[0-9"}], "not a valid"),
+                      ({"name": "x"}, "must be a list")):
+        with pytest.raises(ConfigError, match=says):
+            parse_config({"policy": {"patient_references": bad}}, need_matrix=False)
+

@@ -259,20 +259,22 @@ async def test_status_command_after_a_finished_referral(make_world):
     assert "9434765919" not in out.stdout and "melanoma" not in out.stdout.lower()
 
 
-async def test_export_writes_a_fhir_bundle(make_world):
-    import json
+async def test_export_files_the_record_and_names_no_server_path(make_world, tmp_path):
+    """Issue 13: !export re-files through the configured sinks and says where it went in
+    words ("filed to the practice document inbox"), never a server path; files are 0640."""
     import os
-    import re
 
-    w = await make_world(policy=FAST)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    sink = f'[[filing.sink]]\nname = "inbox"\ntype = "folder"\nlabel = "the practice document inbox"\npath = "{inbox}"\n'
+    w = await make_world(policy=FAST, extra_toml=sink)
     rid = await flow.refer(w, await flow.consent(w))
     up = await flow.send_photo(w)
     img, mxc = await flow.clean_image(w)
     await w.sp.say(w.derm_room, "!opinion Benign.", thread_root=img.thread_root)
     await flow.bot_reply(w, up.mark, "opinion on")
-    ans = await w.gp_says(f"!export {rid}", expect="exported")
-    path = re.search(r"(/\S+\.fhir\.json)", ans.body).group(1)
-    assert (os.stat(path).st_mode & 0o777) == 0o600
-    bundle = json.loads(open(path).read())
-    assert bundle["resourceType"] == "Bundle"
-    assert "9434765919" not in json.dumps(bundle)
+    ans = await w.gp_says(f"!export {rid}", expect="filed to")
+    assert f"{rid} filed to the practice document inbox." in ans.body and str(inbox) not in ans.body
+    pdfs = list(inbox.glob("*.pdf"))
+    assert len(pdfs) == 2  # at the opinion, and again on !export
+    assert all((os.stat(p).st_mode & 0o777) == 0o640 for p in inbox.iterdir())

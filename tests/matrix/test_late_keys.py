@@ -48,7 +48,8 @@ async def test_message_handled_when_its_key_arrives_late(make_world):
     await flow.consent(w)
     devices, key = _withhold_key_from_bot(w)
     mark = time.monotonic()
-    await w.gp.say(w.dm_room, "!consent patient=1234567881 by=patient purposes=care identifiable=no notes=yes")
+    await w.gp.say(w.dm_room, "!consent patient=1234567881 by=patient adult=yes purposes=care identifiable=no notes=yes "
+                      "specialties=dermatology")
     await asyncio.sleep(3)
     assert not [s for s in w.gp.messages(w.dm_room, w.bot_user.user_id) if s.ts >= mark], \
         "the bot should not have been able to read it yet"

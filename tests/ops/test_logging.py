@@ -94,7 +94,8 @@ async def test_whole_telegram_flow_logs_nothing_secret(captured, tmp_path):
     try:
         photo = make_photo(640, 480)
         reply = await world.gp_says(
-            f"!consent patient={NHS_COMPACT} by=patient purposes=care identifiable=yes notes=yes "
+            f"!consent patient={NHS_COMPACT} by=patient adult=yes specialties=dermatology purposes=care "
+            f"identifiable=yes notes=yes "
             f"statement=\"{STATEMENT}\"")
         cid = reply.split("Consent ", 1)[1].split(" ", 1)[0]
         await world.gp_says(f"!refer dermatology {cid} {QUESTION}")

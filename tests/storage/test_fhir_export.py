@@ -15,7 +15,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from bot.cli import main as cli_main
 from handlers.model import CloseReason, ImageState, ReferralState
-from storage.fhir_export import ExportError, ExportImage, export_bundle, validate
+from storage.fhir_export import ExportError, ExportImage, export_bundle, validate, write_private
 from storage.keys import generate_key_file, load_key_file
 from storage.sqlite_store import SQLiteStore
 
@@ -138,33 +138,70 @@ def _state(db_path, key_file):
     return asyncio.run(read())
 
 
-def test_cli_export_writes_a_valid_bundle_then_shreds(deployment, tmp_path, capsys):
+def test_cli_export_writes_a_valid_bundle_and_destroys_nothing(deployment, tmp_path, capsys):
+    """Issue 13: exporting never destroys anything (it used to shred the vault copies,
+    so an export before the opinion lost the images)."""
     db_path, key_file = deployment
     out = tmp_path / "R-7K3QX9.fhir.json"
     assert cli_main(["export", "r-7k3qx9", "--db", str(db_path), "--key-file", str(key_file), "-o", str(out)]) == 0
     said = capsys.readouterr().out
-    assert "crypto-shredded after export: img-1, img-2" in said
-    assert "still in the vault" in said and "img-3" in said
+    assert "nothing was destroyed" in said
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     bundle = Bundle.model_validate_json(out.read_text())
     media = [e.resource for e in bundle.entry if e.resource.__resource_type__ == "Media"]
     assert [m.content.data for m in media[:2]] == [JPEG, PNG]  # the model decodes base64
 
     ref, vault, entries, chain = _state(db_path, key_file)
-    assert vault == {"img-1": None, "img-2": None, "img-3": b"waiting image"}
+    assert vault == {"img-1": JPEG, "img-2": PNG, "img-3": b"waiting image"}
     assert ref.exported_at is not None
-    assert [i.shredded for i in ref.images] == [True, True, False]
-    assert entries[-1].action == "referral.exported" and entries[-1].details == {"shredded": 2}
+    assert [i.shredded for i in ref.images] == [False, False, False]
+    assert entries[-1].action == "referral.exported" and entries[-1].details == {}
     assert chain.intact
 
-    # exporting again: still a valid record, the destroyed images are listed without data
+    # exporting again gives the same images
     out2 = tmp_path / "again.json"
     assert cli_main(["export", "R-7K3QX9", "--db", str(db_path), "--key-file", str(key_file), "-o", str(out2)]) == 0
-    said = capsys.readouterr().out
-    assert "already destroyed before this export" in said and "img-1, img-2" in said
-    again = json.loads(out2.read_text())
-    assert all("data" not in e["resource"]["content"] for e in again["entry"]
-               if e["resource"]["resourceType"] == "Media" and e["resource"]["identifier"][0]["value"] != "img-3")
+    again = Bundle.model_validate_json(out2.read_text())
+    assert [e.resource.content.data for e in again.entry if e.resource.__resource_type__ == "Media"][:2] == [JPEG, PNG]
+
+
+def test_write_private_never_follows_a_planted_symlink(tmp_path):
+    """Issue 9, finding 9: the temporary file used to be ``.<name>.tmp-<pid>``, so a
+    symlink planted there made the export write through it. Now the temporary name is
+    random and opened O_EXCL|O_NOFOLLOW; a symlink at the final name is replaced, not
+    followed."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "R-7K3QX9.fhir.json"
+    for pid in range(os.getpid() - 5, os.getpid() + 5):  # every name the old code could pick
+        os.symlink(victim, tmp_path / f".{out.name}.tmp-{pid}")
+    write_private(out, "record")
+    assert victim.read_text() == "precious" and out.read_text() == "record"
+    # a symlink AT the final name is replaced by the file, the target left alone
+    out.unlink()
+    os.symlink(victim, out)
+    write_private(out, "record 2")
+    assert not out.is_symlink() and out.read_text() == "record 2" and victim.read_text() == "precious"
+    # and with overwrite=False a planted symlink is an existing file: refused
+    os.unlink(out)
+    os.symlink(victim, out)
+    with pytest.raises(FileExistsError):
+        write_private(out, "x", overwrite=False)
+    assert victim.read_text() == "precious"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # nothing left behind
+
+
+def test_write_private_creates_its_temporary_file_exclusively(tmp_path, monkeypatch):
+    """Even if the random name were guessed, O_EXCL refuses an existing file there."""
+    import secrets as _secrets
+
+    monkeypatch.setattr(_secrets, "token_hex", lambda n: "a" * (2 * n))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.symlink(victim, tmp_path / f".{'a' * 32}.tmp")
+    with pytest.raises(FileExistsError):
+        write_private(tmp_path / "out.json", "record")
+    assert victim.read_text() == "precious" and not (tmp_path / "out.json").exists()
 
 
 def test_cli_export_to_stdout_keeps_messages_on_stderr(deployment, capsys):
@@ -172,7 +209,7 @@ def test_cli_export_to_stdout_keeps_messages_on_stderr(deployment, capsys):
     assert cli_main(["export", "R-7K3QX9", "--db", str(db_path), "--key-file", str(key_file)]) == 0
     captured = capsys.readouterr()
     Bundle.model_validate_json(captured.out)
-    assert "crypto-shredded" in captured.err
+    assert "nothing was destroyed" in captured.err
 
 
 def test_cli_export_bad_input(deployment, tmp_path, capsys):
@@ -200,20 +237,13 @@ def test_cli_export_bad_input(deployment, tmp_path, capsys):
     assert vault["img-1"] == JPEG  # nothing was shredded by the failed attempts
 
 
-def test_file_exporter_for_the_transports(deployment, tmp_path):
-    from storage.fhir_export import file_exporter
+def test_a_deceased_patients_statement_is_filed_as_known_wishes():
+    """Issue 12: for a patient who has died the statement is their known wishes / the views
+    of those close to them; the record must not call it a best-interests statement."""
+    from handlers.model import ConsentBasis
 
-    db_path, key_file = deployment
-
-    async def go():
-        async with await SQLiteStore.open(db_path, load_key_file(key_file)) as store:
-            export = file_exporter(store, tmp_path / "exports", clock=lambda: T0)
-            where = await export("R-7K3QX9")
-            async with store.read() as tx:  # the transport's exporter does not shred:
-                assert await tx.vault_get("img-1") == JPEG  # ExportCompleted's transition does
-            return where
-
-    where = asyncio.run(go())
-    path = tmp_path / "exports" / "R-7K3QX9-20260301T090000Z.fhir.json"
-    assert where == str(path) and stat.S_IMODE(path.stat().st_mode) == 0o600
-    Bundle.model_validate_json(path.read_text())
+    r = _full_referral()
+    c = dataclasses.replace(consent(), basis=ConsentBasis.DECEASED_WISHES,
+                            best_interests_statement="Asked that his photos be used to teach; wife agrees.")
+    text = export_bundle(c, r, [ExportImage(r.images[0], JPEG)], at=T0 + timedelta(days=1)).json()
+    assert "known-wishes-statement" in text and "best-interests" not in text

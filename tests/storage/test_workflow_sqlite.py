@@ -11,7 +11,7 @@ from handlers import events as E
 from handlers.model import ReferralState
 from storage.memory import MemoryStore
 from storage.sqlite_store import SQLiteStore
-from tests.handlers.helpers import CONSENT_OK, DERM, GP, GP2, Harness, consent_id_from, jpeg_with_metadata, referral_id_from
+from tests.handlers.helpers import CONSENT_OK, DERM, GP, GP2, Harness, consent_id_from, jpeg_with_metadata, policy, referral_id_from
 
 
 def thread(rid: str) -> E.SpecialtyThread:
@@ -27,6 +27,7 @@ async def story(h: Harness) -> dict:
         trace.append([a.to_dict() for a in acts])
         return acts
 
+    h.room_members = (DERM.user_id, "@bot:example.org")
     cid = consent_id_from(await say(GP, CONSENT_OK))
     rid1 = referral_id_from(await say(GP, f"!refer derm {cid} Is this a BCC?"))
     trace.append([a.to_dict() for a in await h.send_image(GP, jpeg_with_metadata(seed=1))])
@@ -70,14 +71,14 @@ async def story(h: Harness) -> dict:
 
 
 def _sqlite_harness(store: SQLiteStore) -> Harness:
-    h = Harness()
+    h = Harness(policy=policy(filing_enabled=True))
     h.store = store
     h.workflow.store = store
     return h
 
 
 async def test_workflow_on_sqlite_matches_the_reference_store(tmp_path, keys, capsys):
-    mem = Harness()
+    mem = Harness(policy=policy(filing_enabled=True))
     assert isinstance(mem.store, MemoryStore)
     expected = await story(mem)
 
@@ -93,7 +94,7 @@ async def test_workflow_on_sqlite_matches_the_reference_store(tmp_path, keys, ca
     assert got == expected
     rid1, rid2 = got["rids"]
     r1, r2 = got["referrals"]
-    assert r1["state"] == ReferralState.CLOSED.value and r1["exported_at"] is not None
+    assert r1["state"] == ReferralState.CLOSED.value and r1["filed_version"] == 3  # opinion, !export, withdrawal
     assert r2["state"] == ReferralState.CLOSED.value and r2["close_reason"] == "withdrawn"
     assert got["vault_live"] == [] and got["pending"] == []
     # any duplicate answer was empty
@@ -102,8 +103,9 @@ async def test_workflow_on_sqlite_matches_the_reference_store(tmp_path, keys, ca
     # the audit trail: intact, covers the story, carries no patient data
     assert chain.intact and chain.entries == len(entries) > 10
     actions = {e.action for e in entries}
-    assert {"consent.recorded", "referral.opened", "image.accepted", "opinion.given",
-            "referral.exported", "consent.withdrawn"} <= actions
+    assert {"consent.recorded", "referral.opened", "image.accepted", "opinion.given", "record.filing_requested",
+            "record.filed", "image.room_members", "record.copies_deleted", "patient_ref.shredded",
+            "consent.withdrawn"} <= actions
     flat = repr([(e.actor, e.action, e.referral_id, e.consent_id, dict(e.details)) for e in entries])
     assert "9434765919" not in flat and "BCC" not in flat and "keratosis" not in flat
     assert await asyncio.to_thread(cli_main, ["audit", "verify", "--db", str(db_path)]) == 0

@@ -119,7 +119,7 @@ class World:
         return self.api.bot_texts(GP_TG)
 
     async def consent(self, extra: str = "purposes=care identifiable=yes") -> str:
-        reply = await self.gp_says(f"!consent patient=9434765919 by=patient {extra} notes=yes")
+        reply = await self.gp_says(f"!consent patient=9434765919 by=patient adult=yes specialties=dermatology {extra} notes=yes")
         m = re.search(r"\bC-[A-Z0-9]+", reply)
         assert m, reply
         return m.group(0)

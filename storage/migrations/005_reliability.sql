@@ -1,4 +1,4 @@
--- 004: reliability (security review, issue 9).
+-- 005: reliability (security review, issue 9).
 -- * referrals.seq: the order referrals were opened in, assigned by the store. Lists are
 --   ordered by it, never by the wall-clock opened_at (a clock stepped back would put a
 --   new referral before an old one). Existing rows are numbered in their old order.
