@@ -350,8 +350,30 @@ class MatrixTransport(OutboxLoop):
             return
         if not await self._trustworthy(room_id, event_id, sender, ev, src):
             return
-        await self._dispatch(room_id, event_id, sender, src.get("type", ""),
-                             src.get("content") or {}, src)
+        try:
+            await self._dispatch(room_id, event_id, sender, src.get("type", ""),
+                                 src.get("content") or {}, src)
+        except StoreUnavailable:
+            await self._store_delay_notice(room_id, event_id, sender, src)
+            raise
+
+    async def _store_delay_notice(self, room_id: str, event_id: str, sender: str, src: dict) -> None:
+        """The store failed while handling someone's command or photo: it is retried by
+        itself, and they are told once (the transaction id makes a repeat a no-op), so
+        they do not type it again or think it was ignored."""
+        content = src.get("content") or {}
+        asked = (str(content.get("body", "")).lstrip().startswith("!")
+                 or content.get("msgtype") in ("m.image", "m.file"))
+        if src.get("type") != "m.room.message" or not asked or not self.s.is_allowed(sender):
+            return
+        rel = content.get("m.relates_to") or {}
+        thread = rel.get("event_id") if rel.get("rel_type") == "m.thread" else None
+        try:
+            await self._notice(room_id, "I could not save that just now (a problem on my side); I "
+                               "will finish it by myself as soon as I can, so there is no need to "
+                               "send it again.", key=f"storewait.{event_id}", thread_root=thread)
+        except Exception:  # the notice is a courtesy; the retry is what matters
+            log.debug("could not send the store-delay notice")
 
     async def _trustworthy(self, room_id: str, event_id: str, sender: str, ev: Any,
                            src: dict) -> bool:

@@ -304,6 +304,8 @@ async def test_store_failures_are_retried_never_dropped(make_world):
     mark = time.monotonic()
     await w.gp.say(w.dm_room, f"!withdraw {cid}")
     await holder
+    waiting = await flow.bot_reply(w, mark, "no need to send it again", timeout=20)
+    assert "could not save" in waiting.body
     done = await flow.bot_reply(w, mark, "withdrawn", timeout=30)
     assert cid in done.body and transport.store_errors > errors
     async with w.app.store.read() as tx:
