@@ -286,7 +286,8 @@ class Workflow:
         """Each due referral in its own transaction: one that cannot be read (or trips a
         bug) is set aside and alerted on, and never stops the others' expiries. A store
         failure (disk full, lock timeout) stops the tick; the next one retries."""
-        async with self.store.transaction() as tx:
+        reader = getattr(self.store, "read", self.store.transaction)  # no write lock just to look
+        async with reader() as tx:
             due = await tx.due_referral_ids(at)
         out: list[Action] = []
         for rid in due:
