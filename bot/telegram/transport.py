@@ -149,7 +149,9 @@ class TelegramTransport(OutboxLoop):
                 log.warning("an update hit a network problem; it will be retried")
                 return 0
             except StoreUnavailable:
-                # the store failed (logged and counted): not acknowledged either
+                # the store failed (logged and counted): not acknowledged either; wait out
+                # the store's backoff rather than fetch the same update again at once
+                await asyncio.sleep(max(0.5, self._store_until - time.monotonic()))
                 return 0
             except (TimedOut, NetworkError):
                 log.warning("an update hit a network problem; it will be retried")

@@ -291,3 +291,27 @@ async def test_an_administrator_off_the_roster_makes_the_group_unsafe(fake_api, 
         assert world.images_in_group() == []
     finally:
         await world.close()
+
+
+async def test_an_update_the_store_could_not_handle_is_not_confirmed(world):
+    """Finding 4 on Telegram: a store failure must not confirm the update (the offset is
+    Telegram's sync token), so it comes again and is handled once the store answers."""
+    from handlers import events as E
+    from storage.interfaces import StoreError
+
+    real = world.workflow.handle
+    failures = []
+
+    async def full_disk_once(event):
+        if isinstance(event, E.CommandReceived) and not failures:
+            failures.append(event.event_id)
+            raise StoreError("database or disk is full")
+        return await real(event)
+
+    world.workflow.handle = full_disk_once
+    before = len(world.gp_texts())
+    world.api.user_sends_text(GP_TG, "!help")
+    assert await world.transport.poll_once(0) == 0  # not confirmed
+    assert world.transport.store_errors == 1 and len(world.gp_texts()) == before
+    await world.step()  # Telegram sends it again; now it is handled, once
+    assert len([t for t in world.gp_texts()[before:] if "Referral bot" in t]) == 1
