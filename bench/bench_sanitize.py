@@ -9,9 +9,13 @@ One run:
          interpreter start-up and imports included;
        - `exiftool -all= -overwrite_original` on copies of the batch (one process);
        - a loop of `jpegtran -copy none` (one process per file);
-  3. in-process sanitize() time per 12 MP image (median), with and without faces;
-  4. peak memory (max RSS) of a child process sanitising the 48 MP image (which has one
-     face): faces off, faces on, and blurring (reported; the target is for the first two).
+  3. in-process sanitize() time per 12 MP image (median), without any check, and the
+     identifiability check (faces + text) per 12 MP photo, side by side with the peer (the
+     OpenCV Haar cascade the product used before, bench/peer_cascade.py) on the same photos;
+  4. the face-and-text evaluation set (tests/sanitizer/evalset.py, at 12 MP, with the shared
+     corpus when present): recall and false alarms, ours and the cascade, in the same run;
+  5. peak memory (max RSS) of a child process sanitising the 48 MP image (which has one
+     face): faces off, faces and text on, and blurring (reported; the target is for the first two).
 
 Usage:  .venv/bin/python bench/bench_sanitize.py [--reps N] [--cache DIR]
 This is a benchmark, not a test: it prints numbers and checks the targets,
@@ -31,6 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # peer_cascade
 
 N_IMAGES = 24
 W12, H12 = 4032, 3024  # 12.2 MP, what most phones shoot
@@ -124,21 +129,89 @@ def bench_batches(files: list[Path], reps: int) -> dict[str, list[float]]:
 
 
 def bench_in_process(files: list[Path], reps: int) -> dict[str, float]:
+    import peer_cascade
+
+    from bot.matrix.photo import make_phone_photo
     from handlers.sanitizer import sanitize
 
     datas = [f.read_bytes() for f in files]
-    sanitize(datas[0])  # warm-up: first-call imports (Pillow, OpenCV, the cascade file)
-    fast, faces = [], []
+    phone5mb = [make_phone_photo(seed=20 + i) for i in range(4)]  # what bench_matrix sends
+    sanitize(datas[0], detect_text=True)  # warm-up: first-call imports and model loads
+    peer_cascade.detect_bytes(datas[0])
+    fast, check, check5, peer, peer5 = [], [], [], [], []
     for _ in range(reps):
         for d in datas:
             t0 = time.perf_counter()
             sanitize(d, detect_faces=False)
             fast.append(time.perf_counter() - t0)
-    for d in datas[:8]:
+    for _ in range(max(1, reps // 2)):
+        for d in datas[:8]:
+            for fn, out in ((lambda: sanitize(d, detect_faces=True, detect_text=True), check),
+                            (lambda: peer_cascade.detect_bytes(d), peer)):
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+        for d in phone5mb:
+            for fn, out in ((lambda: sanitize(d, detect_faces=True, detect_text=True), check5),
+                            (lambda: peer_cascade.detect_bytes(d), peer5)):
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+    # what the turned passes (when nothing is found upright) cost, and what the text check costs
+    from handlers.sanitizer import _detect
+
+    no_turn, faces_only = [], []
+    _detect.TURNED_PASSES = False
+    try:
+        for d in phone5mb * max(1, reps // 2):
+            t0 = time.perf_counter()
+            sanitize(d, detect_faces=True, detect_text=True)
+            no_turn.append(time.perf_counter() - t0)
+    finally:
+        _detect.TURNED_PASSES = True
+    for d in phone5mb * max(1, reps // 2):
         t0 = time.perf_counter()
-        sanitize(d)
-        faces.append(time.perf_counter() - t0)
-    return {"fast": statistics.median(fast) * 1000, "faces": statistics.median(faces) * 1000}
+        sanitize(d, detect_faces=True)
+        faces_only.append(time.perf_counter() - t0)
+    med = lambda v: statistics.median(v) * 1000  # noqa: E731
+    return {"fast": med(fast), "check": med(check), "check5": med(check5), "peer": med(peer), "peer5": med(peer5),
+            "check5_no_turn": med(no_turn), "check5_faces_only": med(faces_only)}
+
+
+def bench_evalset(cache: Path) -> dict:
+    """Recall and false alarms on the evaluation set, ours and the cascade, same pictures."""
+    import pillow_heif
+
+    import peer_cascade
+    from handlers.sanitizer import ImageRefused, sanitize
+    from tests.sanitizer import evalset
+
+    pillow_heif.register_heif_opener()
+    folder = cache / "evalset-v1"
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = evalset.cases(W12)
+    for c in cases:  # build each generated picture once and keep it
+        if c.tags and "corpus" in c.tags:
+            continue
+        path = folder / (c.name.replace("/", "_") + ".jpg")
+        if not path.exists():
+            path.write_bytes(c.make())
+        c.make = path.read_bytes
+
+    def ours(data: bytes):
+        try:
+            r = sanitize(data, detect_faces=True, detect_text=True)
+        except ImageRefused:
+            return [], None
+        return r.face_boxes, r.text_boxes
+
+    def cascade(data: bytes):
+        try:
+            return peer_cascade.detect_bytes(data), None
+        except Exception:  # noqa: BLE001 - a file the peer's decoder cannot open: nothing found
+            return [], None
+
+    return {"ours": evalset.score(ours, cases), "cascade": evalset.score(cascade, cases), "cases": cases}
 
 
 _CHILD = r"""
@@ -157,7 +230,9 @@ from handlers.sanitizer import sanitize, Limits
 import PIL.Image  # imported by the faces path anyway; count it in the baseline too
 base = hwm_mb()
 data = open(sys.argv[2], "rb").read()
-r = sanitize(data, limits=Limits(max_pixels=60_000_000), detect_faces=sys.argv[3] != "0", blur_faces=sys.argv[3] == "2")
+on = sys.argv[3] != "0"
+r = sanitize(data, limits=Limits(max_pixels=60_000_000), detect_faces=on, detect_text=on,
+             blur_faces=sys.argv[3] == "2", blur_text=sys.argv[3] == "2")
 print(base, hwm_mb(), len(data) // (1 << 20), r.width * r.height, r.faces)
 """
 
@@ -182,6 +257,8 @@ def main() -> int:
     print(f"timing {args.reps} repetitions of each batch ...", flush=True)
     batches = bench_batches(files, args.reps)
     inproc = bench_in_process(files, max(1, args.reps // 2))
+    print("evaluation set: ours and the cascade on the same pictures (generated ones cached) ...", flush=True)
+    ev = bench_evalset(args.cache)
     base_mb, peak_mb, big_mb, big_px, _ = peak_rss(big, "0")
     _, peak_faces_mb, _, _, big_faces = peak_rss(big, "1")
     _, peak_blur_mb, _, _, _ = peak_rss(big, "2")
@@ -193,10 +270,32 @@ def main() -> int:
         med = statistics.median(times)
         print(f"{name:<44}{med:>9.3f}{med / len(files) * 1000:>10.1f}{med / ours:>8.1f}x")
     print()
-    print(f"in-process sanitize(), 12 MP JPEG, faces off: {inproc['fast']:.2f} ms/image (median)")
-    print(f"in-process sanitize(), 12 MP JPEG, faces on (default): {inproc['faces']:.1f} ms/image (median)")
+    print(f"in-process sanitize(), 12 MP JPEG, no check: {inproc['fast']:.2f} ms/image (median)")
+    print()
+    print("identifiability check per 12 MP photo, decode included (median ms)   ours (faces+text)   cascade (faces)")
+    print(f"  2.9 MB test photos (8 photos x reps)                               {inproc['check']:>10.1f}"
+          f"   {inproc['peer']:>15.1f}")
+    print(f"  5 MB bench_matrix photos (4 photos x reps)                         {inproc['check5']:>10.1f}"
+          f"   {inproc['peer5']:>15.1f}")
+    print(f"  5 MB photos, ours without the turned passes / faces only (no text)  {inproc['check5_no_turn']:>6.1f}"
+          f" / {inproc['check5_faces_only']:.1f}")
+    o, c = ev["ours"], ev["cascade"]
+    print()
+    print(f"evaluation set ({len(ev['cases'])} pictures; tests/sanitizer/evalset.py; 12 MP)       ours      cascade")
+    print(f"  faces found (recall)                   {o.face_found:>3}/{o.face_total} {o.face_recall:>6.1%}"
+          f"   {c.face_found:>3}/{c.face_total} {c.face_recall:>6.1%}")
+    print(f"  face false alarms, face-free pictures  {len(o.face_false_alarms):>3}/{o.face_free_total}"
+          f"          {len(c.face_false_alarms):>3}/{c.face_free_total}")
+    print(f"  face false alarms, skin photos         {len(o.skin_false_alarms):>3}/{o.skin_total}"
+          f"           {len(c.skin_false_alarms):>3}/{c.skin_total}")
+    print(f"  text found (recall)                    {o.text_found:>3}/{o.text_total} {o.text_recall:>6.1%}      (not looked for)")
+    print(f"  text false alarms, skin photos         {len(o.text_false_alarms):>3}/{o.text_free_total}")
+    print(f"  ours missed: {', '.join(o.missed_faces) or '-'}; text missed: {', '.join(o.missed_text) or '-'}")
+    print(f"  ours false alarms: {', '.join(o.face_false_alarms) or '-'}")
+    print(f"  cascade missed {len(c.missed_faces)}: {', '.join(c.missed_faces)}")
+    print(f"  unlabelled: {o.notes}")
     print(f"peak RSS sanitising a {big_px / 1e6:.1f} MP JPEG ({big_mb} MB, {big_faces} face), child process: "
-          f"{peak_mb} MB faces off, {peak_faces_mb} MB faces on, {peak_blur_mb} MB blurring "
+          f"{peak_mb} MB no check, {peak_faces_mb} MB faces and text checked, {peak_blur_mb} MB blurring "
           f"(interpreter + imports alone: {base_mb} MB)")
 
     ok = True
@@ -204,7 +303,10 @@ def main() -> int:
         ("faster than exiftool batch incl. start-up", "exiftool -all= (batch)" not in batches
          or ours < statistics.median(batches["exiftool -all= (batch)"])),
         ("<= 10 ms per 12 MP JPEG in-process", inproc["fast"] <= 10.0),
-        ("48 MP peak RSS < 300 MB (faces off and on)", max(peak_mb, peak_faces_mb) < 300),
+        ("48 MP peak RSS < 300 MB (check off and on)", max(peak_mb, peak_faces_mb) < 300),
+        ("identifiability check <= 100 ms per 12 MP photo (5 MB photos)", inproc["check5"] <= 100),
+        ("face recall >= 90% on the evaluation set", o.face_recall >= 0.9),
+        ("0 face false alarms on skin photos", not o.skin_false_alarms),
     ]
     print()
     for label, passed in checks:

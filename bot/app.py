@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -51,10 +52,23 @@ async def open_store(config: Config):
     return store, keys
 
 
-def make_workflow(store: Any, config: Config, keys: Any, clock: Callable[[], datetime]):
+def make_workflow(store: Any, config: Config, keys: Any, clock: Callable[[], datetime], sanitize: Any = None):
     from handlers.workflow import Workflow
 
-    return Workflow(store=store, policy=config.policy(), hasher=keys.patient_ref_hasher())
+    return Workflow(store=store, policy=config.policy(), hasher=keys.patient_ref_hasher(), sanitize=sanitize)
+
+
+def sanitizer_pool(config: Config):
+    """The worker processes that clean images (memory cap, time limit): optional [sanitizer]
+    section with ``workers``, ``memory_mb`` and ``timeout_seconds`` (docs/sanitizer.md)."""
+    from bot.sanitize_pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, SanitizerPool
+
+    raw = config.raw.get("sanitizer") or {}
+    try:
+        return SanitizerPool(int(raw.get("workers", 1)), memory_mb=int(raw.get("memory_mb", DEFAULT_MEMORY_MB)),
+                             timeout_s=float(raw.get("timeout_seconds", DEFAULT_TIMEOUT_S)))
+    except (TypeError, ValueError):
+        raise ConfigError("[sanitizer] workers, memory_mb and timeout_seconds must be numbers.") from None
 
 
 def make_filer(config: Config, store: Any, keys: Any, clock: Callable[[], datetime]):
@@ -95,7 +109,10 @@ class BotApp:
         self.admin = None
         self.state = None
         self.metrics_server = None
+        self.cross_signing = None   # bot.matrix.crosssign.CrossSigningStatus, once known
+        self._cross_sign_retry = None
         self.filer = None
+        self.pool = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -117,8 +134,10 @@ class BotApp:
         from bot.matrix.transport import MatrixTransport, TransportSettings
 
         cfg, m = self.config, self.config.matrix
+        self.pool = sanitizer_pool(cfg)
+        warming = asyncio.create_task(asyncio.to_thread(self.pool.start))  # loads the models meanwhile
         self.store, keys = await open_store(cfg)
-        self.workflow = make_workflow(self.store, cfg, keys, self.clock)
+        self.workflow = make_workflow(self.store, cfg, keys, self.clock, sanitize=self.pool)
         self.client = await nioclient.login_persistent(
             m.homeserver, m.user_id, m.store_dir, pickle_key_for(cfg, keys),
             password=m.password, access_token=m.access_token, device_id=m.device_id,
@@ -126,6 +145,7 @@ class BotApp:
         admin_token = m.admin_token or (self.client.access_token if m.admin_is_bot else None)
         self.admin = SynapseAdmin(m.homeserver, admin_token, self.client.access_token)
         self.state = TransportState(m.store_dir / "transport.sqlite3")
+        await self._cross_sign(keys)
         settings = TransportSettings(
             specialty_rooms={k: s.room for k, s in cfg.specialties.items()},
             specialty_titles={k: (s.title or k.capitalize()) for k, s in cfg.specialties.items()},
@@ -140,9 +160,48 @@ class BotApp:
         self.transport = MatrixTransport(self.client, self.store, self.workflow, settings,
                                          self.state, admin=self.admin, clock=self.clock,
                                          filer=self.filer)
+        await warming
         await self.transport.start()
         await self._start_metrics()
         log.info("bot is running")
+
+    async def _cross_sign(self, keys: Any) -> None:
+        """Cross-sign the bot's device so Element trusts it (bot/matrix/crosssign.py).
+        A problem is told to the operator in the log; it never stops the bot. An
+        unreachable homeserver is retried in the background."""
+        import asyncio
+
+        if not await self._try_cross_sign(keys):
+            self._cross_sign_retry = asyncio.create_task(self._cross_sign_later(keys))
+
+    async def _try_cross_sign(self, keys: Any) -> bool:
+        """False if it should be tried again later."""
+        from bot.matrix import crosssign
+
+        password = self.config.matrix.password
+        try:
+            self.cross_signing = await crosssign.ensure_cross_signing(
+                self.client, self.state, keys.cross_signing_key,
+                password=str(password) if password else None)
+        except crosssign.TransientCrossSigningError as exc:
+            log.warning("cross-signing the bot's device failed (%s); will try again", exc)
+            return False
+        except crosssign.CrossSigningProblem as exc:
+            log.error("cross-signing: %s", exc)
+            return True
+        if not self.cross_signing.ready:
+            log.error("cross-signing: %s", self.cross_signing.message)
+        return True
+
+    async def _cross_sign_later(self, keys: Any) -> None:
+        import asyncio
+
+        delay = 5.0
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 300.0)
+            if self.client is None or await self._try_cross_sign(keys):
+                return
 
     async def _start_metrics(self) -> None:
         """/metrics and /healthz when the config has a [metrics] section."""
@@ -164,6 +223,9 @@ class BotApp:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
+        if self._cross_sign_retry is not None:
+            self._cross_sign_retry.cancel()
+            self._cross_sign_retry = None
         if self.transport is not None:
             await self.transport.stop()
         if self.admin is not None:
@@ -176,4 +238,6 @@ class BotApp:
             close = getattr(self.store, "close", None)
             if close:
                 await close()
-        self.transport = self.client = self.admin = self.state = self.store = None
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
+        self.transport = self.client = self.admin = self.state = self.store = self.pool = None

@@ -7,7 +7,7 @@ Output names never carry the input's name (a random stem is used with
 --out-dir). A refused file gets one plain line on stderr and leaves no output
 behind (we write to a temporary file and rename it into place).
 Module-level imports stay light: the sanitizer itself is imported in run(),
-and numpy/OpenCV only load when faces are asked for.
+and numpy/OpenCV/ONNX Runtime only load when faces or text are asked for.
 """
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", action="store_true", help="print what was removed, as JSON, on stdout")
     parser.add_argument("--detect-faces", action="store_true", help="look for faces and report how many")
     parser.add_argument("--blur-faces", action="store_true", help="blur any faces found (implies --detect-faces)")
+    parser.add_argument("--detect-text", action="store_true",
+                        help="look for text on the photo (labels, wristbands, writing) and report where")
+    parser.add_argument("--blur-text", action="store_true", help="blur any text found (implies --detect-text)")
     parser.add_argument("--max-bytes", type=int, default=None, metavar="N", help="refuse files larger than N bytes (default 40 MiB)")
     parser.add_argument("--max-pixels", type=int, default=None, metavar="N", help="refuse images with more than N pixels (default 60 million)")
 
@@ -97,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
             with open(path, "rb") as fh:
                 data = fh.read()
             with _quiet_native_stderr():
-                result = sanitize(data, limits=limits, blur_faces=args.blur_faces, detect_faces=detect)
+                result = sanitize(data, limits=limits, blur_faces=args.blur_faces, detect_faces=detect,
+                                  detect_text=args.detect_text, blur_text=args.blur_text)
             if args.output is not None:
                 out_path = args.output
             else:

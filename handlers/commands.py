@@ -123,7 +123,7 @@ class ExportCmd:
 
 @dataclass(frozen=True)
 class BlurCmd:
-    """Send the held image(s) of a referral with faces blurred."""
+    """Send the held image(s) of a referral with the faces and text found blurred."""
 
     referral_id: str
 
@@ -510,7 +510,7 @@ HELP_TOPICS: dict[str, str] = {
     "status": "!status lists your referrals; !status R-… shows one.",
     "cancel": "!cancel R-… — closes the referral and removes its images from the specialty room.",
     "export": "!export R-… — exports the record (FHIR) for the patient's notes; the vault copy is then destroyed.",
-    "blur": "!blur R-… — sends the held image(s) with faces blurred (when the consent does not cover identifiable images).",
+    "blur": "!blur R-… — sends the held image(s) with the faces and text I found blurred (when the consent does not cover identifiable images).",
     "discard": "!discard R-… — drops the held image(s) without sending them.",
     "help": "!help or !help <command>.",
 }

@@ -713,7 +713,7 @@ def consent_summary(consent: ConsentRecord, policy: Policy | None = None) -> str
     parts = [
         f"Consent {consent.consent_id} recorded for {consent.patient_hint}: {_BASIS_WORDS[consent.basis]}",
         "for " + _purpose_words(consent),
-        "identifiable images " + ("covered" if consent.identifiable else "NOT covered (faces will be blurred)"),
+        "identifiable images " + ("covered" if consent.identifiable else "NOT covered (I check each photo for faces and text and hold any where I find them)"),
         "specialties: " + (", ".join(sorted(consent.specialties)) if consent.specialties is not None else "any"),
         f"new referrals until {refer_until(consent, policy).date().isoformat()}",
         f"images kept {consent.retention.days} days",

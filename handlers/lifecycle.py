@@ -274,7 +274,7 @@ def _schedule_post(ref: Referral, item: ImageItem, consent: ConsentRecord, at: d
 
 
 def _root_text(ref: Referral, consent: ConsentRecord) -> str:
-    covers = "covered" if consent.identifiable else "NOT covered (faces blurred)"
+    covers = "covered" if consent.identifiable else "NOT covered (photos checked for faces and text; what was found is blurred)"
     return (
         f"Referral {ref.referral_id} from a GP at {ref.practice}.\n"
         f"Question: {ref.question}\n"

@@ -7,7 +7,11 @@ and enqueue the resulting actions in the outbox. The returned list is what was
 enqueued (handy for tests; transports drain the outbox instead).
 
 No network, no SQL, no clock: time comes from the event. Images are cleaned with
-``handlers.sanitizer.sanitize`` (injectable for tests of failure paths only).
+``handlers.sanitizer.sanitize`` in a thread by default; the bot injects its worker-process
+pool (``bot/sanitize_pool.py``: memory cap, time limit) as ``sanitize``. Either way the
+photo is cleaned BEFORE the store transaction, so a slow image never holds the write lock:
+a short read-only step first reads the GP's open referrals' consents (they decide whether
+the face/text check runs), and the transaction re-checks that decision.
 
 Decisions (also in docs/commands.md):
 
@@ -15,11 +19,12 @@ Decisions (also in docs/commands.md):
   the image is refused: the raw photo must not stay in any chat.
 * An image goes to the GP's most recently opened referral that is still open (opened
   last in the store's sequence: never judged by the wall clock, which can step back).
-* Faces found and the consent does not cover identifiable images: the image is
-  blurred at once and only the blurred copy is kept, HELD until the GP types
-  ``!blur R-…`` (send it blurred) or ``!discard R-…``. Nothing unblurred is posted.
-  When the consent covers identifiable images the face check is not run at all
-  (nothing depends on it; audited as ``image.faces_not_checked``).
+* Faces or text found and the consent does not cover identifiable images: the image is
+  blurred at once (faces and text boxes) and only the blurred copy is kept, HELD until the
+  GP types ``!blur R-…`` (send it blurred) or ``!discard R-…``. Nothing unblurred is posted.
+  When the consent covers identifiable images the check is not run at all (nothing depends
+  on it; audited as ``image.faces_not_checked``). Replies say what was checked and what was
+  found, never that something cannot be there.
 * Withdrawal beats retention: every image under the consent leaves the chat and
   every vault copy is crypto-shredded at once. Opinions already given stay in
   the record (they are not the image).
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 from datetime import datetime
 from typing import Any, Callable
@@ -92,6 +98,8 @@ from storage.interfaces import RecordUnreadable, Store, StoreError, Transaction
 
 __all__ = ["ClearedImage", "Workflow"]
 
+_BLUR_LABELS = ("faces (blurred)", "text on the photo (blurred)")  # not metadata: left out of "Removed:"
+
 log = logging.getLogger(__name__)
 
 _STATE_WORDS = {
@@ -116,6 +124,15 @@ class ClearedImage:
     data: bytes
 
 
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """An uploaded image cleaned before the transaction (or why it could not be)."""
+
+    checked: bool  # the face/text check ran (and what it found is blurred)
+    result: Any = None
+    error: BaseException | None = None
+
+
 class _Refuse(Exception):
     """A plain refusal: reply with the message, change nothing else (but keep audit)."""
 
@@ -131,6 +148,7 @@ class _Ctx:
         self.tx = tx
         self.key_prefix = key_prefix
         self.actions: list[Action] = []
+        self.prepared: _Prepared | None = None  # an image cleaned before the transaction
 
     async def apply(self, ref: Referral, eff: lc.Effects) -> Referral:
         await self.tx.save_referral(ref)
@@ -153,6 +171,14 @@ class _Ctx:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _found_words(result: Any) -> str:
+    """'1 face', 'text', '2 faces and text in 3 places': what the identifiability check found."""
+    bits = [_plural(result.faces, "face")] if result.faces else []
+    if result.text_regions:
+        bits.append("text" if result.text_regions == 1 else f"text in {result.text_regions} places")
+    return " and ".join(bits)
 
 
 class Workflow:
@@ -179,6 +205,8 @@ class Workflow:
         self.policy = policy
         self.hasher = hasher
         self._sanitize = sanitize
+        self._sanitize_is_async = inspect.iscoroutinefunction(sanitize) or inspect.iscoroutinefunction(
+            getattr(sanitize, "__call__", None))
         self._limits = limits
         #: called (synchronously, inside the transaction) with a ClearedImage; see the
         #: module docstring. Must not block or raise.
@@ -190,10 +218,12 @@ class Workflow:
             return await self._tick(event.at)
         user_event = isinstance(event, (CommandReceived, ImageReceived))
         try:
+            prepared = await self._prepare_image(event) if isinstance(event, ImageReceived) else None
             async with self.store.transaction() as tx:
                 if not await tx.mark_processed(event.event_id, event.at):
                     return []
                 ctx = _Ctx(tx, event.event_id)
+                ctx.prepared = prepared
                 await self._dispatch(ctx, event)
                 return await ctx.flush()
         except StoreError as exc:
@@ -441,7 +471,7 @@ class Workflow:
             if refusal is not None:
                 raise _Refuse(refusal.message)
             ref = await ctx.apply(*lc.release_held(ref, consent=consent, at=ev.at, actor=actor.user_id))
-            return f"Sending the held image(s) of {ref.referral_id} with faces blurred."
+            return f"Sending the held image(s) of {ref.referral_id} with the faces and text I found blurred."
         raise _Refuse("Type !help for the list of commands.")
 
     # ---- !consent
@@ -654,6 +684,49 @@ class Workflow:
         return "\n".join(lines[-10:])
 
     # ------------------------------------------------------------------ images
+    async def _prepare_image(self, ev: ImageReceived) -> _Prepared | None:
+        """Clean the photo outside the write transaction. A short read-only step reads the
+        consents of the GP's open referrals: the check runs unless every one of them covers
+        identifiable images. ``_intake`` re-checks the decision inside the transaction."""
+        if not isinstance(ev.place, DirectChat) or not ev.data:
+            return None
+        async with self.store.transaction() as tx:  # reads only: held for a few milliseconds
+            refs = await tx.open_referrals_by_referrer(ev.actor.user_id)
+            consents = [await tx.get_consent(r.consent_id) for r in refs]
+        if not refs:
+            return None
+        check = not all(c is not None and c.identifiable for c in consents)
+        try:
+            return _Prepared(check, await self._clean(ev.data, check))
+        except Exception as exc:  # reported by _intake, with its audit entry
+            return _Prepared(check, error=exc)
+
+    async def _clean(self, data: bytes, check: bool) -> Any:
+        """One call: strip metadata and, when ``check``, find faces and text and blur them."""
+        kwargs: dict[str, Any] = {"detect_faces": check}
+        if check:
+            kwargs.update(detect_text=True, blur_faces=True, blur_text=True)
+        if self._limits is not None:
+            kwargs["limits"] = self._limits
+        if self._sanitize_is_async:
+            return await self._sanitize(data, **kwargs)
+        # CPU-bound: a worker thread keeps the event loop syncing and posting
+        return await asyncio.to_thread(self._sanitize, data, **kwargs)
+
+    async def _cleaned(self, ctx: _Ctx, ev: ImageReceived, check: bool) -> Any:
+        """The prepared result if it was cleaned as this consent needs; otherwise clean it
+        again now, inside the transaction: the check was skipped but this consent needs it (a
+        referral opened in between), or something was blurred that this consent lets the
+        specialist see (the GP's other open referral needed the check, this one does not)."""
+        prepared = ctx.prepared
+        blurred = prepared is not None and prepared.result is not None and (
+            prepared.result.faces_blurred or prepared.result.text_blurred)
+        if prepared is None or (check and not prepared.checked) or (not check and blurred):
+            prepared = _Prepared(check, await self._clean(ev.data, check))
+        if prepared.error is not None:
+            raise prepared.error
+        return prepared.result
+
     async def _image(self, ctx: _Ctx, ev: ImageReceived) -> None:
         if not isinstance(ev.place, DirectChat):
             ctx.add(Reply(to=ev.place, text="Photos for a referral go in your direct chat with me, not here."))
@@ -691,21 +764,13 @@ class Workflow:
             )
         if not ev.data:
             raise _Refuse("That file was empty or too large for me to fetch; send a smaller photo (JPEG, PNG or HEIC).")
-        # The face check exists to stop an identifiable image the consent does not cover.
+        # The face/text check exists to stop an identifiable image the consent does not cover.
         # When the consent covers identifiable images nothing depends on it, so it is not
         # run (it is most of the sanitizer's time on a phone photo); otherwise it is
         # mandatory and blocks posting. Metadata is stripped either way.
         check_faces = not consent.identifiable
-        kwargs: dict[str, Any] = {"detect_faces": check_faces}
-        if self._limits is not None:
-            kwargs["limits"] = self._limits
         try:
-            # CPU-bound work runs in a worker thread so the event loop keeps syncing
-            # and posting (OpenCV and libjpeg release the GIL).
-            clean = await asyncio.to_thread(self._sanitize, ev.data, **kwargs)
-            blurred = None
-            if check_faces and clean.faces > 0:
-                blurred = await asyncio.to_thread(self._sanitize, clean.data, blur_faces=True, **kwargs)
+            keep = await self._cleaned(ctx, ev, check_faces)
         except ImageRefused as exc:
             raise _Refuse(
                 str(exc),
@@ -716,8 +781,9 @@ class Workflow:
                 "I could not read that image; send it again as a JPEG or PNG photo.",
                 audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": "sanitizer.error", "kind": type(exc).__name__}),
             ) from None
+        held = check_faces and bool(keep.faces or keep.text_regions)  # blurred copy kept, held for the GP
+        removed_labels = [r for r in keep.removed if r not in _BLUR_LABELS]
 
-        keep = blurred if blurred is not None else clean
         n = len(ref.images) + 1
         filename = f"{ref.referral_id}-{n}.{keep.extension}"
         attempt = 0
@@ -733,12 +799,12 @@ class Workflow:
             received_at=ev.at,
             retention_until=ev.at + consent.retention,
             upload_ref=ev.upload_ref,
-            state=ImageState.HELD if blurred is not None else ImageState.WAITING,
-            faces=clean.faces,
-            faces_blurred=bool(blurred is not None and blurred.faces_blurred),
+            state=ImageState.HELD if held else ImageState.WAITING,
+            faces=keep.faces,
+            faces_blurred=keep.faces_blurred,
             width=keep.width,
             height=keep.height,
-            removed_metadata=tuple(clean.removed),
+            removed_metadata=tuple(removed_labels),
         )
         if not check_faces:  # the record must not read "0 faces found" as if it had looked
             await tx.append_audit(AuditEntry(actor.user_id, "image.faces_not_checked", ev.at, ref.referral_id,
@@ -755,19 +821,19 @@ class Workflow:
         await tx.vault_put(image_id, keep.data, keep.media_type)
         await tx.patient_ref_keep(consent.consent_id, item.retention_until)
         await ctx.apply(ref2, effects)
-        removed = ("Removed: " + ", ".join(clean.removed) + ".") if clean.removed else "No hidden data found."
-        if blurred is not None:
+        removed = ("Removed: " + ", ".join(removed_labels) + ".") if removed_labels else "No hidden data found."
+        if held:
             return (
-                f"{removed} I found {_plural(clean.faces, 'face')} in {filename} and consent {consent.consent_id} "
+                f"{removed} I found {_found_words(keep)} in {filename} and consent {consent.consent_id} "
                 f"does not cover identifiable images, so I am holding it (not sent). "
-                f"Type !blur {ref.referral_id} to send it with faces blurred, or !discard {ref.referral_id} to drop it."
+                f"Type !blur {ref.referral_id} to send it with those blurred, or !discard {ref.referral_id} to drop it."
             )
         if final is not None and final.state is ImageState.DISCARDED:
             return f"{removed} But {filename} was not sent: the consent no longer covers sharing."
-        if check_faces:
-            face_note = ""  # checked, none found
+        if check_faces:  # what was looked for, never a promise that nothing is there
+            face_note = " I checked it for faces and text and found none (the check can miss some)."
         else:
-            face_note = f" Consent {consent.consent_id} covers identifiable images, so I did not check it for faces."
+            face_note = f" Consent {consent.consent_id} covers identifiable images, so I did not check it for faces or text."
         return f"{removed} {filename} is on its way to {ref.specialty} ({ref.referral_id}).{face_note}"
 
     # ------------------------------------------------------------------ failures

@@ -240,10 +240,13 @@ async def _play(out: TextIO, keep_running: bool, workdir: Path | None, pacs) -> 
         if leaked:
             print(f"  !! metadata survived: {', '.join(leaked)}", file=out)
             return 1
-        no_thumb = not any(k.startswith(("thumbnail", "xyz.amorgan")) for k in img_info)
+        own_thumb_mxc = (img_info.get("thumbnail_file") or {}).get("url")
+        carried = ("xyz.amorgan.blurhash" in img_info or "thumbnail_url" in img_info
+                   or (thumb_mxc is not None and own_thumb_mxc == thumb_mxc))
         print(f"  Posted as {img_body!r} (named after the referral); thumbnail/blurhash from the "
-              f"phone carried over: {'no' if no_thumb else 'YES'}", file=out)
-        if not no_thumb:
+              f"phone carried over: {'YES' if carried else 'no'}; its own encrypted thumbnail, "
+              f"made from the clean pixels: {'yes' if own_thumb_mxc else 'none'}", file=out)
+        if carried:
             return 1
 
         tr.step("The specialist answers in the thread")
@@ -271,7 +274,7 @@ async def _play(out: TextIO, keep_running: bool, workdir: Path | None, pacs) -> 
         await asyncio.sleep(1.0)
         tr.flush()
         checks = [("GP's original upload", upload_mxc), ("phone thumbnail", thumb_mxc),
-                  ("clean image in the thread", clean_mxc)]
+                  ("clean image in the thread", clean_mxc), ("its thumbnail", own_thumb_mxc)]
         all_gone = True
         for label, mxc in checks:
             if not mxc:

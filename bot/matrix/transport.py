@@ -342,6 +342,7 @@ class MatrixTransport(OutboxLoop):
         src = getattr(ev, "source", {}) or {}
         sender = src.get("sender") or getattr(ev, "sender", "")
         event_id = src.get("event_id") or getattr(ev, "event_id", "")
+        self._track_thread(src, event_id)
         if not sender or sender == self.client.user_id or not event_id:
             return
         if isinstance(ev, MegolmEvent):
@@ -703,7 +704,11 @@ class MatrixTransport(OutboxLoop):
             raise TransientError(str(exc)) from None
 
     async def _say(self, room_id: str, text: str, key: str, thread_root: str | None = None) -> str:
-        return await self._send(room_id, nioclient.text_content(text, thread_root, notice=True), key)
+        content = nioclient.text_content(text, thread_root, notice=True,
+                                         in_reply_to=self._thread_latest(thread_root))
+        event_id = await self._send(room_id, content, key)
+        self._note_sent_in_thread(thread_root, event_id)
+        return event_id
 
     async def _notice(self, room_id: str, text: str, key: str, thread_root: str | None = None) -> None:
         """A notice sent while handling a sync batch: a room that refuses it for good must
@@ -712,6 +717,36 @@ class MatrixTransport(OutboxLoop):
             await self._say(room_id, text, key=key, thread_root=thread_root)
         except PermanentFailure:
             log.warning("could not post a notice in a room (refused)")
+
+    # ------------------------------------------------------------ thread fallbacks
+    # A thread message's reply fallback (for clients without threads) names the latest
+    # message in the thread the bot knows of, not the root (spec: "Fallback for
+    # unthreaded clients"). Known = seen in a sync (any sender; encrypted ones too, their
+    # m.relates_to is in clear) or sent by the bot; a redacted one no longer counts.
+    def _thread_latest(self, root: str | None) -> str | None:
+        return self.state.thread_latest(root) if root else None
+
+    def _note_sent_in_thread(self, root: str | None, event_id: str) -> None:
+        if root and event_id:
+            self.state.note_thread_event(root, event_id)
+
+    def _track_thread(self, src: dict, event_id: str) -> None:
+        etype = src.get("type")
+        if etype == "m.room.redaction":
+            redacts = src.get("redacts") or (src.get("content") or {}).get("redacts")
+            if redacts:
+                self.state.forget_thread_event(redacts)
+            return
+        if etype not in ("m.room.message", "m.room.encrypted") or not event_id:
+            return
+        rel = (src.get("content") or {}).get("m.relates_to") or {}
+        if rel.get("rel_type") != "m.thread" or not rel.get("event_id"):
+            return
+        if (src.get("unsigned") or {}).get("redacted_because"):
+            self.state.forget_thread_event(event_id)
+            return
+        self.state.note_thread_event(rel["event_id"], event_id,
+                                     src.get("origin_server_ts") or None)
 
     async def _thread_root_for(self, place: E.SpecialtyThread) -> str | None:
         if place.thread_event_id:
@@ -832,7 +867,7 @@ class MatrixTransport(OutboxLoop):
         log.debug("pre-upload %s, waited %.1f ms", "used" if pre else "not used", (time.perf_counter() - t0) * 1000)
         earlier: list[str] = []
         if pre is not None:
-            up, size = pre
+            up, size, thumb = pre
         else:
             data = await self.store.vault_get(action.image_id)
             if data is None:
@@ -844,21 +879,31 @@ class MatrixTransport(OutboxLoop):
             # are tied to the event below and deleted with it at removal.
             earlier = (self.state.media_for_ref(action.key)
                        + self.state.media_for_ref(_pre_ref(action.image_id)))
+            thumb_task = asyncio.ensure_future(self._thumbnail(data, action.filename, action.key))
             try:
-                up = await nioclient.upload_encrypted(self.client, data, action.filename, action.media_type)
+                up = await nioclient.upload_encrypted(self.client, data, action.filename,
+                                                      action.media_type)
             except nioclient.MatrixCallError as exc:
                 if exc.permanent:
                     raise PermanentFailure(f"The homeserver refused the upload ({exc.errcode or exc.http}).") from None
                 raise TransientError(str(exc)) from None
+            finally:
+                thumb = await thumb_task
             size = len(data)
             del data
         me = self.client.user_id
         self.state.record_media(up.mxc, "posted", action.key, owner=me)
+        root = action.thread_root_event_id
         content = nioclient.image_content(up, action.filename, size, action.width,
-                                          action.height, thread_root=action.thread_root_event_id)
+                                          action.height, thread_root=root,
+                                          in_reply_to=self._thread_latest(root),
+                                          thumbnail=thumb)
         event_id = await self._send(room_id, content, action.key)
+        self._note_sent_in_thread(root, event_id)
         for mxc in [*earlier, up.mxc]:
             self.state.record_media(mxc, "posted", action.key, event_id, owner=me)
+        if thumb is not None:
+            self.state.record_media(thumb.upload.mxc, "thumbnail", action.key, event_id, owner=me)
         room = self.client.rooms.get(room_id)
         members = tuple(sorted(room.users)) if room is not None else ()  # who could see it, for the audit
         return E.ImagePosted(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
@@ -880,25 +925,52 @@ class MatrixTransport(OutboxLoop):
             name="matrix-pre-upload")
 
     async def _pre_upload(self, image_id: str, data: bytes, filename: str,
-                          media_type: str) -> tuple[Any, int, str, str] | None:
-        """(upload, size, filename, type), or None if it failed (PostImage then uploads
-        from the vault)."""
+                          media_type: str) -> tuple[Any, int, str, str, Any] | None:
+        """(upload, size, filename, type, thumbnail or None), or None if it failed
+        (PostImage then uploads from the vault). The thumbnail is made in a worker
+        thread while the image is encrypted and uploaded."""
         t0 = time.perf_counter()
+        thumb_task = asyncio.ensure_future(self._thumbnail(data, filename, _pre_ref(image_id)))
         try:
             async with self._upload_slots:
                 up = await nioclient.upload_encrypted(self.client, data, filename, media_type)
         except asyncio.CancelledError:
+            thumb_task.cancel()
             raise
         except Exception as exc:
             log.warning("pre-upload failed (%s); the image will be uploaded when posted",
                         type(exc).__name__)
+            thumb = await thumb_task
+            if thumb is not None:
+                try:
+                    await self._delete_media(thumb.upload.mxc)
+                except TransientError:
+                    pass  # in the ledger without an event: swept at the next start
             return None
         # in the ledger at once, so it is deleted even if it is never used
         self.state.record_media(up.mxc, "posted", _pre_ref(image_id), owner=self.client.user_id)
-        log.debug("pre-uploaded an image in %.1f ms", (time.perf_counter() - t0) * 1000)
-        return up, len(data), filename, media_type
+        t1 = time.perf_counter()
+        thumb = await thumb_task
+        log.debug("pre-uploaded an image in %.1f ms, then waited %.1f ms for its thumbnail",
+                  (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
+        return up, len(data), filename, media_type, thumb
 
-    async def _take_pre_upload(self, action: A.PostImage) -> tuple[Any, int] | None:
+    async def _thumbnail(self, data: bytes, filename: str, ref: str) -> Any:
+        """The clean image's encrypted thumbnail, uploaded and in the media ledger under
+        ``ref``; None when there is none (a small image, or it failed: the image is then
+        posted without one rather than later)."""
+        try:
+            thumb = await nioclient.upload_thumbnail(self.client, data, filename)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("no thumbnail for an image (%s)", type(exc).__name__)
+            return None
+        if thumb is not None:
+            self.state.record_media(thumb.upload.mxc, "thumbnail", ref, owner=self.client.user_id)
+        return thumb
+
+    async def _take_pre_upload(self, action: A.PostImage) -> tuple[Any, int, Any] | None:
         task = self._pre_uploads.pop(action.image_id, None)
         if task is None:
             return None
@@ -908,11 +980,13 @@ class MatrixTransport(OutboxLoop):
             return None
         if hit is None:
             return None
-        up, size, filename, media_type = hit
+        up, size, filename, media_type, thumb = hit
         if (filename, media_type) != (action.filename, action.media_type):
-            await self._delete_media(up.mxc)  # not what this action posts: never used
+            for unused in (up, thumb and thumb.upload):  # not what this action posts
+                if unused is not None:
+                    await self._delete_media(unused.mxc)
             return None
-        return up, size
+        return up, size, thumb
 
     async def _drop_unused_pre_uploads(self) -> None:
         """Nothing left to post: delete finished pre-uploads no PostImage took (the
@@ -923,8 +997,11 @@ class MatrixTransport(OutboxLoop):
             del self._pre_uploads[image_id]
             if task.cancelled() or task.exception() is not None or task.result() is None:
                 continue
+            up, *_rest, thumb = task.result()
             try:
-                await self._delete_media(task.result()[0].mxc)
+                await self._delete_media(up.mxc)
+                if thumb is not None:
+                    await self._delete_media(thumb.upload.mxc)
             except TransientError:
                 # stays in the media ledger (swept at the next start); the ciphertext is
                 # useless without the keys, which were never sent anywhere
@@ -950,6 +1027,7 @@ class MatrixTransport(OutboxLoop):
         """Redact an event; False if the server refuses for good (the bot may not, or is
         no longer in the room). An event that is already gone counts as redacted."""
         resp = await self.client.room_redact(room_id, event_id, reason=reason, tx_id=_txn(key))
+        self.state.forget_thread_event(event_id)
         if not isinstance(resp, RoomRedactResponse):
             err = nioclient.MatrixCallError.from_response("redact", resp)
             if err.errcode == "M_NOT_FOUND" or err.http == 404:

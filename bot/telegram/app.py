@@ -7,6 +7,7 @@ is drained by one transport, so a config that also has a [matrix] section is ref
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -59,8 +60,13 @@ class TelegramApp:
             log.warning("Telegram deletes only within 48 h: %s", note)
         if not self.tg.allow_images:
             log.info("Telegram runs without allow_images: no patient data is taken over Telegram")
+        from bot.app import sanitizer_pool
+
+        self.pool = sanitizer_pool(self.config) if self.tg.allow_images else None  # no images: no sanitizing
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.start)
         self.store, keys = await open_store(self.config)
-        workflow = Workflow(store=self.store, policy=self.policy, hasher=keys.patient_ref_hasher())
+        workflow = Workflow(store=self.store, policy=self.policy, hasher=keys.patient_ref_hasher(), sanitize=self.pool)
         from bot.app import make_filer
 
         filer = make_filer(self.config, self.store, keys, self.clock)
@@ -98,4 +104,6 @@ class TelegramApp:
             await self.transport.stop()
         if self.store is not None:
             await self.store.close()
-        self.metrics_server = self.transport = self.store = None
+        if getattr(self, "pool", None) is not None:
+            await asyncio.to_thread(self.pool.close)
+        self.metrics_server = self.transport = self.store = self.pool = None

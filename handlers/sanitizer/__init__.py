@@ -7,6 +7,6 @@ bit-identical); other formats are decoded and re-encoded without metadata.
 See docs/sanitizer.md for the design decisions and measured speed.
 """
 from ._core import sanitize
-from ._types import ImageRefused, Limits, SanitizedImage
+from ._types import DetectorUnavailable, ImageRefused, Limits, SanitizedImage
 
-__all__ = ["sanitize", "ImageRefused", "Limits", "SanitizedImage"]
+__all__ = ["sanitize", "DetectorUnavailable", "ImageRefused", "Limits", "SanitizedImage"]

@@ -1,8 +1,8 @@
-"""Entry point: size checks, format sniffing, dispatch, face detection."""
+"""Entry point: size checks, format sniffing, dispatch (the face/text check runs inside each path)."""
 from __future__ import annotations
 
 from ._sniff import sniff
-from ._types import ImageRefused, Limits, SanitizedImage
+from ._types import DetectorUnavailable, ImageRefused, Limits, SanitizedImage, Wanted
 
 _DEFAULT_LIMITS = Limits()
 # Errors decoders raise on damaged input. Anything else reaching sanitize() is still turned
@@ -17,11 +17,16 @@ def sanitize(
     limits: Limits = _DEFAULT_LIMITS,
     blur_faces: bool = False,
     detect_faces: bool = True,
+    detect_text: bool = False,
+    blur_text: bool = False,
 ) -> SanitizedImage:
     """Strip everything but the pixels from an image.
 
-    Raises ImageRefused (one plain sentence, ``.reason`` a short code) for
-    anything we will not pass on. Never raises anything else for bad input.
+    ``detect_faces`` / ``detect_text`` run the identifiability check (faces; text regions:
+    labels, wristbands, writing), ``blur_faces`` / ``blur_text`` also blur what was found
+    (and imply the check). Raises ImageRefused (one plain sentence, ``.reason`` a short
+    code) for anything we will not pass on. Never raises anything else for bad input, but
+    raises ``DetectorUnavailable`` if a check was asked for and its model cannot be loaded.
     """
     if not isinstance(data, bytes):
         if not isinstance(data, (bytearray, memoryview)):
@@ -35,16 +40,19 @@ def sanitize(
             f"That file is too big ({len(data) / 1e6:.1f} MB, limit {limits.max_bytes / 1e6:.0f} MB); please send a smaller photo.",
         )
     kind = sniff(data)
+    want = Wanted(detect_faces, detect_text, blur_faces, blur_text)
     try:
         if kind == "jpeg":
             from ._jpeg_path import sanitize_jpeg_image
 
-            result = sanitize_jpeg_image(data, limits, detect_faces or blur_faces, blur_faces)
+            result = sanitize_jpeg_image(data, limits, want)
         else:
             from ._reencode import sanitize_other
 
-            result = sanitize_other(data, kind, limits, detect_faces or blur_faces, blur_faces)
+            result = sanitize_other(data, kind, limits, want)
     except ImageRefused:
+        raise
+    except DetectorUnavailable:  # our models, not the user's file
         raise
     except MemoryError:
         raise ImageRefused("too_many_pixels", "That image is too large to process; please send a smaller photo.") from None

@@ -1,36 +1,42 @@
-"""JPEG: lossless filter, then (optionally) faces on a small draft decode."""
+"""JPEG: lossless filter, then (optionally) the face/text check on a small draft decode."""
 from __future__ import annotations
 
 from io import BytesIO
 
 from . import _types as L
-from ._types import Limits, SanitizedImage
+from ._types import Limits, SanitizedImage, Wanted
 from .jpeg import sanitize_jpeg
 from .jpeg import too_many_pixels as too_many_pixels_error  # noqa: F401 (shared message)
 
 
-def sanitize_jpeg_image(data: bytes, limits: Limits, detect: bool, blur: bool) -> SanitizedImage:
+def sanitize_jpeg_image(data: bytes, limits: Limits, want: Wanted) -> SanitizedImage:
     clean, info, labels = sanitize_jpeg(data, limits)
     w, h = info.width, info.height
     if info.orientation >= 5:
         w, h = h, w
-    faces: list = []
+    face_boxes: list = []
+    text_boxes: list = []
     lossless = True
-    blurred = False
-    if detect:
+    faces_blurred = text_blurred = False
+    if want.faces or want.text:
+        import numpy as np
         from PIL import Image
 
-        from . import _faces
+        from . import _detect
         from ._orient import stored_box, upright, with_orientation
 
         im = Image.open(BytesIO(clean))
         # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale: only a fraction of the IDCT work.
-        s = min(1.0, _faces.DETECT_MAX_SIDE / max(info.width, info.height))
-        im.draft("L", (max(1, int(info.width * s)), max(1, int(info.height * s))))
-        im = upright(im.convert("L"), info.orientation)
-        faces = _faces.detect(im)
+        # The decode also serves as the decode check: what libjpeg cannot decode is refused.
+        s = min(1.0, _detect.DETECT_SIDE / max(info.width, info.height))
+        im.draft("RGB", (max(1, int(info.width * s)), max(1, int(info.height * s))))
+        im = upright(im.convert("RGB"), info.orientation)
+        face_boxes, text_boxes = _detect.check(np.asarray(im), want_faces=want.faces, want_text=want.text)
         del im
-        if blur and faces:
+        blur_faces = face_boxes if want.blur_faces else []
+        blur_text = text_boxes if want.blur_text else []
+        to_blur = blur_faces + blur_text
+        if to_blur:
             from ._icc import fits_mode
             from ._jpeg_icc import icc_profile_of
 
@@ -41,7 +47,8 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, detect: bool, blur: bool) -
                 full = full.convert(mode)
             # Blur in the stored orientation (boxes mapped back) and keep the Orientation tag:
             # rotating the pixels would hold a second full-size copy (~150 MB more at 48 MP).
-            _faces.blur(full, [stored_box(b, info.orientation) for b in faces])
+            _detect.blur(full, [stored_box(b, info.orientation) for b in blur_faces])
+            _detect.blur(full, [stored_box(b, info.orientation) for b in blur_text], cells=_detect.TEXT_BLUR_CELLS)
             out = BytesIO()
             icc = icc_profile_of(clean)
             if not fits_mode(icc, full.mode):  # e.g. a CMYK profile after CMYK -> RGB
@@ -50,8 +57,10 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, detect: bool, blur: bool) -
             del full
             clean = with_orientation(out.getbuffer(), info.orientation)
             out.close()
-            lossless, blurred = False, True
-            labels.append(L.FACES_BLURRED)
+            lossless = False
+            faces_blurred = bool(want.blur_faces and face_boxes)
+            text_blurred = bool(want.blur_text and text_boxes)
+            labels += [L.FACES_BLURRED] * faces_blurred + [L.TEXT_BLURRED] * text_blurred
     return SanitizedImage(
         data=clean,
         media_type="image/jpeg",
@@ -59,8 +68,11 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, detect: bool, blur: bool) -
         width=w,
         height=h,
         removed=L.ordered(labels),
-        faces=len(faces),
-        faces_blurred=blurred,
-        faces_checked=detect,
+        face_boxes=face_boxes,
+        faces_blurred=faces_blurred,
+        faces_checked=want.faces,
         lossless=lossless,
+        text_boxes=text_boxes,
+        text_checked=want.text,
+        text_blurred=text_blurred,
     )

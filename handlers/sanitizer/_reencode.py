@@ -20,7 +20,7 @@ from . import _types as L
 from ._exif import TIFF_STRUCTURE, inspect_tiff
 from ._icc import fits_mode, sanitize_icc
 from ._jpeg_path import too_many_pixels_error
-from ._types import ImageRefused, Limits, SanitizedImage
+from ._types import ImageRefused, Limits, SanitizedImage, Wanted
 
 _heif_registered = False
 _MAX_CHUNKS = 100_000  # a 40 MB PNG written in 8 KiB IDAT chunks has ~5000
@@ -136,11 +136,36 @@ def _refuse_decode(exc: BaseException) -> ImageRefused:
 _PNG_MODES = {"1", "L", "LA", "RGB", "RGBA", "I;16"}
 
 
-def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: bool) -> SanitizedImage:
+def declared_size(data: bytes, kind: str) -> tuple[int, int] | None:
+    """Width and height as the file's own header states them, read before any decoder sees
+    the file: some decoders allocate the whole canvas when they open it (a 34-byte WebP
+    declaring 16384x16384 once cost 1.2 GB). None when the header does not say (the decoder
+    then refuses the file)."""
+    if kind == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if kind == "gif" and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if kind == "webp":
+        ctype, body = data[12:16], data[20:30]
+        if ctype == b"VP8X" and len(body) == 10:
+            return 1 + int.from_bytes(body[4:7], "little"), 1 + int.from_bytes(body[7:10], "little")
+        if ctype == b"VP8 " and len(body) == 10 and body[3:6] == b"\x9d\x01\x2a":
+            return struct.unpack("<H", body[6:8])[0] & 0x3FFF, struct.unpack("<H", body[8:10])[0] & 0x3FFF
+        if ctype == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+            bits = int.from_bytes(body[1:5], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def sanitize_other(data: bytes, kind: str, limits: Limits, want: Wanted) -> SanitizedImage:
     from PIL import Image
 
     if kind == "heif":
         _register_heif()
+    size = declared_size(data, kind)
+    if size is not None and size[0] * size[1] > limits.max_pixels:
+        raise too_many_pixels_error(size[0], size[1], limits)
+
     labels: list[str] = []
     if kind == "png":
         labels += _png_labels(data)
@@ -224,18 +249,32 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
         clean.info["transparency"] = transparency
     del im
 
-    faces: list = []
-    blurred = False
-    if detect:
-        from . import _faces
+    face_boxes: list = []
+    text_boxes: list = []
+    faces_blurred = text_blurred = False
+    if want.faces or want.text:
+        import numpy as np
 
-        faces = _faces.detect(clean.convert("L"))
-        if blur and faces:
+        from . import _detect
+
+        rgb = clean if clean.mode == "RGB" else clean.convert("RGB")
+        if max(rgb.size) > _detect.WORK_SIDE:
+            rgb = rgb.copy() if rgb is clean else rgb
+            rgb.thumbnail((_detect.WORK_SIDE, _detect.WORK_SIDE), Image.Resampling.BILINEAR)
+        face_boxes, text_boxes = _detect.check(np.asarray(rgb), want_faces=want.faces, want_text=want.text)
+        del rgb
+        blur_faces = face_boxes if want.blur_faces else []
+        blur_text = text_boxes if want.blur_text else []
+        to_blur = blur_faces + blur_text
+        if to_blur:
             if clean.mode not in ("RGB", "RGBA", "L"):
                 clean = clean.convert("RGBA" if clean.mode == "LA" else "RGB")
-            _faces.blur(clean, faces)
-            blurred = True
-            labels.append(L.FACES_BLURRED)
+            _detect.blur(clean, blur_faces)
+            _detect.blur(clean, blur_text, cells=_detect.TEXT_BLUR_CELLS)
+            faces_blurred = bool(want.blur_faces and face_boxes)
+            text_blurred = bool(want.blur_text and text_boxes)
+            labels += [L.FACES_BLURRED] * faces_blurred + [L.TEXT_BLURRED] * text_blurred
+    blurred = faces_blurred or text_blurred
 
     icc = sanitize_icc(info["icc_profile"]) if info.get("icc_profile") else None
     if info.get("icc_profile") and icc is None:
@@ -264,8 +303,11 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, detect: bool, blur: b
         width=clean.size[0],
         height=clean.size[1],
         removed=L.ordered(labels),
-        faces=len(faces),
-        faces_blurred=blurred,
-        faces_checked=detect,
+        face_boxes=face_boxes,
+        faces_blurred=faces_blurred,
+        faces_checked=want.faces,
         lossless=lossless and not blurred,
+        text_boxes=text_boxes,
+        text_checked=want.text,
+        text_blurred=text_blurred,
     )

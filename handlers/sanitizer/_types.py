@@ -29,6 +29,16 @@ class Limits:
         return f"Limits(max_bytes={self.max_bytes}, max_pixels={self.max_pixels})"
 
 
+class Wanted:
+    """Which checks to run and what to blur (blurring something implies looking for it)."""
+
+    __slots__ = ("faces", "text", "blur_faces", "blur_text")
+
+    def __init__(self, faces: bool, text: bool, blur_faces: bool, blur_text: bool) -> None:
+        self.blur_faces, self.blur_text = blur_faces, blur_text
+        self.faces, self.text = faces or blur_faces, text or blur_text
+
+
 class ImageRefused(ValueError):
     """The input is not something we will pass on.
 
@@ -43,25 +53,48 @@ class ImageRefused(ValueError):
         self.reason = reason
 
 
-class SanitizedImage:
-    """Clean image bytes and what was done to them."""
+class DetectorUnavailable(RuntimeError):
+    """A face/text model is missing or is not the file we vetted: the check cannot run.
+    Not the sender's fault, so never reported to them as a damaged image."""
 
-    __slots__ = ("data", "media_type", "extension", "width", "height", "removed", "faces", "faces_blurred",
-                 "faces_checked", "lossless")
+
+class SanitizedImage:
+    """Clean image bytes and what was done to them.
+
+    ``faces`` / ``text_regions`` count what the identifiability check found; ``face_boxes`` /
+    ``text_boxes`` say where, as (x, y, w, h) fractions of the picture as displayed.
+    ``faces_checked`` / ``text_checked`` say whether each check ran at all: 0 found by a check
+    that did not run means nothing.
+    """
+
+    __slots__ = ("data", "media_type", "extension", "width", "height", "removed", "face_boxes", "faces_blurred",
+                 "faces_checked", "lossless", "text_boxes", "text_checked", "text_blurred")
 
     def __init__(self, data: bytes, media_type: str, extension: str, width: int, height: int,
-                 removed: list[str] | None = None, faces: int = 0, faces_blurred: bool = False,
-                 faces_checked: bool = False, lossless: bool = True) -> None:
+                 removed: list[str] | None = None, face_boxes: list | None = None, faces_blurred: bool = False,
+                 faces_checked: bool = False, lossless: bool = True, text_boxes: list | None = None,
+                 text_checked: bool = False, text_blurred: bool = False) -> None:
         self.data = data
         self.media_type = media_type
         self.extension = extension
         self.width = width
         self.height = height
         self.removed = list(removed or [])
-        self.faces = faces
+        self.face_boxes = list(face_boxes or [])
         self.faces_blurred = faces_blurred
         self.faces_checked = faces_checked
         self.lossless = lossless
+        self.text_boxes = list(text_boxes or [])
+        self.text_checked = text_checked
+        self.text_blurred = text_blurred
+
+    @property
+    def faces(self) -> int:
+        return len(self.face_boxes)
+
+    @property
+    def text_regions(self) -> int:
+        return len(self.text_boxes)
 
     def report(self) -> dict:
         """A JSON-able summary (what `referral-bot sanitize --report` prints)."""
@@ -76,13 +109,18 @@ class SanitizedImage:
             "faces_checked": self.faces_checked,
             "faces": self.faces,
             "faces_blurred": self.faces_blurred,
+            "face_boxes": [[round(v, 4) for v in b] for b in self.face_boxes],
+            "text_checked": self.text_checked,
+            "text_regions": self.text_regions,
+            "text_blurred": self.text_blurred,
+            "text_boxes": [[round(v, 4) for v in b] for b in self.text_boxes],
         }
 
     def __repr__(self) -> str:  # never dump image bytes into a log line
         return (
             f"SanitizedImage(media_type={self.media_type!r}, {self.width}x{self.height}, "
             f"{len(self.data)} bytes, removed={self.removed!r}, faces={self.faces}, "
-            f"faces_blurred={self.faces_blurred})"
+            f"faces_blurred={self.faces_blurred}, text_regions={self.text_regions}, text_blurred={self.text_blurred})"
         )
 
 
@@ -110,10 +148,11 @@ EXTRA_IMAGES = "extra images in the file (depth map, burst or preview)"
 STRAY = "stray bytes between segments"
 TIFF_TAGS = "other TIFF tags"
 FACES_BLURRED = "faces (blurred)"
+TEXT_BLURRED = "text on the photo (blurred)"
 
 _ORDER = [GPS, CAPTURE_TIME, DEVICE, SERIAL, AUTHOR, UNIQUE_ID, COMMENTS, THUMBNAIL, XMP, IPTC, MAKER_NOTES,
           SOFTWARE, MPF, EXTRA_IMAGES, TRAILER, TEXT_CHUNKS, ICC_TEXT, ICC_DROPPED, TIFF_TAGS, APP_SEGMENTS,
-          OTHER_EXIF, STRAY, FACES_BLURRED]
+          OTHER_EXIF, STRAY, FACES_BLURRED, TEXT_BLURRED]
 _RANK = {label: i for i, label in enumerate(_ORDER)}
 
 

@@ -261,3 +261,54 @@ def face_photo() -> bytes:
 
 def blurred_face_test_image() -> Image.Image:  # pragma: no cover - helper for manual checks
     return Image.open(io.BytesIO(face_photo())).filter(ImageFilter.GaussianBlur(1))
+
+
+# --- hostile files from the security review (issue 9, finding 7) ---------------------------
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each JPEG segment; a scan's end includes its entropy data."""
+    import re
+
+    scan_end = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+    out, pos = [], 2
+    while pos < len(data):
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            out.append((marker, pos, pos + 2))
+            break
+        end = pos + 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if marker == 0xDA:
+            end = scan_end.search(data, end).start()
+        out.append((marker, pos, end))
+        pos = end
+    return out
+
+
+def progressive_scan_bomb(scans: int = 4000, size: tuple[int, int] = (4000, 4000)) -> bytes:
+    """A valid-looking progressive JPEG with thousands of scans (the reviewer's file had 4,000
+    in 708 KB; it took 14 s and 393 MB to decode and was forwarded as is). Made by repeating
+    the first AC scan of a flat 16 MP picture: libjpeg only warns about the repeats and walks
+    every block of the picture again for each one."""
+    buf = io.BytesIO()
+    Image.new("L", size, 128).save(buf, "JPEG", quality=90, progressive=True)
+    data = buf.getvalue()
+    segments = _jpeg_segments(data)
+    sos = [s for s in segments if s[0] == 0xDA]
+    first_ac = sos[1]
+    eoi = segments[-1][1]
+    return data[:eoi] + data[first_ac[1]:first_ac[2]] * (scans - len(sos)) + data[eoi:]
+
+
+def webp_declaring(width: int, height: int, chunk: str = "VP8X") -> bytes:
+    """A WebP that is little more than a header declaring a huge picture (the reviewer's
+    34-byte file took 2.7 s and 1.2 GB)."""
+    if chunk == "VP8X":
+        body = b"VP8X" + struct.pack("<I", 10) + b"\0\0\0\0" + (width - 1).to_bytes(3, "little") \
+            + (height - 1).to_bytes(3, "little") + b"ALPH"  # 34 bytes in all
+    elif chunk == "VP8L":
+        header = b"\x2f" + ((width - 1) | ((height - 1) << 14)).to_bytes(4, "little")
+        body = b"VP8L" + struct.pack("<I", len(header)) + header + b"\0"
+    else:
+        frame = b"\x10\x02\x00\x9d\x01\x2a" + struct.pack("<HH", width, height)
+        body = b"VP8 " + struct.pack("<I", len(frame)) + frame
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body

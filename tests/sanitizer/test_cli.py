@@ -103,6 +103,20 @@ def test_blur_faces_flag(tmp_path):
     assert r.returncode == 0 and rep["faces"] == 1 and rep["faces_blurred"] is True
 
 
+def test_text_flags(tmp_path):
+    from . import evalset
+
+    src = tmp_path / "label.jpg"
+    src.write_bytes(evalset._jpeg(evalset._label(evalset.skin(1600, 1200, 4), 0.03, 2)))
+    r = cli(str(src), "-o", str(tmp_path / "o.jpg"), "--detect-text", "--report")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 0 and rep["text_checked"] is True and rep["text_regions"] >= 1
+    assert rep["text_blurred"] is False and len(rep["text_boxes"]) == rep["text_regions"]
+    r = cli(str(src), "-o", str(tmp_path / "o.jpg"), "--blur-text", "--report")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 0 and rep["text_blurred"] is True and "text on the photo (blurred)" in rep["removed"]
+
+
 def test_start_up_imports_stay_lean(tmp_path):
     """The JPEG path of the command must not import Pillow, numpy or OpenCV."""
     src = tmp_path / "a.jpg"

@@ -4,11 +4,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from handlers.sanitizer import sanitize
-from handlers.sanitizer import _faces
+from handlers.sanitizer import _detect
 
 from . import imagegen as g
 from .checks import decoded, displayed
@@ -41,9 +42,9 @@ def test_blur_faces_hides_the_face_and_keeps_the_rest():
     result = sanitize(data, blur_faces=True)
     assert result.faces == 1 and result.faces_blurred and not result.lossless
     assert "faces (blurred)" in result.removed
-    after = decoded(result.data).convert("L")
-    assert _faces.detect(after) == []  # the detector no longer finds it
-    before = displayed(data).convert("L")
+    after = decoded(result.data).convert("RGB")
+    assert _detect.faces(np.asarray(after)) == []  # the detector no longer finds it
+    before = displayed(data).convert("RGB")
     # away from the face (bottom-right corner) the picture is the same apart from re-encoding noise
     box = (400, 400, 512, 512)
     diff = [abs(a - b) for a, b in zip(before.crop(box).tobytes(), after.crop(box).tobytes())]
@@ -56,7 +57,7 @@ def test_blur_on_png_input(tmp_path):
     im.save(src)
     result = sanitize(src.read_bytes(), blur_faces=True)
     assert result.media_type == "image/png" and result.faces == 1 and result.faces_blurred
-    assert _faces.detect(decoded(result.data).convert("L")) == []
+    assert _detect.faces(np.asarray(decoded(result.data).convert("RGB"))) == []
 
 
 def test_faces_from_several_threads():
@@ -97,5 +98,5 @@ def test_blur_lands_on_the_face_whatever_the_orientation(orientation):
     assert result.faces == 1 and result.faces_blurred
     shown = displayed(result.data)
     assert shown.size == upright_im.size == (result.width, result.height)
-    assert _faces.detect(shown.convert("L")) == []
+    assert _detect.faces(np.asarray(shown.convert("RGB"))) == []
     assert decoded(result.data).getexif().get(0x0112, 1) == orientation

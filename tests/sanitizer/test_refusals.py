@@ -166,3 +166,45 @@ def test_truncated_jpeg_refused_even_when_pillow_loads_truncated_images(monkeypa
 
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     assert refused(small_jpeg[:-500]).reason == "truncated"
+
+
+# --- hostile files from the security review (issue 9, finding 7) ---------------------------
+
+@pytest.mark.parametrize("detect_faces", [False, True])
+def test_jpeg_with_thousands_of_progressive_scans_is_refused(detect_faces):
+    """4,000 scans: every scan walks the whole picture again (14 s, 393 MB, and the file was
+    forwarded as is). More than MAX_SCANS is refused before any decoding."""
+    from handlers.sanitizer.jpeg import MAX_SCANS
+
+    bomb = g.progressive_scan_bomb()
+    assert bomb.count(b"\xff\xda") >= 4000
+    assert refused(bomb, detect_faces=detect_faces).reason == "corrupt"
+    # an ordinary progressive photo (about 10 scans) and one at the cap still pass
+    normal = g.jpeg_bytes(g.photo(320, 240), progressive=True)
+    assert sanitize(normal, detect_faces=detect_faces).width == 320
+    at_cap = g.progressive_scan_bomb(scans=MAX_SCANS, size=(64, 64))
+    assert sanitize(at_cap, detect_faces=False).width == 64
+    assert refused(g.progressive_scan_bomb(scans=MAX_SCANS + 1, size=(64, 64))).reason == "corrupt"
+
+
+@pytest.mark.parametrize("data", [
+    g.webp_declaring(16384, 16384, "VP8X"),
+    g.webp_declaring(10000, 10000, "VP8X"),  # over our 60 MP limit, under Pillow's own bomb check
+    g.webp_declaring(16384, 16384, "VP8L"),
+    g.webp_declaring(16383, 16383, "VP8 "),
+    b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0)),
+    b"GIF89a" + struct.pack("<HH", 10000, 10000) + b"\x00\x00\x00",
+], ids=["webp-34-bytes", "webp-100MP", "webp-lossless", "webp-lossy", "png-header", "gif-header"])
+def test_declared_size_is_checked_before_any_decoder_opens_the_file(monkeypatch, data):
+    """The reviewer's 34-byte WebP declaring 16384x16384 cost 2.7 s and 1.2 GB: the decoder
+    allocated the canvas when it opened the file. No decoder may see such a file at all."""
+    from PIL import Image
+
+    def no_decoder(*a, **k):
+        raise AssertionError("a decoder opened a file whose header declares too many pixels")
+
+    monkeypatch.setattr(Image, "open", no_decoder)
+    exc = refused(data)
+    assert exc.reason == "too_many_pixels" and "megapixels" in str(exc)
+    if data.startswith(b"RIFF") and b"VP8X" in data[:16] and b"16384x16384" in str(exc).encode():
+        assert len(data) == 34

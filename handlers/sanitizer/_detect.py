@@ -1,0 +1,359 @@
+"""What could identify the patient on a photo: faces and text, found on a small upright copy.
+
+* Faces: Google's BlazeFace models (Apache-2.0, vendored in ``models/``) through OpenCV's
+  ``cv2.dnn``: the short-range model on the whole picture (close-ups) and the full-range
+  model on 3x2 overlapping tiles (small faces). When that finds nothing, the full-range model
+  looks at the whole picture turned 90, 180 and 270 degrees (a phone that did not record how
+  it was held): always, not "when the clock allows", so the answer never depends on how busy
+  the machine is (the cost is measured in docs/sanitizer.md).
+* Text: the PP-OCRv4 text *detector* (DB, Apache-2.0, vendored) through ONNX Runtime: where
+  text is, never what it says.
+
+Imported only when a check is asked for, so the plain sanitize path never pays for numpy,
+OpenCV or ONNX Runtime. Boxes are (x, y, w, h) fractions of the upright picture so callers
+can map them onto any resolution. Every model file's SHA-256 is checked before it is loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ._types import DetectorUnavailable
+
+Box = tuple[float, float, float, float]
+
+MODELS = Path(__file__).with_name("models")
+_SHA256 = {
+    "face_detection_full_range.tflite": "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
+    "face_detection_short_range.tflite": "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+    "text_detection_ppocrv4_det.onnx": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+}
+
+DETECT_SIDE = 1000  # JPEG draft request: libjpeg decodes a 4032-px photo at 1/4 (1008 px)
+WORK_SIDE = 1024  # longest side the detectors look at
+# Scores, chosen on the evaluation set (docs/sanitizer.md; there is no held-out set). Highest
+# score on any skin photo (evaluation set, demo and benchmark photos, 3 and 12 MP): 0.36 on a
+# tile, 0.45 on the upright whole picture, 0.66 on a turned one.
+FACE_SCORE = 0.7  # short-range, upright whole picture (MediaPipe's default 0.5 fired on lesions)
+TILE_FACE_SCORE = 0.45  # full-range, tiles: small faces score low; 0.6 missed a third of the 6-13% ones
+TURNED_FACE_SCORE = 0.7  # full-range, whole picture turned: 0.6 fired on skin
+NMS_IOU = 0.3
+TURNED_PASSES = True  # look at the picture turned 90/180/270 degrees when nothing is found upright
+TILES = (3, 2)  # columns, rows
+TILE_OVERLAP = 0.25  # of a tile's size, so a face on a seam is whole in one tile
+TEXT_SIDE = 512  # longest side of the text detector's input (416 lost ruler numbers and small labels)
+TEXT_PIXEL = 0.3  # DB probability threshold for a text pixel
+TEXT_BOX_SCORE = 0.6  # mean probability inside a region to call it text
+TEXT_MIN_SIDE = 4  # px in the detector's input: smaller specks are not text anyone can read
+# Text is made of strokes: its box is full of strong edges. The detector also fires on a
+# smooth dark lesion (a "word-shaped" blob), which must never be blurred as text. Edges are
+# found per colour channel (ink on skin can have little grey-level contrast: blue ballpoint
+# on dark skin, an orange date stamp) after a 3x3 blur (sensor noise is not an edge). Measured
+# on the evaluation set plus the demo's and the benchmark's photos: text boxes 0.10-0.43 of
+# their pixels are edges, lesion boxes 0.000.
+TEXT_EDGE_DENSITY = 0.05
+TEXT_BLUR_CELLS = 2  # blocks across a text line's height when it is blurred
+
+
+_verified: dict[str, str] = {}
+_verify_lock = threading.Lock()
+
+
+def model_path(name: str) -> str:
+    """The path of a vendored model, after checking its SHA-256 (once per process)."""
+    with _verify_lock:
+        if name not in _verified:
+            path = MODELS / name
+            try:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                raise DetectorUnavailable(f"model file {name} is missing") from None
+            if digest != _SHA256[name]:
+                raise DetectorUnavailable(f"model file {name} is not the vetted one (sha256 {digest[:12]}...)")
+            _verified[name] = str(path)
+        return _verified[name]
+
+
+# ------------------------------------------------------------------ faces (BlazeFace)
+
+def _anchors(size: int, layers: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Anchor centres (fractions) of a BlazeFace model: (stride, anchors per cell) per layer."""
+    out = []
+    for stride, per_cell in layers:
+        cells = size // stride
+        ys, xs = np.mgrid[0:cells, 0:cells]
+        centres = np.stack([(xs.ravel() + 0.5) / cells, (ys.ravel() + 0.5) / cells], axis=1)
+        out.append(np.repeat(centres, per_cell, axis=0))
+    return np.concatenate(out).astype(np.float32)
+
+
+class _BlazeFace:
+    def __init__(self, name: str, size: int, layers: tuple[tuple[int, int], ...]):
+        self.net = cv2.dnn.readNetFromTFLite(model_path(name))
+        self.outputs = self.net.getUnconnectedOutLayersNames()
+        self.size = size
+        self.anchors = _anchors(size, layers)
+
+    def run(self, squares: list[np.ndarray], threshold: float) -> list[np.ndarray]:
+        """Per square RGB picture: rows of (x, y, w, h, score) as fractions of that square."""
+        s = self.size
+        blob = cv2.dnn.blobFromImages(squares, 1 / 127.5, (s, s), (127.5, 127.5, 127.5), swapRB=False)
+        self.net.setInput(blob)
+        outs = self.net.forward(self.outputs)
+        reg = next(o for o in outs if o.shape[-1] == 16).reshape(len(squares), -1, 16)
+        cls = next(o for o in outs if o.shape[-1] == 1).reshape(len(squares), -1)
+        result = []
+        for r, c in zip(reg, cls):
+            score = 1 / (1 + np.exp(-np.clip(c, -80, 80)))
+            keep = score >= threshold
+            a, rr = self.anchors[keep], r[keep] / s
+            cx, cy, w, h = rr[:, 0] + a[:, 0], rr[:, 1] + a[:, 1], rr[:, 2], rr[:, 3]
+            result.append(np.stack([cx - w / 2, cy - h / 2, w, h, score[keep]], axis=1))
+        return result
+
+
+_local = threading.local()  # cv2.dnn nets are not shared between threads
+
+
+def _nets() -> tuple[_BlazeFace, _BlazeFace]:
+    nets = getattr(_local, "nets", None)
+    if nets is None:
+        nets = (_BlazeFace("face_detection_full_range.tflite", 192, ((4, 1),)),
+                _BlazeFace("face_detection_short_range.tflite", 128, ((8, 2), (16, 6))))
+        _local.nets = nets
+    return nets
+
+
+def _square(rgb: np.ndarray) -> np.ndarray:
+    """Pad to a square at the bottom/right (the models expect an undistorted square)."""
+    h, w = rgb.shape[:2]
+    side = max(h, w)
+    if h == w:
+        return rgb
+    out = np.zeros((side, side, 3), np.uint8)
+    out[:h, :w] = rgb
+    return out
+
+
+def _tiles(w: int, h: int) -> list[tuple[int, int, int, int]]:
+    cols, rows = TILES
+    tw, th = int(w / cols * (1 + TILE_OVERLAP)), int(h / rows * (1 + TILE_OVERLAP))
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            x0 = int(min(max(0, (c + 0.5) * w / cols - tw / 2), w - tw))
+            y0 = int(min(max(0, (r + 0.5) * h / rows - th / 2), h - th))
+            out.append((x0, y0, tw, th))
+    return out
+
+
+def _nms(rows: np.ndarray) -> list[Box]:
+    if not len(rows):
+        return []
+    order = np.argsort(-rows[:, 4])
+    kept: list[np.ndarray] = []
+    for i in order:
+        b = rows[i]
+        if all(_iou(b, k) < NMS_IOU for k in kept):
+            kept.append(b)
+    return [(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in kept]
+
+
+def _iou(a, b) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _whole(rgb: np.ndarray, net: _BlazeFace, threshold: float = FACE_SCORE) -> np.ndarray:
+    """One model on the whole picture; rows (x, y, w, h, score) as fractions of the picture."""
+    h, w = rgb.shape[:2]
+    side = max(h, w)
+    rows = net.run([_square(rgb)], threshold)[0]
+    rows[:, [0, 2]] *= side / w
+    rows[:, [1, 3]] *= side / h
+    return rows
+
+
+def _tiled(rgb: np.ndarray) -> np.ndarray:
+    full, _ = _nets()
+    h, w = rgb.shape[:2]
+    tiles = _tiles(w, h)
+    squares = [_square(rgb[y:y + th, x:x + tw]) for x, y, tw, th in tiles]
+    out = []
+    for (x, y, tw, th), rows in zip(tiles, full.run(squares, TILE_FACE_SCORE)):
+        side = max(tw, th)
+        rows = rows.copy()
+        rows[:, 0] = (x + rows[:, 0] * side) / w
+        rows[:, 1] = (y + rows[:, 1] * side) / h
+        rows[:, 2] *= side / w
+        rows[:, 3] *= side / h
+        out.append(rows)
+    return np.concatenate(out) if out else np.zeros((0, 5), np.float32)
+
+
+def _unturn(rows: np.ndarray, k: int) -> np.ndarray:
+    """Boxes found on the picture turned k*90 degrees anticlockwise (np.rot90), back in the upright frame."""
+    rows = rows.copy()
+    for _ in range(k % 4):  # undo one anticlockwise quarter turn: (x, y) -> (1 - y - h, x)
+        x, y, w, h = rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy()
+        rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3] = 1 - y - h, x, h, w
+    return rows
+
+
+def faces(rgb: np.ndarray, *, rotations: bool | None = None) -> list[Box]:
+    """Faces in an upright RGB picture (uint8 HxWx3, at most ~WORK_SIDE on its long side).
+
+    Upright: the short-range model on the whole picture (faces from ~15% of the frame up to
+    close-ups) and the full-range model on 3x2 overlapping tiles (down to ~5%). On the
+    evaluation set the full-range model on the whole picture found no face these two missed,
+    so it runs only on the picture turned 90, 180 and 270 degrees, when the upright passes
+    found nothing (it is the model that finds a face lying on its side).
+    """
+    full, short = _nets()
+    rgb = fit(rgb)
+    h, w = rgb.shape[:2]
+    rows = [_whole(rgb, short)]
+    if max(h, w) >= 256:  # smaller than that, a tile would only be the picture blown up
+        rows.append(_tiled(rgb))
+    found = np.concatenate(rows)
+    if not len(found) and (TURNED_PASSES if rotations is None else rotations):
+        found = np.concatenate([_unturn(_whole(np.ascontiguousarray(np.rot90(rgb, k)), full, TURNED_FACE_SCORE), k) for k in (1, 2, 3)])
+    return _clip(_nms(found))
+
+
+def _clip(boxes: list[Box]) -> list[Box]:
+    out = []
+    for x, y, w, h in boxes:
+        x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(1.0, x + w), min(1.0, y + h)
+        if x1 > x0 and y1 > y0:
+            out.append((x0, y0, x1 - x0, y1 - y0))
+    return out
+
+
+def fit(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if max(h, w) <= WORK_SIDE:
+        return rgb
+    s = WORK_SIDE / max(h, w)
+    return cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+# ------------------------------------------------------------------ text (PP-OCRv4 DB detector)
+
+_text_session = None
+_text_lock = threading.Lock()
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def _session():
+    global _text_session
+    with _text_lock:
+        if _text_session is None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1  # it runs beside the face passes (see check())
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            _text_session = ort.InferenceSession(model_path("text_detection_ppocrv4_det.onnx"), opts,
+                                                 providers=["CPUExecutionProvider"])
+        return _text_session  # run() is thread-safe
+
+
+def _stroke_edges(rgb: np.ndarray) -> np.ndarray:
+    smooth = cv2.GaussianBlur(rgb, (3, 3), 0)
+    return np.maximum.reduce([cv2.Canny(np.ascontiguousarray(smooth[:, :, i]), 80, 200) for i in range(3)])
+
+
+def text(rgb: np.ndarray) -> list[Box]:
+    """Regions of an upright RGB picture that look like text (printed or handwritten)."""
+    h, w = rgb.shape[:2]
+    s = min(1.0, TEXT_SIDE / max(h, w))
+    nw, nh = max(32, round(w * s / 32) * 32), max(32, round(h * s / 32) * 32)
+    small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+    x = ((small.astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)[None]
+    sess = _session()
+    prob = sess.run(None, {sess.get_inputs()[0].name: x})[0][0, 0]
+    mask = (prob > TEXT_PIXEL).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    boxes: list[Box] = []
+    edges = None
+    for c in contours:
+        bx, by, bw, bh = cv2.boundingRect(c)
+        if min(bw, bh) < TEXT_MIN_SIDE:
+            continue
+        region = np.zeros_like(mask)
+        cv2.drawContours(region[by:by + bh, bx:bx + bw], [c - (bx, by)], -1, 1, -1)
+        if float(prob[by:by + bh, bx:bx + bw][region[by:by + bh, bx:bx + bw] > 0].mean()) < TEXT_BOX_SCORE:
+            continue
+        # DB finds the shrunken core of a text line: grow it back (DB's "unclip", ratio 1.5)
+        grow = cv2.contourArea(c) * 1.5 / max(1.0, cv2.arcLength(c, True))
+        x0, y0 = max(0.0, bx - grow), max(0.0, by - grow)
+        x1, y1 = min(nw, bx + bw + grow), min(nh, by + bh + grow)
+        if edges is None:
+            edges = _stroke_edges(small)
+        if edges[int(y0):int(y1) + 1, int(x0):int(x1) + 1].mean() / 255 < TEXT_EDGE_DENSITY:
+            continue
+        boxes.append((x0 / nw, y0 / nh, (x1 - x0) / nw, (y1 - y0) / nh))
+    return boxes
+
+
+# ------------------------------------------------------------------ blurring
+
+def blur(im, boxes, *, cells: int = 8):
+    """Pixelate then blur each box (padded) in a PIL RGB/L image, in place; returns it.
+    ``cells``: pixel blocks across the box's short side (8 for a face; 2 for a line of
+    text, so each letter melts into the block beside it and the text detector no longer
+    sees a line of text)."""
+    from PIL import ImageFilter
+
+    W, H = im.size
+    for fx, fy, fw, fh in boxes:
+        pad_w, pad_h = fw * 0.25, fh * 0.35
+        x0 = max(0, int((fx - pad_w) * W))
+        y0 = max(0, int((fy - pad_h) * H))
+        x1 = min(W, int((fx + fw + pad_w) * W) + 1)
+        y1 = min(H, int((fy + fh + pad_h) * H) + 1)
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue
+        region = im.crop((x0, y0, x1, y1))
+        # coarse enough that the face detector no longer finds the blurred face (it still
+        # found one with cells of 1/12 and a blur of 1/15 of the box)
+        cell = max(2, min(x1 - x0, y1 - y0) // cells)
+        small = region.resize((max(1, (x1 - x0) // cell), max(1, (y1 - y0) // cell)), resample=0)
+        region = small.resize(region.size, resample=0)
+        region = region.filter(ImageFilter.GaussianBlur(max(2, cell * 8 // 10)))
+        im.paste(region, (x0, y0))
+    return im
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _text_pool():
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="text-check")
+        return _pool
+
+
+def check(rgb: np.ndarray, *, want_faces: bool, want_text: bool) -> tuple[list[Box], list[Box]]:
+    """The identifiability check on one upright RGB picture: (face boxes, text boxes).
+    Both checks release the GIL, so the text detector runs beside the face passes."""
+    rgb = fit(np.ascontiguousarray(rgb))
+    if want_faces and want_text:
+        pending = _text_pool().submit(text, rgb)
+        return faces(rgb), pending.result()
+    return (faces(rgb) if want_faces else []), (text(rgb) if want_text else [])
