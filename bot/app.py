@@ -22,9 +22,12 @@ def utcnow() -> datetime:
 
 
 def directory_actors(config: Config) -> dict:
+    """The clinician directory as the workflow's Actors; ``role`` decides who may refer
+    (``referrer`` or ``both``; a ``specialist`` may not record consent or refer)."""
     from handlers.model import Actor
 
-    return {c.user_id: Actor(user_id=c.user_id, practice=c.practice, display_name=c.name)
+    return {c.user_id: Actor(user_id=c.user_id, practice=c.practice, display_name=c.name,
+                             may_refer=c.may_refer)
             for c in config.clinicians.values()}
 
 
@@ -178,6 +181,7 @@ class BotApp:
             specialty_titles={k: (s.title or k.capitalize()) for k, s in cfg.specialties.items()},
             directory=directory_actors(cfg),
             is_allowed=cfg.is_allowed,
+            rosters={k: cfg.roster(k) for k in cfg.specialties},
             decrypt_grace_seconds=m.decrypt_grace_seconds,
             tick_seconds=m.tick_seconds,
             sync_timeout_ms=m.sync_timeout_ms,

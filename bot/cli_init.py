@@ -55,10 +55,13 @@ max_consent_window_days = 365 # the longest valid-for= a GP may give
 # pattern = "RX[0-9]{{7}}"
 
 [directory]
-# Who may invite and talk to the bot: clinicians below, plus these users / servers.
+# Who may invite and talk to the bot (!help, !status): clinicians below, plus these users /
+# servers. Only the clinicians below may send photos.
 allowed_users = []
 allowed_servers = ["example.org"]
 
+# role: "referrer" (default) may !consent and !refer; "specialist" may not, and is on the
+# roster of its specialties (may be in that room, may give !opinion); "both" is both.
 [[directory.clinicians]]
 user_id = "@dr.gp:example.org"
 role = "referrer"             # referrer | specialist | both
@@ -68,10 +71,12 @@ name = "Dr A. GP"
 [[directory.clinicians]]
 user_id = "@dr.derm:example.org"
 role = "specialist"
-specialties = ["dermatology"] # on this specialty's roster: may give !opinion
+specialties = ["dermatology"] # on this specialty's roster: may be in its room, may give !opinion
 name = "Dr B. Dermatologist"
 
-# One end-to-end-encrypted room per specialty; every member must be in the directory.
+# One end-to-end-encrypted room per specialty; every member must be on its roster (the
+# specialists above with this specialty, plus an optional roster = [...] here): a GP in
+# the room makes it unsafe, and the bot then posts nothing there.
 [specialties.dermatology]
 room = "!replace-with-room-id:example.org"
 title = "Dermatology advice"

@@ -48,11 +48,20 @@ class Secret(str):
 
 @dataclass(frozen=True)
 class Clinician:
+    """One ``[[directory.clinicians]]`` entry. ``role`` (default ``"referrer"``, so
+    configs written before roles were enforced keep working for GPs): ``referrer`` may
+    record consent and refer; ``specialist`` may not, and with ``specialties`` is on
+    those rosters (may be in the room, may give the opinion); ``both`` is both."""
+
     user_id: str
     role: str = "referrer"  # referrer | specialist | both
     practice: str | None = None
     name: str = ""
     specialties: tuple[str, ...] = ()
+
+    @property
+    def may_refer(self) -> bool:
+        return self.role in ("referrer", "both")
 
 
 @dataclass(frozen=True)

@@ -251,10 +251,18 @@ class Database:
             try:
                 yield work
             except BaseException:
-                await self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                    await self.conn.execute("ROLLBACK")
                 raise
             else:
-                await self.conn.execute("COMMIT")
+                try:
+                    await self.conn.execute("COMMIT")
+                except BaseException:
+                    # a COMMIT that fails (disk full, busy) leaves the transaction open:
+                    # close it, or every later BEGIN fails and the store never recovers
+                    if self.conn.in_transaction:
+                        await self.conn.execute("ROLLBACK")
+                    raise
                 run_after_commit(work)
 
     @contextlib.asynccontextmanager

@@ -94,9 +94,12 @@ CONSENTS_ALL = "SELECT consent_id, version, doc FROM consents ORDER BY recorded_
 LEGACY_CONSENTS = "SELECT consent_id, doc FROM consents WHERE version = 0 ORDER BY consent_id"
 CONSENT_RESEAL = "UPDATE consents SET doc = ?, version = ? WHERE consent_id = ?"
 
+# ``seq`` is given on insert only (the next number); an update keeps it. Every list is
+# ordered by it: the order referrals were opened in, whatever the clock said.
 REFERRAL_UPSERT = (
     "INSERT INTO referrals (referral_id, consent_id, referrer, specialty, state, opened_at,"
-    " thread_root_event_id, next_due_at, version, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " thread_root_event_id, next_due_at, version, doc, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+    " (SELECT COALESCE(MAX(seq), 0) + 1 FROM referrals))"
     " ON CONFLICT (referral_id) DO UPDATE SET consent_id = excluded.consent_id,"
     " referrer = excluded.referrer, specialty = excluded.specialty, state = excluded.state,"
     " opened_at = excluded.opened_at, thread_root_event_id = excluded.thread_root_event_id,"
@@ -106,17 +109,39 @@ _REFERRAL_COLS = "SELECT referral_id, version, doc FROM referrals"
 LEGACY_REFERRALS = "SELECT referral_id, doc FROM referrals WHERE version = 0 ORDER BY referral_id"
 REFERRAL_RESEAL = "UPDATE referrals SET doc = ?, version = ? WHERE referral_id = ?"
 REFERRAL_GET = _REFERRAL_COLS + " WHERE referral_id = ?"
-REFERRALS_BY_CONSENT = _REFERRAL_COLS + " WHERE consent_id = ? ORDER BY opened_at, referral_id"
-REFERRALS_BY_REFERRER = _REFERRAL_COLS + " WHERE referrer = ? ORDER BY opened_at, referral_id"
+REFERRALS_BY_CONSENT = _REFERRAL_COLS + " WHERE consent_id = ? ORDER BY seq"
+REFERRALS_BY_REFERRER = _REFERRAL_COLS + " WHERE referrer = ? ORDER BY seq"
 OPEN_REFERRALS_BY_REFERRER = (
     _REFERRAL_COLS + " WHERE referrer = ? AND state IN ("
-    + ", ".join(f"'{state.value}'" for state in sorted(OPEN_STATES)) + ") ORDER BY opened_at, referral_id"
+    + ", ".join(f"'{state.value}'" for state in sorted(OPEN_STATES)) + ") ORDER BY seq"
 )
-REFERRAL_BY_THREAD = _REFERRAL_COLS + " WHERE thread_root_event_id = ? ORDER BY opened_at, referral_id LIMIT 1"
+REFERRAL_BY_THREAD = _REFERRAL_COLS + " WHERE thread_root_event_id = ? ORDER BY seq LIMIT 1"
 REFERRALS_DUE = (
-    _REFERRAL_COLS + " WHERE next_due_at IS NOT NULL AND next_due_at <= ? ORDER BY next_due_at, referral_id"
+    _REFERRAL_COLS + " WHERE next_due_at IS NOT NULL AND next_due_at <= ? ORDER BY next_due_at, seq"
 )
-REFERRALS_ALL = _REFERRAL_COLS + " ORDER BY opened_at, referral_id"
+REFERRAL_IDS_DUE = (
+    "SELECT referral_id FROM referrals WHERE next_due_at IS NOT NULL AND next_due_at <= ?"
+    " AND referral_id NOT IN (SELECT referral_id FROM referrals_set_aside)"
+    " ORDER BY next_due_at, seq"
+)
+REFERRALS_ALL = _REFERRAL_COLS + " ORDER BY seq"
+REFERRAL_IDS_ALL = "SELECT referral_id FROM referrals ORDER BY seq"
+
+# --- what the transports gave up on, and what the timers skip (007) ----------------------
+SET_ASIDE_REFERRAL = (
+    "INSERT INTO referrals_set_aside (referral_id, at, reason) VALUES (?, ?, ?)"
+    " ON CONFLICT (referral_id) DO NOTHING"
+)
+SET_ASIDE_ALL = "SELECT referral_id, at, reason FROM referrals_set_aside ORDER BY at, referral_id"
+DEAD_LETTER_ADD = (
+    "INSERT INTO dead_letters (outbox_id, at, kind, referral_id, reason, attempts) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (outbox_id) DO NOTHING"
+)
+DEAD_LETTERS = (
+    "SELECT outbox_id, at, kind, referral_id, reason, attempts FROM dead_letters"
+    " ORDER BY outbox_id DESC LIMIT ?"
+)
+DEAD_LETTER_COUNT = "SELECT COUNT(*) FROM dead_letters"
 
 # --- store_meta: the signed state and the pending keyed upgrade (storage/seal.py) --------
 GET_META = "SELECT value FROM store_meta WHERE name = ?"

@@ -34,8 +34,8 @@ from handlers.model import AuditEntry, ConsentRecord, Referral, UnassignedPhoto
 from storage import audit as audit_trail
 from storage import queries as Q
 from storage.db import Database, StorageError, Tx, from_text, to_text, utc_now
-from storage.interfaces import OutboxEntry, StoreError
 from storage.instance import InstanceLock
+from storage.interfaces import DeadLetter, OutboxEntry, RecordUnreadable, SetAside, StoreError
 from storage.keys import Keys
 from storage.seal import (
     STATE_ROW,
@@ -88,34 +88,37 @@ class _Sealer:
         plain = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return nonce + self._aead.encrypt(nonce, plain, self._aad(aad))
 
-    def open(self, aad: Sequence[Any], blob: bytes | None, what: str) -> dict[str, Any]:
+    def open(self, aad: Sequence[Any], blob: bytes | None, what: tuple[str, str]) -> dict[str, Any]:
         try:
             blob = bytes(blob)  # type: ignore[arg-type]
             plain = self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], self._aad(aad))
         except (InvalidTag, ValueError, TypeError):
-            raise StoreError(f"cannot read {what}: wrong key for this database, or the row was altered") from None
-        return json.loads(plain)
+            raise RecordUnreadable(*what, "wrong key for this database, or the row was altered") from None
+        try:
+            return json.loads(plain)
+        except ValueError:
+            raise RecordUnreadable(*what, "the document is not valid JSON") from None
 
     def record(self, kind: str, ident: str, version: int, doc: dict[str, Any]) -> bytes:
         return self.seal(["referral-bot record v2", kind, ident, int(version)], doc)
 
     def open_record(self, kind: str, ident: str, version: int, blob: bytes) -> dict[str, Any]:
-        return self.open(["referral-bot record v2", kind, ident, int(version)], blob, f"{kind} {ident}")
+        return self.open(["referral-bot record v2", kind, ident, int(version)], blob, (kind, ident))
 
     def open_legacy_record(self, kind: str, ident: str, blob: bytes) -> dict[str, Any]:
-        return self.open(["referral-bot record v1", kind, ident], blob, f"{kind} {ident}")
+        return self.open(["referral-bot record v1", kind, ident], blob, (kind, ident))
 
     def held_photo(self, photo_id: str, doc: dict[str, Any]) -> bytes:
         return self.seal(["referral-bot record v1", "unassigned_photo", photo_id], doc)
 
     def open_held_photo(self, photo_id: str, blob: bytes) -> dict[str, Any]:
-        return self.open(["referral-bot record v1", "unassigned_photo", photo_id], blob, f"held photo {photo_id}")
+        return self.open(["referral-bot record v1", "unassigned_photo", photo_id], blob, ("held photo", photo_id))
 
     def action(self, outbox_id: int, kind: str, doc: dict[str, Any]) -> bytes:
         return self.seal(["referral-bot outbox v1", int(outbox_id), kind], doc)
 
     def open_action(self, outbox_id: int, kind: str, blob: bytes | None) -> dict[str, Any]:
-        return self.open(["referral-bot outbox v1", int(outbox_id), kind], blob, f"outbox action {outbox_id}")
+        return self.open(["referral-bot outbox v1", int(outbox_id), kind], blob, ("outbox action", str(outbox_id)))
 
 
 class SQLiteTransaction:
@@ -144,11 +147,13 @@ class SQLiteTransaction:
                     else self._store._keeper.expected(kind, ident))
         if expected is None or version != expected:
             log.error("refused %s %s: version %s, the signed state says %s", kind, ident, version, expected)
-            raise StoreError(
-                f"{kind} {ident} is not the copy the store's signed state vouches for (version {version}, "
+            # RecordUnreadable: this row only, not the store; the timers set it aside
+            # and events about it get an answer (not a retry forever, finding 3)
+            raise RecordUnreadable(
+                kind, ident,
+                f"it is not the copy the store's signed state vouches for (version {version}, "
                 f"expected {expected if expected is not None else 'none'}): the row was put back or altered outside "
-                "the bot, so it is refused"
-            )
+                "the bot, so it is refused")
         return self._store._sealer.open_record(kind, ident, version, row["doc"])
 
     # -- processed events ---------------------------------------------------------------
@@ -180,7 +185,11 @@ class SQLiteTransaction:
 
     # -- referrals -------------------------------------------------------------------------
     def _referral(self, row: Any) -> Referral:
-        return Referral.from_dict(self._open("referral", row))
+        doc = self._open("referral", row)
+        try:
+            return Referral.from_dict(doc)
+        except (KeyError, ValueError, TypeError):
+            raise RecordUnreadable("referral", row["referral_id"], "the document does not fit the model") from None
 
     async def get_referral(self, referral_id: str) -> Referral | None:
         row = await self._tx.fetchone(Q.REFERRAL_GET, (referral_id,))
@@ -222,6 +231,16 @@ class SQLiteTransaction:
     async def due_referrals(self, at: datetime) -> list[Referral]:
         return [self._referral(r) for r in await self._tx.fetchall(Q.REFERRALS_DUE, (to_text(at),))]
 
+    async def due_referral_ids(self, at: datetime) -> list[str]:
+        return [r["referral_id"] for r in await self._tx.fetchall(Q.REFERRAL_IDS_DUE, (to_text(at),))]
+
+    async def set_aside_referral(self, referral_id: str, reason: str, at: datetime) -> None:
+        await self._tx.execute(Q.SET_ASIDE_REFERRAL, (referral_id, to_text(at), reason))
+
+    async def referral_ids(self) -> list[str]:
+        """Every referral id, in opening order (not in the Protocol)."""
+        return [r["referral_id"] for r in await self._tx.fetchall(Q.REFERRAL_IDS_ALL)]
+
     async def all_referrals(self) -> list[Referral]:
         """Every referral, oldest first (for status and export tools; not in the Protocol)."""
         return [self._referral(r) for r in await self._tx.fetchall(Q.REFERRALS_ALL)]
@@ -245,6 +264,18 @@ class SQLiteTransaction:
 
     async def due_unassigned_photos(self, at: datetime) -> list[UnassignedPhoto]:
         return [self._unassigned(r) for r in await self._tx.fetchall(Q.UNASSIGNED_DUE, (to_text(at),))]
+
+    async def readable_referrals(self) -> tuple[list[Referral], list[str]]:
+        """Every referral that can be read, and the ids of those that cannot (for status
+        and metrics, which must keep working when one row is damaged)."""
+        good: list[Referral] = []
+        bad: list[str] = []
+        for row in await self._tx.fetchall(Q.REFERRALS_ALL):
+            try:
+                good.append(self._referral(row))
+            except RecordUnreadable:
+                bad.append(row["referral_id"])
+        return good, bad
 
     # -- vault -------------------------------------------------------------------------------
     async def vault_put(self, image_id: str, data: bytes, media_type: str) -> None:
@@ -588,6 +619,28 @@ class SQLiteStore:
             self._log_anchor()
         except Exception:
             log.exception("store housekeeping failed; retrying on the next tick")
+
+    async def dead_letter(self, outbox_id: int, *, kind: str, referral_id: str | None,
+                          reason: str, attempts: int, at: datetime) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute(Q.DEAD_LETTER_ADD, (int(outbox_id), to_text(at), kind, referral_id, reason, int(attempts)))
+            await tx.execute(Q.COMPLETE_ACTION, (to_text(at), int(outbox_id)))
+
+    async def dead_letters(self, limit: int = 50) -> list[DeadLetter]:
+        async with self.db.read() as tx:
+            rows = await tx.fetchall(Q.DEAD_LETTERS, (int(limit),))
+        return [DeadLetter(outbox_id=int(r["outbox_id"]), at=from_text(r["at"]), kind=r["kind"],
+                           referral_id=r["referral_id"], reason=r["reason"], attempts=int(r["attempts"]))
+                for r in rows]
+
+    async def dead_letter_count(self) -> int:
+        async with self.db.read() as tx:
+            return int(await tx.scalar(Q.DEAD_LETTER_COUNT))
+
+    async def set_aside_referrals(self) -> list[SetAside]:
+        async with self.db.read() as tx:
+            rows = await tx.fetchall(Q.SET_ASIDE_ALL)
+        return [SetAside(referral_id=r["referral_id"], at=from_text(r["at"]), reason=r["reason"]) for r in rows]
 
     async def verify_audit(self) -> audit_trail.VerifyResult:
         async with self.db.read() as tx:

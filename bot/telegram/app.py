@@ -87,7 +87,8 @@ class TelegramApp:
             bot, self.store, workflow,
             TelegramSettings(config=self.tg, directory=directory_actors(self.config),
                              specialty_titles={k: (s.title or k.capitalize())
-                                               for k, s in self.config.specialties.items()}),
+                                               for k, s in self.config.specialties.items()},
+                             rosters={k: self.config.roster(k) for k in self.config.specialties}),
             clock=self.clock, metrics=metrics, filer=filer)
         await self.transport.start()
         if metrics is not None:

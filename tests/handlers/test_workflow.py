@@ -11,7 +11,7 @@ import pytest
 
 from handlers import actions as A
 from handlers import events as E
-from handlers.model import CloseReason, ImageState, ReferralState
+from handlers.model import Actor, CloseReason, ImageState, ReferralState
 from handlers.policy import Policy
 
 from .helpers import (
@@ -558,6 +558,38 @@ async def test_photo_never_goes_to_the_latest_referral_by_guess():
     assert [len(h.store.referral(r).images) for r in rids] == [0, 0, 0, 0, 0]
     assert not any(isinstance(a, A.PostImage) for a in acts)
     assert "Which referral is this photo for" in reply_text(acts)
+
+
+async def test_a_specialist_may_not_record_consent_or_refer_unless_also_a_referrer():
+    """Roles are enforced (security review, issue 9, finding 14): a specialist with a
+    practice is still not a referrer."""
+    h = Harness()
+    specialist = Actor("@derm:example.org", practice="Riverside Surgery", may_refer=False)
+    text = reply_text(await h.say(specialist, CONSENT_OK))
+    assert "Only clinicians listed as referrers" in text and "Consent" not in text.split(".")[0]
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))  # a GP of the same practice
+    text = reply_text(await h.say(specialist, f"!refer dermatology {cid} Rash?"))
+    assert "Only clinicians listed as referrers" in text and "R-" not in text
+    assert h.store.referrals() == []
+    rules = [(e.action, e.details.get("rule")) for e in h.store.audit if e.action.endswith(".refused")]
+    assert rules == [("consent.refused", "role"), ("referral.refused", "role")]
+    both = Actor("@derm:example.org", practice="Riverside Surgery", may_refer=True)
+    assert "opened" in reply_text(await h.say(both, f"!refer dermatology {cid} Rash?"))
+
+
+async def test_a_clock_stepped_back_never_sends_a_photo_to_an_older_referral():
+    """Finding 10: the target used to be picked by wall-clock opened_at."""
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    first = referral_id_from(await h.say(GP, f"!refer derm {cid} first patient's lesion"))
+    h.advance(hours=-1)  # NTP steps the clock back an hour
+    second = referral_id_from(await h.say(GP, f"!refer derm {cid} second patient's lesion"))
+    await h.send_image(GP, jpeg_with_metadata())
+    # never to the older referral (whether it goes to the newer one or is held and the GP
+    # asked is the photo-targeting rule's business, not the clock's)
+    assert h.store.referral(first).images == ()
+    status = reply_text(await h.say(GP, "!status"))
+    assert status.index(first) < status.index(second)  # listed in the order they were opened
 
 
 # ---------------------------------------------------------------- issue 12: consents read back, episodes

@@ -60,3 +60,34 @@ async def test_full_path_over_sqlite_with_a_restart(tmp_path):
 async def _ref(store, rid):
     async with store.transaction() as tx:
         return await tx.get_referral(rid)
+
+
+async def test_one_unreadable_referral_never_stops_the_others_expiring(tmp_path):
+    """Reproduced in the review: one unreadable referral row made every tick raise, and a
+    healthy referral 8 days past its 7-day lifetime stayed open with its image in the room.
+    Now each referral is ticked in its own transaction; the unreadable one is set aside
+    (audited, listed, alerted) and skipped from then on."""
+    store = await SQLiteStore.open(tmp_path / "bot.sqlite3", _keys())
+    h = Harness(store=store)
+    try:
+        cid = consent_id_from(await h.say(GP, CONSENT_OK))
+        broken = referral_id_from(await h.say(GP, f"!refer dermatology {cid} First lesion?"))
+        healthy = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Second lesion?"))
+        await h.drain()
+        await h.send_image(GP, jpeg_with_metadata(), caption=healthy)
+        await h.drain()
+        assert len(h.chat) == 1
+        async with store.db.transaction() as tx:  # a damaged row (a bad restore, a disk error)
+            await tx.execute("UPDATE referrals SET doc = ? WHERE referral_id = ?", (b"\x00" * 40, broken))
+        h.advance(days=8)
+        await h.tick()
+        await h.drain()
+        assert (await _ref(store, healthy)).state is ReferralState.CLOSED and h.chat == {}
+        (aside,) = await store.set_aside_referrals()
+        assert (aside.referral_id, aside.reason) == (broken, "unreadable")
+        audit = [e for e in await store.audit_entries() if e.action == "referral.set_aside"]
+        assert [e.referral_id for e in audit] == [broken]
+        assert await h.tick() == []  # skipped from now on: no error, no second alert
+        assert len([e for e in await store.audit_entries() if e.action == "referral.set_aside"]) == 1
+    finally:
+        await store.close()

@@ -154,8 +154,9 @@ async def test_referral_round_trip_with_images_and_indexes(store):
             await tx.save_referral(r)
     async with store.transaction() as tx:
         assert await tx.get_referral("R-1") == r1
-        assert [r.referral_id for r in await tx.referrals_by_consent("C-4F2A1B")] == ["R-1", "R-2"]
-        assert [r.referral_id for r in await tx.referrals_by_referrer("@gp:example.org")] == ["R-3", "R-1"]
+        # lists follow the order the referrals were opened (first saved) in, not opened_at
+        assert [r.referral_id for r in await tx.referrals_by_consent("C-4F2A1B")] == ["R-2", "R-1"]
+        assert [r.referral_id for r in await tx.referrals_by_referrer("@gp:example.org")] == ["R-1", "R-3"]
         assert (await tx.referral_by_thread("$root1")).referral_id == "R-1"
         assert await tx.referral_by_thread("$nothing") is None
         # re-index on save: the thread moves
@@ -170,7 +171,7 @@ async def test_open_referrals_by_referrer_leaves_out_finished_ones(store):
     refs = [referral(f"R-{i}", opened=T0 + timedelta(minutes=i), state=st) for i, st in enumerate(states)]
     other = referral("R-X", opened=T0, referrer="@other:example.org")
     async with store.transaction() as tx:
-        for r in reversed(refs + [other]):
+        for r in refs + [other]:
             await tx.save_referral(r)
     async with store.transaction() as tx:
         got = await tx.open_referrals_by_referrer("@gp:example.org")
@@ -225,6 +226,55 @@ async def test_unassigned_photos_round_trip_by_gp_and_by_due_time(store):
             raise RuntimeError("boom")
     async with store.transaction() as tx:
         assert [p.photo_id for p in await tx.unassigned_photos("@gp2:example.org")] == ["I-3"]
+
+
+async def test_lists_follow_the_opening_sequence_when_the_clock_steps_back(store):
+    """Finding 10 of the security review: a referral opened after the clock stepped back
+    has an earlier opened_at, but it is still the newer one everywhere."""
+    first = referral("R-FIRST", opened=T0)
+    later = referral("R-LATER", opened=T0 - timedelta(hours=1))  # the clock stepped back an hour
+    async with store.transaction() as tx:
+        await tx.save_referral(first)
+    async with store.transaction() as tx:
+        await tx.save_referral(later)
+    async with store.transaction() as tx:
+        # saving again (a state change) keeps the place in the sequence
+        await tx.save_referral(dataclasses.replace(first, reminder_sent=True))
+    async with store.transaction() as tx:
+        order = ["R-FIRST", "R-LATER"]
+        assert [r.referral_id for r in await tx.referrals_by_referrer("@gp:example.org")] == order
+        assert [r.referral_id for r in await tx.open_referrals_by_referrer("@gp:example.org")] == order
+        assert [r.referral_id for r in await tx.referrals_by_consent("C-4F2A1B")] == order
+
+
+async def test_due_ids_leave_out_referrals_set_aside(store):
+    a = referral("R-A", opened=T0)
+    b = referral("R-B", opened=T0)
+    async with store.transaction() as tx:
+        await tx.save_referral(a)
+        await tx.save_referral(b)
+    at = T0 + timedelta(days=30)
+    async with store.transaction() as tx:
+        assert await tx.due_referral_ids(at) == ["R-A", "R-B"]
+        await tx.set_aside_referral("R-A", "unreadable", at)
+        await tx.set_aside_referral("R-A", "unreadable", at)  # idempotent
+    async with store.transaction() as tx:
+        assert await tx.due_referral_ids(at) == ["R-B"]
+    assert [(s.referral_id, s.reason) for s in await store.set_aside_referrals()] == [("R-A", "unreadable")]
+
+
+async def test_dead_letters_leave_the_outbox(store):
+    async with store.transaction() as tx:
+        ids = await tx.enqueue([Reply(key="$e/0", to=DirectChat("@gp:example.org"), text="a"),
+                                Reply(key="$e/1", to=DirectChat("@gp:example.org"), text="b")])
+    await store.dead_letter(ids[0], kind="Reply", referral_id="R-1", reason="I was removed from the room.",
+                            attempts=3, at=T0)
+    await store.dead_letter(ids[0], kind="Reply", referral_id="R-1", reason="again", attempts=4, at=T0)
+    assert [e.outbox_id for e in await store.pending_actions()] == [ids[1]]
+    (dead,) = await store.dead_letters()
+    assert (dead.outbox_id, dead.kind, dead.referral_id, dead.attempts) == (ids[0], "Reply", "R-1", 3)
+    assert dead.reason == "I was removed from the room." and dead.at == T0
+    assert await store.dead_letter_count() == 1
 
 
 async def test_vault_semantics(store):

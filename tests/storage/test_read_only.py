@@ -90,3 +90,28 @@ allowed_servers = ["example.org"]
                      "to it: check the file's owner and permissions, the disk's mount options and `lsattr` "
                      "(immutable)"], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_status_opens_the_store_while_the_bot_holds_the_write_lock(tmp_path, keys):
+    """main's da9b2a7 kept: `status` next to the running bot takes no write lock when it
+    opens a store that knows its key (it failed 1 run in 3 with 'database is locked')."""
+    import sqlite3
+    import time
+
+    path = tmp_path / "bot.sqlite3"
+    store = await SQLiteStore.open(path, keys)
+    await store.close()
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the bot in the middle of a write
+    try:
+        t0 = time.monotonic()
+        status = await SQLiteStore.open(path, keys)
+        try:
+            async with status.read() as tx:
+                assert await tx.all_referrals() == []
+        finally:
+            await status.close()
+        assert time.monotonic() - t0 < 2.0  # not after waiting out the busy timeout
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

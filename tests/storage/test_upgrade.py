@@ -1,6 +1,6 @@
 """A database written before schema version 6 (``data/v3-store.sqlite3``, made by the
 program as it was, see ``data/make_v3_store.py``) is upgraded once when the bot opens it
-with its key: migrations 004, 005 and 006 run (006 scrubs done outbox payloads and adds versions); the store then
+with its key: migrations 004 to 007 run (006 scrubs done outbox payloads and adds versions); the store then
 re-anchors the old SHA-256 audit chain under the HMAC chain, re-seals every record with
 version 1, seals the pending outbox payloads and signs the state. Nothing is lost, and no
 clinical text is left in clear."""
@@ -72,7 +72,7 @@ async def test_a_version_3_store_is_upgraded_once_and_keeps_working(old_store, c
     old_entries = _legacy_entries(path)
     store = await SQLiteStore.open(path, keys)
     try:
-        assert await store.db.schema_version() == latest_version() == 6
+        assert await store.db.schema_version() == latest_version() == 7
         chain = await store.verify_audit()
         assert chain.intact and chain.legacy_entries == old_entries and chain.entries == old_entries + 1
         last = (await store.audit_entries())[-1]
