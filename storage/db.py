@@ -321,20 +321,44 @@ class Database:
         return applied
 
     async def checkpoint(self) -> bool:
-        """Copy the WAL into the main file and truncate it (after shredding, and after
-        scrubbing). True if it did; False if another connection still reads an older
-        snapshot (the `status` or `export` command, a backup): the WAL then keeps its old
-        page images, key material included, and the caller must try again later
-        (``SQLiteStore.housekeeping``, on every tick). Never waits for that reader."""
+        """Empty the WAL, without ever blocking another connection: True if the WAL is now
+        empty, False if it must be tried again later (``SQLiteStore.housekeeping``, on
+        every tick). Used after shredding and scrubbing, whose old page images (key
+        material included) would otherwise stay in the -wal file.
+
+        First a PASSIVE checkpoint: it copies what it can into the main file and never
+        takes the write lock or waits. Only if that left nothing to copy (no reader holds
+        an older snapshot, no writer is adding frames: the WAL is idle) comes the
+        TRUNCATE, which then holds the write lock just to cut the file, and with a busy
+        timeout of 0 gives up at once if anybody else reads or writes. A TRUNCATE on a
+        WAL with frames still to copy would hold the write lock for the whole copy and
+        its fsync, stalling every writer (the bot's next event, `export`)."""
         async with self._lock:
-            await self.conn.execute("PRAGMA busy_timeout = 0")
-            try:
-                async with self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
-                    row = await cur.fetchone()
-            finally:
-                await self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # (busy, frames in the WAL, frames checkpointed): busy = 1 when it was blocked
-        return row is not None and row[0] == 0
+            busy, frames, copied = await self._wal_checkpoint("PASSIVE")
+            if busy or frames < 0 or copied < frames:
+                return False
+            busy, _, _ = await self._wal_checkpoint("TRUNCATE")
+            return busy == 0
+
+    async def checkpoint_at_close(self) -> bool:
+        """The last chance before the connection closes (shutdown): TRUNCATE at once,
+        never waiting for another connection. True if the WAL is now empty."""
+        async with self._lock:
+            busy, _, _ = await self._wal_checkpoint("TRUNCATE")
+            return busy == 0
+
+    async def _wal_checkpoint(self, mode: str) -> tuple[int, int, int]:
+        """(busy, frames in the WAL, frames copied); busy = 1 when it was blocked. The
+        busy timeout is 0 for it: a checkpoint never waits for another connection."""
+        await self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            async with self.conn.execute(f"PRAGMA wal_checkpoint({mode})") as cur:
+                row = await cur.fetchone()
+        finally:
+            await self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if row is None:
+            return 1, -1, -1
+        return int(row[0]), int(row[1]), int(row[2])
 
 
 def run_after_commit(tx: Any) -> None:

@@ -163,6 +163,9 @@ class PgDatabase:
         (dead tuples are reclaimed by autovacuum; see docs/operations.md)."""
         return True
 
+    async def checkpoint_at_close(self) -> bool:
+        return True
+
     async def vacuum_full(self, *tables: str) -> None:
         """Rewrite tables so dead row versions (old outbox JSON) leave the table files."""
         async with self._lock:

@@ -536,6 +536,15 @@ class SQLiteStore:
                 self._keeper.write_anchor()
             except Exception as exc:
                 log.error("could not write the anchor file on close: %s", exc)
+            if self._wal_dirty:
+                try:  # shutdown: the last try to cut old page images out of the WAL
+                    if await self.db.checkpoint_at_close():
+                        self._wal_dirty = False
+                except Exception as exc:
+                    log.error("could not truncate the WAL on close: %s", exc)
+                if self._wal_dirty:
+                    log.warning("the WAL still holds old page images of shredded keys (another process "
+                                "reads the database); SQLite truncates it when the last connection closes")
             await self.db.close()
         finally:
             if self._lock is not None:
@@ -571,7 +580,8 @@ class SQLiteStore:
         if shredded:
             # push the zeroed pages into the main file and empty the WAL, so the old
             # page images holding the wrapped key don't linger in the -wal file; if a
-            # reader's snapshot blocks that, housekeeping() retries on every tick
+            # reader's snapshot or a writer blocks that, housekeeping() retries on every
+            # tick (Database.checkpoint: PASSIVE, then TRUNCATE only when the WAL is idle)
             self._wal_dirty = not await self.db.checkpoint()
 
     @contextlib.asynccontextmanager
@@ -585,16 +595,24 @@ class SQLiteStore:
             yield SQLiteTransaction(self, tx)
 
     async def pending_actions(self, limit: int = 100) -> list[OutboxEntry]:
+        """Pending actions in order. A row whose sealed payload cannot be opened (altered,
+        or sealed under another key) is moved to the dead-letter list, logged, and left
+        out: one bad row must not stop the outbox (issue 9, finding 3)."""
         async with self.db.read() as tx:
             rows = await tx.fetchall(Q.PENDING_ACTIONS_LIMIT, (int(limit),))
-        return [
-            OutboxEntry(
-                outbox_id=int(r["id"]),
-                action=action_from_dict(self._sealer.open_action(int(r["id"]), r["kind"], r["payload"])),
-                enqueued_at=from_text(r["created_at"]),
-            )
-            for r in rows
-        ]
+        entries: list[OutboxEntry] = []
+        for r in rows:
+            oid = int(r["id"])
+            try:
+                action = action_from_dict(self._sealer.open_action(oid, r["kind"], r["payload"]))
+            except (RecordUnreadable, KeyError, ValueError, TypeError):
+                log.error("outbox action %d (%s) cannot be read; moved to the dead-letter list", oid, r["kind"])
+                await self.dead_letter(oid, kind=r["kind"], referral_id=None,
+                                       reason="Its stored payload cannot be read (altered, or another key).",
+                                       attempts=0, at=utc_now())
+                continue
+            entries.append(OutboxEntry(outbox_id=oid, action=action, enqueued_at=from_text(r["created_at"])))
+        return entries
 
     async def complete_action(self, outbox_id: int) -> None:
         """Mark done and drop the payload: nothing of a done action's text stays behind."""
@@ -607,8 +625,9 @@ class SQLiteStore:
 
     async def housekeeping(self) -> None:
         """Called on every tick (``Workflow.handle(Tick)``): retry the WAL truncation a
-        reader blocked after a shred, bring the anchor file up to date, and log the
-        signed audit head at intervals.
+        reader blocked after a shred (a PASSIVE checkpoint, and TRUNCATE only once the WAL
+        is idle: it never stalls another connection's reads or writes), bring the anchor
+        file up to date, and log the signed audit head at intervals.
         Never raises: a failure here is logged and retried on the next tick."""
         try:
             if self._wal_dirty:
