@@ -595,7 +595,7 @@ class Workflow:
             raise _Refuse("There is no consent with that id; check it.")
         if self._practice(ev.actor) != consent.practice:
             raise _Refuse(
-                f"Consent {cmd.consent_id} was recorded by another practice; only that practice can read it.",
+                "That consent was recorded by another practice; only that practice can read it.",
                 audit=AuditEntry(ev.actor.user_id, "consent.show_refused", ev.at, consent_id=consent.consent_id,
                                  details={"rule": "practice"}),
             )
@@ -711,7 +711,7 @@ class Workflow:
         if ref is None:
             raise _Refuse(f"Use {what} as a reply in the referral's thread (not in the main room).")
         if rid and rid != ref.referral_id:
-            raise _Refuse(f"This thread is {ref.referral_id}, not {rid}; use the right thread.")
+            raise _Refuse(f"This thread is {ref.referral_id}, not the referral you named; use the right thread.")
         if not self._on_roster(ref, ev.actor):
             raise _Refuse(
                 f"Only clinicians on the {ref.specialty} roster can use {what}.",
@@ -836,9 +836,9 @@ class Workflow:
         if consent is None:
             raise _Refuse("There is no consent with that id; check it.")
         if self._practice(ev.actor) != consent.practice:
-            raise _Refuse(f"Consent {cmd.consent_id} was recorded by another practice; only that practice can withdraw it.")
+            raise _Refuse("That consent was recorded by another practice; only that practice can withdraw it.")
         if consent.withdrawn:
-            raise _Refuse(f"Consent {cmd.consent_id} was already withdrawn.")
+            raise _Refuse(f"Consent {consent.consent_id} was already withdrawn.")
         consent = dataclasses.replace(consent, withdrawn_at=ev.at, withdrawn_by=ev.actor.user_id)
         await tx.save_consent(consent)
         await tx.append_audit(AuditEntry(ev.actor.user_id, "consent.withdrawn", ev.at, consent_id=consent.consent_id))

@@ -68,3 +68,61 @@ async def test_naming_another_referral_in_a_thread_does_not_echo_it():
     thread = E.SpecialtyThread("dermatology", None, f"$root-{rid}")
     text = reply_text(await h.say(DERM, "!opinion R-943476 benign", place=thread))
     assert "not the referral you named" in text and "943476" not in text
+
+
+@pytest.mark.parametrize(
+    "command, names",
+    [
+        ("!reply R-943476 is the lesion raised", "not one of your referrals"),
+        ("!reply 9434765919", "!reply R-"),
+        ("!photo R-943476", "not one of your referrals"),
+        ("!photo 9434765919", "referral id"),
+        ("!morephotos 9434765919", "thread"),
+        ("!addendum R-943476 benign", "thread"),
+        ("!opinion 9434765919", "thread"),
+    ],
+)
+async def test_the_conversation_commands_never_echo_the_input_either(command, names):
+    """Issue 10's commands (`!reply`, `!photo`, `!morephotos`, `!addendum`) in the GP's
+    direct chat, mistyped or naming an id that is not theirs."""
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    referral_id_from(await h.say(GP, f"!refer dermatology {cid} Itchy plaque"))
+    await h.drain()
+    text = reply_text(await h.say(GP, command))
+    assert names.lower() in text.lower(), text
+    for sentinel in SENTINELS:
+        assert sentinel not in text, f"{command!r} echoed {sentinel!r}: {text!r}"
+
+
+@pytest.mark.parametrize(
+    "command, names",
+    [
+        ("!addendum R-943476 benign", "not the referral you named"),
+        ("!opinion R-943476 benign", "not the referral you named"),
+        ("!reply R-943476 is it raised", "not the referral you named"),
+    ],
+)
+async def test_a_specialist_naming_another_referral_in_a_thread_is_not_echoed(command, names):
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    rid = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Itchy plaque"))
+    await h.drain()
+    thread = E.SpecialtyThread("dermatology", None, f"$root-{rid}")
+    text = reply_text(await h.say(DERM, command, place=thread))
+    assert names.lower() in text.lower(), text
+    for sentinel in SENTINELS:
+        assert sentinel not in text, f"{command!r} echoed {sentinel!r}: {text!r}"
+
+
+async def test_a_gp_answer_held_back_by_the_identifier_guard_is_not_echoed():
+    """The GP's answer into the thread is refused when it holds an NHS number (issue 12's
+    guard); the refusal says what kind of identifier, never the number."""
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    rid = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Itchy plaque"))
+    await h.drain()
+    text = reply_text(await h.say(GP, f"!reply {rid} the patient is 943 476 5919, raised edge"))
+    assert "NHS number" in text, text
+    for sentinel in SENTINELS:
+        assert sentinel not in text, text
