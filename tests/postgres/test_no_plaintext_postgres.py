@@ -13,7 +13,7 @@ import pytest
 
 from storage.keys import Keys
 from storage.postgres_store import PostgresStore
-from tests.storage.test_no_plaintext import OPINION, QUESTION_1, QUESTION_2, SECRETS, story
+from tests.storage.test_no_plaintext import OPINION, QUESTION_1, QUESTION_2, QUESTION_3, SECRETS, story
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ async def test_no_clinical_text_or_identifier_in_any_postgres_column(pg_dsn, key
         await story(store, check)
         async with store.read() as tx:
             refs = await tx.all_referrals()
-        assert {r.question for r in refs} == {QUESTION_1, QUESTION_2} and OPINION in {r.opinion for r in refs}
+        assert {r.question for r in refs} == {QUESTION_1, QUESTION_2, QUESTION_3} and OPINION in {r.opinion for r in refs}
     finally:
         await store.close()
     assert seen == ["after the full flow", "after the withdrawal"]

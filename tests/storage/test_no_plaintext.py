@@ -2,7 +2,10 @@
 
 The whole path runs on the real store: a mistyped consent (whose refusal used to echo the
 NHS number), consent, referral, image, discussion, opinion, removal; then a second
-referral and a consent withdrawal. After each part the raw bytes of the SQLite file, its
+referral and a consent withdrawal. Issue 10's conversation runs on it too: the
+specialist's question relayed to the GP, the GP's answer posted into the thread, a request
+for more photos, an addendum, and a photo held because two referrals were open (its
+document sealed in ``unassigned_photos``, destroyed by the withdrawal). After each part the raw bytes of the SQLite file, its
 WAL and its shared-memory index are searched for the NHS number (as typed, and spaced),
 the clinical questions, the opinion, the best-interests statement and the date of birth.
 Before issue 9 the outbox kept every action's JSON in clear, done or not.
@@ -25,7 +28,17 @@ QUESTION_1 = "Annular scaly plaque on the forearm, worse after steroid cream: ti
 QUESTION_2 = "Second lesion behind the left ear, pearly with telangiectasia: BCC?"
 OPINION = "Tinea incognito: stop the steroid, oral terbinafine for four weeks"
 DISCUSSION = "Could you send a close-up with a ruler next to the plaque"
-SECRETS = (NHS, NHS_SPACED, DOB, STATEMENT, QUESTION_1, QUESTION_2, OPINION, DISCUSSION)
+ANSWER = "Plaque has a raised scaly edge and central clearing for three weeks"
+MORE_PHOTOS = "A close-up of the raised border please, with a ruler beside it"
+ADDENDUM = "If no better in four weeks take scrapings for mycology culture"
+QUESTION_3 = "Third lesion on the shin, target-like rings after a tick bite: erythema migrans?"
+SECRETS = (NHS, NHS_SPACED, DOB, STATEMENT, QUESTION_1, QUESTION_2, OPINION, DISCUSSION, ANSWER, MORE_PHOTOS,
+           ADDENDUM, QUESTION_3)
+
+
+async def held_photos(store) -> int:
+    async with store.read() as tx:
+        return len(await tx.unassigned_photos(GP.user_id))
 
 
 async def story(store, check: Callable[[str], Awaitable[None]]) -> None:
@@ -41,9 +54,16 @@ async def story(store, check: Callable[[str], Awaitable[None]]) -> None:
     await h.send_image(GP, jpeg_with_metadata(seed=11))
     await h.drain()
     thread = E.SpecialtyThread("dermatology", None, f"$root-{rid}")
-    await h.workflow.handle(E.CommandReceived(h.eid(), DERM, h.now, DISCUSSION, thread))
-    await h.workflow.handle(E.ThreadActivity(h.eid(), DERM, h.now, thread))
+    await h.workflow.handle(E.ThreadActivity(h.eid(), DERM, h.now, thread, text=DISCUSSION))
+    await h.drain()
+    h.dm_event_of(DISCUSSION, GP.user_id)  # the question reached the GP
+    assert ANSWER in reply_text(await h.say(GP, f"!reply {rid} {ANSWER}"))  # into the thread
+    await h.say(DERM, f"!morephotos {MORE_PHOTOS}", place=thread)
+    await h.drain()
+    await h.send_image(GP, jpeg_with_metadata(seed=13))
+    await h.drain()
     await h.say(DERM, f"!opinion {OPINION}", place=thread)
+    await h.say(DERM, f"!addendum {ADDENDUM}", place=thread)
     await h.drain()
     h.advance(hours=25)  # past the grace period: the images are removed
     await h.tick()
@@ -55,10 +75,14 @@ async def story(store, check: Callable[[str], Awaitable[None]]) -> None:
     await h.send_image(GP, jpeg_with_metadata(seed=12))
     await h.drain()
     assert h.chat
+    referral_id_from(await h.say(GP, f"!refer dermatology {cid} {QUESTION_3}"))
+    assert "which referral" in reply_text(await h.send_image(GP, jpeg_with_metadata(seed=14))).lower()
+    assert await held_photos(store) == 1
+    await h.drain()
     assert "withdrawn" in reply_text(await h.say(GP, f"!withdraw {cid}"))
     await h.drain()
     await h.tick()
-    assert h.chat == {} and rid2
+    assert h.chat == {} and rid2 and await held_photos(store) == 0
     await check("after the withdrawal")
 
 
@@ -86,8 +110,9 @@ async def test_no_clinical_text_or_identifier_in_the_sqlite_bytes(tmp_path, keys
         await story(store, check)
         async with store.read() as tx:  # and the records still hold all of it, sealed
             refs = await tx.all_referrals()
-        assert {r.question for r in refs} == {QUESTION_1, QUESTION_2}
+        assert {r.question for r in refs} == {QUESTION_1, QUESTION_2, QUESTION_3}
         assert OPINION in {r.opinion for r in refs}
+        assert any(ADDENDUM in str(r.to_dict()) for r in refs)
     finally:
         await store.close()
     assert seen == ["after the full flow", "after the withdrawal"]
