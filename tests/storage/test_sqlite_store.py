@@ -200,3 +200,22 @@ async def test_an_unreadable_outbox_row_is_dead_lettered_and_the_others_still_ru
         assert [e.outbox_id for e in await store.pending_actions()] == [ids[0], ids[2]]  # once, not again
         async with store.read() as tx:
             assert await tx._tx.scalar("SELECT payload FROM outbox WHERE id = ?", (ids[1],)) is None
+
+
+async def test_a_dead_letter_keeps_none_of_the_actions_content(tmp_path, keys):
+    """Lanes and dead letters (finding 3) on the sealed outbox (finding 2): an action the
+    transport gave up on leaves only its kind, times and a plain reason, like a done one."""
+    from handlers.actions import Notify
+
+    async with await SQLiteStore.open(tmp_path / "bot.sqlite3", keys) as store:
+        async with store.transaction() as tx:
+            (oid,) = await tx.enqueue([Notify(key="$e/0", user_id="@gp:example.org", text="Tinea incognito: stop the steroid")])
+        async with store.read() as tx:
+            sealed = await tx._tx.scalar("SELECT payload FROM outbox WHERE id = ?", (oid,))
+        assert sealed and b"Tinea" not in bytes(sealed)
+        await store.dead_letter(oid, kind="Notify", referral_id="R-1", reason="I am no longer in that chat.",
+                                attempts=1, at=T0)
+        assert await store.pending_actions() == []
+        async with store.read() as tx:
+            assert await tx._tx.scalar("SELECT payload FROM outbox WHERE id = ?", (oid,)) is None
+        assert b"Tinea" not in _disk(tmp_path / "bot.sqlite3")
