@@ -42,7 +42,7 @@ async def _posted_referral(w) -> tuple[str, str, str]:
     """A referral with its clean image in the thread: (referral id, thread root, consent id)."""
     cid = await flow.consent(w)
     rid = await flow.refer(w, cid)
-    await flow.send_photo(w)
+    await flow.send_photo(w, caption=rid)  # named: another referral may be open (issue 10)
     img = await w.sp.wait_for(lambda s: s.room_id == w.derm_room and s.msgtype == "m.image"
                               and s.sender == w.bot_user.user_id and s.body.startswith(rid),
                               30, f"the image of {rid}")
