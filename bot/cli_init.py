@@ -45,14 +45,40 @@ retention_days = 90           # vault copy kept (when !consent gives no retentio
 adult_age = 16                # a parent's consent stops covering new sharing at this age
 time_zone = "Europe/London"   # times shown to people (storage is UTC)
 unassigned_photo_minutes = 10 # a photo whose referral the GP has not named is destroyed then
+held_photo_hours = 24        # a photo held for a face or text (preview sent) waits this long for !blur / !discard
 photo_window_minutes = 10     # a referral keeps taking photos without naming this long after one
 more_photos_extension_hours = 48  # !morephotos keeps the referral open this much longer
 consent_window_days = 30      # one episode: referrals may be opened this long after !consent
 max_consent_window_days = 365 # the longest valid-for= a GP may give
+# The clock as a safety net (docs/commands.md "The clock"). Escalation and every urgent
+# timer count working time: these hours (local) on these days, minus the dates listed.
+working_days = ["mon", "tue", "wed", "thu", "fri"]
+working_hours = "09:00-17:00"
+non_working_dates = []             # your bank holidays, e.g. ["2026-12-25", "2026-12-28"]
+escalate_after_working_hours = 16  # no opinion this long after the photos: the lead is mentioned, the GP told
+urgent_escalate_after_working_hours = 4
+urgent_max_lifetime_working_hours = 16    # urgent=urgent|2ww: answer window (never longer than max_lifetime)
+urgent_reminder_before_working_hours = 4  # urgent: the GP is warned this long before it expires
 # Patient references accepted besides NHS numbers (10 digits, modulus 11), e.g.:
 # [[policy.patient_references]]
 # name = "hospital no."
 # pattern = "RX[0-9]{{7}}"
+
+[filing]
+retention_warning_days = 7    # warn the GP and the operator before an unfiled record's retention ends
+# Where the record of each closed referral goes (docs/filing.md). With no sink, filing is
+# off: `referral-bot status` says so and vault copies are destroyed at their retention.
+# [[filing.sink]]
+# name = "practice-inbox"
+# type = "folder"             # folder | smtp | dicomweb
+# label = "the practice document inbox"
+# path = "/var/spool/referral-bot/inbox"
+#
+# [[filing.sink]]
+# name = "pacs"
+# type = "dicomweb"
+# label = "the hospital PACS"
+# url = "https://pacs.example.nhs.uk/dicom-web"   # a bearer token, if any: token_file = "..."
 
 [directory]
 # Who may invite and talk to the bot (!help, !status): clinicians below, plus these users /
@@ -81,6 +107,7 @@ name = "Dr B. Dermatologist"
 room = "!replace-with-room-id:example.org"
 title = "Dermatology advice"
 aliases = ["derm", "skin"]
+# lead = "@dr.derm:example.org"  # mentioned when a referral waits too long (on the roster; else the whole roster)
 '''
 
 

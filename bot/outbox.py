@@ -6,7 +6,7 @@ the feedback event for the workflow (or None). See docs/ARCHITECTURE.md for the 
 
 Reliability rules (security review, issue 9; docs/operations.md):
 
-* **Lanes.** Removals (``RemoveImages``, ``RedactOriginalUpload``), posts to the
+* **Lanes.** Removals (``RemoveImages``, ``RedactOriginalUpload``, ``RemovePreview``), posts to the
   specialists (``PostThreadRoot``, ``PostImage``) and messages to people (``Reply``,
   ``Notify``, ``ExportReferral``) run in three independent lanes, so a removal never
   waits behind a post and a stuck post never keeps a GP's ``!help`` unanswered.
@@ -49,7 +49,7 @@ log = logging.getLogger("referral_bot.outbox")
 
 #: the lanes, and which actions run in each (anything else is a message)
 LANES = ("posts", "removals", "messages")  # posts start first (see post_first_seconds)
-_LANE_OF = {A.RemoveImages: "removals", A.RedactOriginalUpload: "removals",
+_LANE_OF = {A.RemoveImages: "removals", A.RedactOriginalUpload: "removals", A.RemovePreview: "removals",
             A.PostThreadRoot: "posts", A.PostImage: "posts"}
 
 

@@ -96,6 +96,7 @@ class ReferCmd:
     specialty: str
     consent_id: str
     question: str
+    urgency: str = "routine"  # routine | urgent | 2ww (urgency=; the clock's timers, handlers/clock.py)
 
     def __repr__(self) -> str:
         return f"ReferCmd(specialty={self.specialty!r}, consent_id={self.consent_id!r}, question=<redacted>)"
@@ -132,7 +133,7 @@ class ExportCmd:
 
 @dataclass(frozen=True)
 class BlurCmd:
-    """Send the held image(s) of a referral with the faces and text found blurred."""
+    """Post the held image(s) of a referral exactly as previewed: the faces and text found, blurred."""
 
     referral_id: str
 
@@ -483,10 +484,31 @@ def _parse_refer(rest: str, specialty_words: frozenset[str] = frozenset()) -> Re
     consent_pos = ranked[0]
     consent_id = found[consent_pos][0]  # type: ignore[index]
     specialty = words[1] if consent_pos == 0 else words[0]
-    question = " ".join(words[2:]).strip()
+    urgency, rest_words = _take_urgency(words[2:])
+    question = " ".join(rest_words).strip()
     if len(question) < 3:
         raise CommandError(f"Add your clinical question after the consent id: {usage}.")
-    return ReferCmd(specialty=specialty.lower(), consent_id=consent_id, question=question)
+    return ReferCmd(specialty=specialty.lower(), consent_id=consent_id, question=question, urgency=urgency)
+
+
+_URGENCY_WORDS = {"routine": "routine", "urgent": "urgent", "2ww": "2ww", "2-ww": "2ww"}
+
+
+def _take_urgency(words: list[str]) -> tuple[str, list[str]]:
+    """``urgency=routine|urgent|2ww`` anywhere after the consent id (also ``urgency:``);
+    the rest is the question. Routine when absent."""
+    urgency = "routine"
+    rest = []
+    for word in words:
+        key, sep, value = word.replace(":", "=", 1).partition("=")
+        if sep and key.lower() == "urgency":
+            found = _URGENCY_WORDS.get(value.strip().lower())
+            if found is None:
+                raise CommandError("urgency= must be routine, urgent or 2ww.")
+            urgency = found
+            continue
+        rest.append(word)
+    return urgency, rest
 
 
 def _leading_referral(text: str) -> tuple[str | None, str]:
@@ -594,7 +616,7 @@ Referral bot — send a clinical photo to a specialist safely.
      age: dob=YYYY-MM-DD (needed for by=parent; by=patient needs dob= or adult=yes)
      optional: sex=female|male|other gillick=yes|no statement="..." valid-for=30d retention=90d expires=YYYY-MM-DD
    -> you get a consent id C-…; !consent show C-… reads it back
-2. !refer <specialty> <C-id> <clinical question>   -> referral R-…; then send the photo(s) here.
+2. !refer <specialty> <C-id> [urgency=urgent] <clinical question>   -> referral R-…; then send the photo(s) here.
    With more than one referral open, say which one a photo is for: R-… in its caption, or send it as a
    reply to my message about that referral, or answer my question with !photo R-….
 3. The specialists' questions arrive here: reply to the message, or type !reply R-… <answer>.
@@ -622,14 +644,16 @@ HELP_TOPICS: dict[str, str] = {
         "Someone deciding for the patient needs statement=\"...\" (why, and whose views were heard). "
         "The patient reference is stored only as a keyed hash; !consent show C-… reads a consent back."
     ),
-    "refer": "!refer <specialty> <C-id> <clinical question> — opens a referral R-…; then send the photo(s) in this chat.",
+    "refer": ("!refer <specialty> <C-id> [urgency=routine|urgent|2ww] <clinical question> — opens a referral R-…; "
+              "then send the photo(s) in this chat. Urgent: a shorter answer window and an earlier escalation. "
+              "Suspected cancer goes through the 2-week-wait pathway, not here."),
     "opinion": "!opinion <text> — in the referral's thread, by a specialist on that specialty's roster.",
     "withdraw": "!withdraw C-… — withdraws the consent now: every image shared under it is removed and destroyed.",
     "status": "!status lists your referrals; !status R-… shows one.",
     "cancel": "!cancel R-… — closes the referral and removes its images from the specialty room.",
     "export": "!export R-… — exports the record (FHIR) for the patient's notes; the vault copy is then destroyed.",
-    "blur": "!blur R-… — sends the held image(s) with the faces and text I found blurred (when the consent does not cover identifiable images).",
-    "discard": "!discard R-… — drops the held image(s) without sending them; !discard alone drops the photos I am holding because I did not know their referral.",
+    "blur": "!blur R-… — posts the held image(s) exactly as the PREVIEW I sent you shows them: the faces and text I found, blurred (when the consent does not cover identifiable images). Look first: the check can miss some.",
+    "discard": "!discard R-… — destroys the held image(s) and their preview without sending anything; !discard alone drops the photos I am holding because I did not know their referral.",
     "photo": "!photo R-… — the photo(s) I am holding are for this referral (when I could not tell which of your referrals they belong to).",
     "reply": "!reply R-… <text> — GP: your answer goes into the referral's thread (or just reply to the specialist's message). In a thread, specialists can simply write; !reply <text> works too.",
     "morephotos": "!morephotos <what is needed> — specialist, in the thread: asks the GP for another photo and keeps the referral open longer.",

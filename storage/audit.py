@@ -100,6 +100,10 @@ ALLOWED_DETAIL_KEYS = frozenset(
         # members when an image was posted; the names of the filing sinks (config keys)
         "members",
         "sinks",
+        # issue 11: how many text areas the identifiability check found (a count; never the text)
+        "regions",
+        # the clock as a safety net (issue 12 part 5): routine | urgent | 2ww
+        "urgency",
     }
 )
 # Only used to give a sharper message for keys that are refused anyway.

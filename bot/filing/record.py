@@ -10,8 +10,8 @@ What goes in, and why:
 * the clean images (metadata already stripped; faces blurred where the consent did not
   cover identifiable images) - unless the vault copy is gone: after a withdrawal the
   record is filed WITHOUT images (docs/filing.md, "withdrawal");
-* the clinical question, the opinion, who gave it and when, and the addenda (a place is
-  kept for them: ``Referral.addenda`` when the conversation work adds it);
+* the clinical question, the opinion, who gave it and when, and the addenda (``!addendum``
+  after a filed record files it again);
 * the consent: who gave it, for what, identifiable images covered or not, recorded in
   the notes, withdrawn when (GMC recordings guidance para 14: record the key elements
   of the consent discussion in the record);
@@ -136,6 +136,10 @@ _TIMELINE = {
     "opinion.addendum": "Addendum by {actor}",
     "image.removed": "Images removed from the chat",
     "referral.cancelled": "Referral cancelled by {actor}",
+    "referral.cancer_pathway_reminder": "GP reminded: suspected cancer goes through the 2-week-wait pathway (NICE NG12)",
+    "referral.originals_reminder": "GP asked to delete the original photos from the phone and its backups",
+    "referral.escalated": "Escalated: no opinion yet, the specialty asked to answer and the GP told",
+    "referral.reminder": "GP warned that the referral would expire without an opinion",
     "referral.expired": "Referral expired without an opinion",
     "referral.withdrawn": "Consent withdrawn ({actor}); images destroyed",
     "referral.closed": "Referral closed",

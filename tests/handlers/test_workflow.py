@@ -197,7 +197,7 @@ async def test_face_held_then_discarded_is_shredded():
     await h.send_image(GP, face_jpeg())
     (item,) = h.store.referral(rid).images
     assert item.image_id in h.store.image_vault_ids()
-    assert "discarded" in reply_text(await h.say(GP, f"!discard {rid}"))
+    assert "Destroyed the held photo" in reply_text(await h.say(GP, f"!discard {rid}"))
     assert item.image_id not in h.store.image_vault_ids()
     await h.drain()
     assert h.chat == {} and h.store.referral(rid).images[0].state is ImageState.DISCARDED
@@ -309,7 +309,9 @@ async def test_max_lifetime_reminder_then_expiry():
     _cid, rid = await open_referral(h)
     await h.send_image(GP, jpeg_with_metadata())
     await h.drain()
-    h.advance(days=5, hours=23)
+    h.advance(days=1, hours=8)  # Tue 17:00: 16 working hours without an opinion, escalated (issue 12)
+    assert any(isinstance(a, A.Notify) and "No opinion yet" in a.text for a in await h.tick())
+    h.advance(days=4, hours=15)  # 5 days 23 hours after opening
     assert await h.tick() == []
     h.advance(hours=1)  # 6 days: reminder (1 day before the 7-day lifetime)
     acts = await h.tick()

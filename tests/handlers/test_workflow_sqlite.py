@@ -91,3 +91,53 @@ async def test_one_unreadable_referral_never_stops_the_others_expiring(tmp_path)
         assert len([e for e in await store.audit_entries() if e.action == "referral.set_aside"]) == 1
     finally:
         await store.close()
+
+
+async def test_a_rules_bug_sets_one_referral_aside_but_a_store_failure_does_not(tmp_path, monkeypatch):
+    """A tick that raises in the lifecycle rules for one referral's data sets that one
+    aside and the others still expire; an I/O error (the machine, not the referral) sets
+    nothing aside: the tick fails, rolls back, and the next one does the work."""
+    from handlers import lifecycle as lc
+
+    store = await SQLiteStore.open(tmp_path / "bot.sqlite3", _keys())
+    h = Harness(store=store)
+    try:
+        cid = consent_id_from(await h.say(GP, CONSENT_OK))
+        odd = referral_id_from(await h.say(GP, f"!refer dermatology {cid} First lesion?"))
+        fine = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Second lesion?"))
+        await h.drain()
+        real_tick = lc.tick
+
+        def buggy(ref, **kw):
+            if ref.referral_id == odd:
+                raise KeyError("a field this referral's data lacks")
+            return real_tick(ref, **kw)
+
+        monkeypatch.setattr(lc, "tick", buggy)
+        h.advance(days=8)
+        await h.tick()
+        assert (await _ref(store, fine)).state is ReferralState.CLOSED
+        assert [(s.referral_id, s.reason) for s in await store.set_aside_referrals()] == [(odd, "error (KeyError)")]
+
+        from storage.sqlite_store import SQLiteTransaction
+
+        monkeypatch.setattr(lc, "tick", real_tick)
+        third = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Third lesion?"))
+        real_save = SQLiteTransaction.save_referral
+
+        async def disk_full(self, referral):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(SQLiteTransaction, "save_referral", disk_full)
+        h.advance(days=8)
+        try:
+            await h.tick()
+        except OSError:
+            pass
+        assert [s.referral_id for s in await store.set_aside_referrals()] == [odd]  # not the third
+        assert (await _ref(store, third)).state is not ReferralState.CLOSED  # rolled back
+        monkeypatch.setattr(SQLiteTransaction, "save_referral", real_save)
+        await h.tick()
+        assert (await _ref(store, third)).state is ReferralState.CLOSED
+    finally:
+        await store.close()

@@ -110,7 +110,31 @@ def test_init_writes_a_config_that_loads_and_a_0600_key(tmp_path, monkeypatch):
     monkeypatch.setenv("REFERRAL_BOT_MATRIX_PASSWORD", "x")
     loaded = load_config(cfg)
     assert loaded.storage.key_file == key.resolve()
+    assert loaded.policy().filing_enabled is False   # the sinks are examples, commented out
     assert cli_init.run(ns) == 1          # never overwrites silently
+
+
+def test_init_filing_examples_parse_once_uncommented(tmp_path, monkeypatch):
+    """The commented [[filing.sink]] lines in `init`'s config are a working starting point."""
+    import argparse
+    import re
+    import tomllib
+
+    from bot import cli_init
+    from bot.filing.config import parse_sinks
+
+    cfg = tmp_path / "rb.toml"
+    assert cli_init.run(argparse.Namespace(config=str(cfg), key_file=None, force=False)) == 0
+    head, filing = cfg.read_text().split("[filing]\n", 1)
+    filing, rest = filing.split("\n[directory]", 1)
+    filing = re.sub(r"(?m)^# (\[\[filing\.sink\]\]|\w+ = .*)$", r"\1", filing)
+    text = head + "[filing]\n" + filing + "\n[directory]" + rest
+    raw = tomllib.loads(text)
+    sinks = parse_sinks(raw, key=b"k" * 32, base=tmp_path)
+    assert [s.name for s in sinks] == ["practice-inbox", "pacs"]
+    monkeypatch.setenv("REFERRAL_BOT_MATRIX_PASSWORD", "x")
+    cfg.write_text(text)
+    assert load_config(cfg).policy().filing_enabled is True
 
 
 def test_specialty_room_needed_for_matrix_only(tmp_path):
@@ -196,3 +220,62 @@ def test_consent_window_and_patient_reference_schemes(tmp_path):
         with pytest.raises(ConfigError, match=says):
             parse_config({"policy": {"patient_references": bad}}, need_matrix=False)
 
+
+
+def test_held_photo_time_is_configurable_and_must_be_positive():
+    """How long a photo held for a face or text (preview sent) waits for !blur / !discard."""
+    from bot.config import parse_config as parse
+
+    assert parse({}, need_matrix=False).policy().held_photo_ttl == timedelta(hours=24)
+    pol = parse({"policy": {"held_photo_hours": 4}}, need_matrix=False).policy()
+    assert pol.held_photo_ttl == timedelta(hours=4)
+    with pytest.raises(ConfigError, match="held_photo must be more than 0"):
+        parse({"policy": {"held_photo_minutes": 0}}, need_matrix=False)
+
+
+def test_the_clock_settings_working_time_urgent_timers_and_the_lead():
+    """Issue 12 part 5: working days and hours, bank holidays, the working-time timers
+    (never in days: a working day has no fixed length), and a specialty lead on its roster."""
+    from datetime import date
+
+    import tomllib
+
+    raw = {"policy": {"working_days": ["Mon", "tue", "WED", "thursday", "fri", "sat"],
+                      "working_hours": "08:00-18:30", "non_working_dates": ["2026-12-25", date(2026, 12, 28)],
+                      "escalate_after_working_hours": 8, "urgent_escalate_after_working_minutes": 90,
+                      "urgent_max_lifetime_working_hours": 10.5, "urgent_reminder_before_working_seconds": 30}}
+    pol = parse_config(raw, need_matrix=False).policy()
+    assert pol.working_days == frozenset({0, 1, 2, 3, 4, 5})
+    assert pol.working_hours == (timedelta(hours=8), timedelta(hours=18, minutes=30))
+    assert pol.non_working_dates == frozenset({date(2026, 12, 25), date(2026, 12, 28)})
+    assert pol.escalate_after == timedelta(hours=8) and pol.urgent_escalate_after == timedelta(minutes=90)
+    assert pol.urgent_max_lifetime == timedelta(hours=10.5) and pol.urgent_reminder_lead == timedelta(seconds=30)
+    defaults = parse_config({}, need_matrix=False).policy()
+    assert defaults.working_days == frozenset(range(5)) and defaults.working_hours == (timedelta(hours=9),
+                                                                                        timedelta(hours=17))
+    assert defaults.escalate_after == timedelta(hours=16) and defaults.urgent_escalate_after == timedelta(hours=4)
+    assert defaults.urgent_max_lifetime == timedelta(hours=16) and defaults.urgent_reminder_lead == timedelta(hours=4)
+    assert parse_config({"policy": {"working_hours": "00:00-24:00"}}, need_matrix=False).policy().working_hours == (
+        timedelta(0), timedelta(hours=24))
+    for bad, says in (({"working_days": []}, "working_days must be a list"),
+                      ({"working_days": ["mon", "funday"]}, "use mon, tue"),
+                      ({"working_hours": "9-5"}, "must look like"),
+                      ({"working_hours": "17:00-09:00"}, "end after they start"),
+                      ({"working_hours": "09:00-25:00"}, "must look like"),
+                      ({"non_working_dates": ["25/12/2026"]}, "dates such as"),
+                      ({"escalate_after_days": 2}, "is working time"),
+                      ({"escalate_after_working_hours": -1}, "0 or more"),
+                      ({"urgent_max_lifetime_working_hours": 0}, "more than 0")):
+        with pytest.raises(ConfigError, match=says):
+            parse_config({"policy": bad}, need_matrix=False)
+
+    base = tomllib.loads(BASE.format(secret='password = "x"'))
+    base["specialties"]["dermatology"]["lead"] = "@derm:example.org"  # a specialist of the directory
+    assert parse_config(base).policy().specialties["dermatology"].lead == "@derm:example.org"
+    base["specialties"]["dermatology"]["lead"] = "@extra:example.org"  # on the explicit roster
+    assert parse_config(base).policy().specialties["dermatology"].lead == "@extra:example.org"
+    base["specialties"]["dermatology"]["lead"] = "@boss:example.org"
+    with pytest.raises(ConfigError, match="lead @boss:example.org is not on its roster"):
+        parse_config(base)
+    del base["specialties"]["dermatology"]["lead"]
+    assert parse_config(base).policy().specialties["dermatology"].lead is None

@@ -208,3 +208,17 @@ async def test_a_post_that_hangs_delays_a_removal_by_at_most_a_moment(h):
     assert not draining.done()
     gate.set()
     await draining
+
+
+def test_every_removal_runs_in_the_removal_lane():
+    """A preview taken out of the GP's chat (issue 11) is a removal: it must not wait
+    behind a post or a message either (finding 3)."""
+    from bot.outbox import lane_of
+
+    rid = "R-ABC123"
+    assert lane_of(A.RemovePreview(key="k1", user_id="@gp:x", referral_id=rid, image_id="I-1")) == "removals"
+    assert lane_of(A.RemoveImages(key="k2", referral_id=rid, specialty="dermatology", thread_root_event_id="$r",
+                                  images=(), placeholder="removed")) == "removals"
+    assert lane_of(A.RedactOriginalUpload(key="k3", upload_ref="!r/$e", reason="x")) == "removals"
+    assert lane_of(A.SendPreview(key="k4", user_id="@gp:x", referral_id=rid, image_id="I-1", filename="a.jpg",
+                                 media_type="image/jpeg", text="PREVIEW")) == "messages"
