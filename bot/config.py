@@ -52,11 +52,20 @@ class Secret(str):
 
 @dataclass(frozen=True)
 class Clinician:
+    """One ``[[directory.clinicians]]`` entry. ``role`` (default ``"referrer"``, so
+    configs written before roles were enforced keep working for GPs): ``referrer`` may
+    record consent and refer; ``specialist`` may not, and with ``specialties`` is on
+    those rosters (may be in the room, may give the opinion); ``both`` is both."""
+
     user_id: str
     role: str = "referrer"  # referrer | specialist | both
     practice: str | None = None
     name: str = ""
     specialties: tuple[str, ...] = ()
+
+    @property
+    def may_refer(self) -> bool:
+        return self.role in ("referrer", "both")
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,8 @@ class StorageConfig:
     key_file: Path = Path("var/referral-bot.key")
     export_dir: Path = Path("var/exports")  # where !export writes FHIR bundles (0600)
     deployment_secret: Secret | None = field(default=None, repr=False)
+    # the signed audit head outside the database (storage/seal.py); best on another volume
+    anchor_file: Path = Path("var/referral-bot.sqlite3.anchor")
 
 
 @dataclass(frozen=True)
@@ -326,9 +337,12 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
     backend = str(s.get("backend", "sqlite"))
     if backend not in ("sqlite", "postgres"):
         raise ConfigError("[storage] backend must be \"sqlite\" or \"postgres\".")
+    sqlite_path = _path(s.get("sqlite_path"), base, "var/referral-bot.sqlite3")
+    default_anchor = str(sqlite_path) + ".anchor" if backend == "sqlite" else "var/referral-bot.anchor"
     storage = StorageConfig(
         backend=backend,
-        sqlite_path=_path(s.get("sqlite_path"), base, "var/referral-bot.sqlite3"),
+        anchor_file=_path(s.get("anchor_file"), base, default_anchor),
+        sqlite_path=sqlite_path,
         dsn=s.get("dsn"),
         key_file=_path(s.get("key_file"), base, "var/referral-bot.key"),
         export_dir=_path(s.get("export_dir"), base, "var/exports"),

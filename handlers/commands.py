@@ -8,6 +8,9 @@ Pure and forgiving:
   keys and values case-insensitive, with synonyms; values with spaces go in quotes;
 * ids are read forgivingly (``r7k3qx9`` == ``R-7K3QX9``, see handlers/ids.py).
 
+A refusal never repeats what was typed (it may be a patient identifier or clinical
+text, and replies are kept, sealed, until sent): it names the field instead.
+
 This module only checks syntax. Whether a consent is acceptable is decided by
 handlers/consent.py, whether a referral may change state by handlers/lifecycle.py.
 The full grammar for users is ``HELP_TEXT`` (sent by ``!help``) and docs/commands.md.
@@ -323,7 +326,7 @@ def _yes_no(key: str, value: str) -> bool:
         return True
     if v in _NO:
         return False
-    raise CommandError(f"{key}= takes yes or no (you typed {value!r}).")
+    raise CommandError(f"{key}= takes yes or no.")
 
 
 def _parse_date(key: str, value: str) -> date:
@@ -339,7 +342,7 @@ def _parse_date(key: str, value: str) -> date:
     try:
         return date(y, mo, d)
     except ValueError:
-        raise CommandError(f"{key}={v} is not a real date; use YYYY-MM-DD.") from None
+        raise CommandError(f"{key}= is not a real date; use YYYY-MM-DD.") from None
 
 
 def _parse_duration(value: str, key: str = "retention") -> timedelta:
@@ -421,7 +424,8 @@ def _parse_consent(rest: str) -> ConsentCmd | ConsentShowCmd:
         cut = eq if eq >= 0 else colon
         if cut <= 0:
             raise CommandError(
-                f"I expected key=value but got {tok[:20]!r}; e.g. patient=<ref> by=parent (see !help consent)."
+                "Each part of !consent must be key=value (put a value with spaces in \"double quotes\"), "
+                "e.g. patient=<ref> by=parent (see !help consent)."
             )
         key, value = _canon_word(tok[:cut]), tok[cut + 1 :].strip()
         if key not in _CONSENT_KEYS:
@@ -487,7 +491,7 @@ def _need_id(word: str | None, prefix: str, usage: str) -> str:
     ident = normalise_id(word, prefix)
     if ident is None:
         kind = "consent" if prefix == "C" else "referral"
-        raise CommandError(f"{word[:20]!r} is not a {kind} id ({prefix}-…); type {usage}.")
+        raise CommandError(f"That is not a {kind} id ({prefix}-…); type {usage}.")
     return ident
 
 
@@ -577,7 +581,7 @@ def _refer_details(values: dict[str, str]) -> tuple[ReferralDetails, bool | None
     if "urgency" in values:
         word = _canon_word(values["urgency"])
         if word not in _URGENCY_WORDS:
-            raise CommandError(f"urgency= must be routine, urgent or 2ww (got {values['urgency'][:12]!r}).")
+            raise CommandError("urgency= must be routine, urgent or 2ww.")
         urgency = _URGENCY_WORDS[word]
     stated = _yes_no("intimate", values["intimate"]) if "intimate" in values else None
     details = ReferralDetails(site=values.get("site"), duration=values.get("duration"), urgency=urgency,
@@ -668,7 +672,7 @@ def parse_command(text: str, specialty_words: frozenset[str] = frozenset()) -> C
     word = word.split("@", 1)[0]  # Telegram: /status@referral_bot
     canon = _COMMAND_WORDS.get(_canon_word(word))
     if canon is None:
-        raise CommandError(f"I don't know !{word[:20]}. Type !help for the list of commands.")
+        raise CommandError("I don't know that command. Type !help for the list of commands.")
     rest = rest.strip()
     args = rest.split()
     if canon == "consent":

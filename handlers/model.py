@@ -60,11 +60,16 @@ class Actor:
     ``practice``: the practice / organisation the clinician belongs to (None if
     the directory lists none; such a user cannot record consent or refer).
     ``display_name``: for replies only, never required.
+    ``may_refer``: the directory lists them as a referrer (``role = "referrer"`` or
+    ``"both"``): only then may they record consent or open a referral. A specialist
+    who is not also a referrer may not, even with a practice (security review, issue 9).
+    Transports set it False for anyone outside the directory.
     """
 
     user_id: str
     practice: str | None = None
     display_name: str = ""
+    may_refer: bool = True
 
 
 class Purpose(str, enum.Enum):

@@ -181,6 +181,30 @@ def test_times_are_shown_from_the_zone_data_package_without_the_system_database(
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     # the clocks go forward at 01:00 UTC on 29 March and back at 01:00 UTC on 25 October 2026
     assert out.stdout.split() == ["00:59", "GMT", "02:00", "BST", "01:59", "BST", "01:00", "GMT"]
+
+
+def test_roles_decide_who_may_refer_and_rosters_who_may_be_in_a_room(tmp_path):
+    """A clinician without ``role`` is a referrer (configs from before roles were
+    enforced keep working); a specialist may not refer; GPs are on no roster."""
+    from bot.app import directory_actors
+
+    text = BASE.format(secret='password = "x"').replace(
+        'user_id = "@derm:example.org"\nrole = "specialist"',
+        'user_id = "@derm:example.org"\nrole = "specialist"\npractice = "P1"')
+    text += ('\n[[directory.clinicians]]\nuser_id = "@both:example.org"\nrole = "both"\n'
+             'practice = "P1"\nspecialties = ["dermatology"]\n')
+    p = tmp_path / "c.toml"
+    p.write_text(text.replace("[telegram]\nallow_images = false\n", ""))
+    cfg = load_config(p)
+    actors = directory_actors(cfg)
+    assert actors["@gp:example.org"].may_refer is True
+    assert actors["@derm:example.org"].may_refer is False
+    assert actors["@both:example.org"].may_refer is True
+    assert cfg.roster("dermatology") == frozenset({"@derm:example.org", "@extra:example.org",
+                                                    "@both:example.org"})
+    assert "@gp:example.org" not in cfg.roster("dermatology")
+
+
 def test_consent_window_and_patient_reference_schemes(tmp_path):
     """Issue 12: the episode window and the deployment's own patient-reference schemes."""
     raw = {"policy": {"consent_window_days": 14, "max_consent_window_days": 90,
