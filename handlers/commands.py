@@ -24,7 +24,7 @@ from datetime import date, timedelta
 from typing import Union
 
 from handlers.ids import normalise_id
-from handlers.model import ConsentBasis, Purpose, Sex
+from handlers.model import ConsentBasis, Purpose, ReferralDetails, Sex, Urgency
 
 __all__ = [
     "CommandError",
@@ -79,6 +79,8 @@ class ConsentCmd:
     sex: Sex | None = None
     specialties: tuple[str, ...] | None = None  # words as typed (lower case); ("any",) = any
     valid_for: timedelta | None = None  # how long referrals may be opened under it
+    intimate: bool | None = None  # intimate=yes: intimate images are covered (issue 11 part 3)
+    chaperone: str | None = None  # who chaperoned (name or role), or "declined": sealed, never in a room
 
     def __repr__(self) -> str:  # never print the patient reference or free text
         return "ConsentCmd(<redacted>)"
@@ -93,10 +95,16 @@ class ConsentShowCmd:
 
 @dataclass(frozen=True)
 class ReferCmd:
+    """``!refer <specialty> <C-id> [site=…] [duration=…] [urgency=…] [history=…]
+    [intimate=yes] <question>``. ``intimate_stated``: what the GP said with
+    ``intimate=`` (None = not said); whether the referral *is* intimate is decided when
+    it opens (``handlers.referral.intimate_reason``), since the site also decides."""
+
     specialty: str
     consent_id: str
     question: str
-    urgency: str = "routine"  # routine | urgent | 2ww (urgency=; the clock's timers, handlers/clock.py)
+    details: ReferralDetails = ReferralDetails()
+    intimate_stated: bool | None = None
 
     def __repr__(self) -> str:
         return f"ReferCmd(specialty={self.specialty!r}, consent_id={self.consent_id!r}, question=<redacted>)"
@@ -236,9 +244,34 @@ for _canon, _words in {
     "sex": ("sex", "gender"),
     "specialties": ("specialties", "specialty", "speciality", "specialities", "spec", "to"),
     "valid_for": ("valid-for", "validfor", "valid", "window", "episode", "refer-within"),
+    "intimate": ("intimate", "intimate-images"),
+    "chaperone": ("chaperone", "chaperoned-by", "chaperoned"),
 }.items():
     for _w in _words:
         _CONSENT_KEYS[_w] = _canon
+
+#: ``!refer`` fields (issue 12 part 1): the words a GP may type for each, lower case.
+_REFER_KEYS: dict[str, str] = {}
+for _canon, _words in {
+    "site": ("site", "location", "body-site", "bodysite"),
+    "duration": ("duration", "onset", "how-long"),
+    "urgency": ("urgency", "priority"),
+    "history": ("history", "hx", "pmh"),
+    "intimate": ("intimate",),
+}.items():
+    for _w in _words:
+        _REFER_KEYS[_w] = _canon
+#: longest value of each free-text field (site fits a DICOM code meaning, LO = 64)
+REFER_FIELD_LIMITS = {"site": 64, "duration": 64, "history": 1000}
+
+_URGENCY_WORDS: dict[str, Urgency] = {}
+for _urgency, _words in {
+    Urgency.ROUTINE: ("routine", "non-urgent"),
+    Urgency.URGENT: ("urgent",),  # not "soon" or "asap": urgency changes the clock, so no guessing
+    Urgency.TWO_WEEK_WAIT: ("2ww", "2-ww", "two-week-wait", "suspected-cancer"),
+}.items():
+    for _w in _words:
+        _URGENCY_WORDS[_w] = _urgency
 
 _BASIS_WORDS: dict[str, ConsentBasis] = {}
 for _basis, _words in {
@@ -397,7 +430,8 @@ def _parse_consent(rest: str) -> ConsentCmd | ConsentShowCmd:
         key, value = _canon_word(tok[:cut]), tok[cut + 1 :].strip()
         if key not in _CONSENT_KEYS:
             raise CommandError(
-                "Unknown field: use patient, by, purposes, identifiable, notes, specialties, dob, adult, sex, gillick, statement, valid-for, retention, expires."
+                "Unknown field: use patient, by, purposes, identifiable, notes, specialties, dob, adult, sex, gillick, "
+                "statement, valid-for, retention, expires, intimate, chaperone."
             )
         canon = _CONSENT_KEYS[key]
         shown = canon.replace("_", "-")
@@ -444,6 +478,10 @@ def _parse_consent(rest: str) -> ConsentCmd | ConsentShowCmd:
         kw["specialties"] = _parse_specialties(values["specialties"])
     if "valid_for" in values:
         kw["valid_for"] = _parse_duration(values["valid_for"], "valid-for")
+    if "intimate" in values:
+        kw["intimate"] = _yes_no("intimate", values["intimate"])
+    if "chaperone" in values:
+        kw["chaperone"] = values["chaperone"]
     return ConsentCmd(**kw)  # type: ignore[arg-type]
 
 
@@ -468,6 +506,89 @@ def _consent_at(word: str, specialty_words: frozenset[str]) -> tuple[str, bool] 
     return ident, "-" in word
 
 
+#: a field's key where a word starts: ``site=``, ``site =``, ``Hx:``
+_REFER_FIELD = re.compile(r"(?:^|(?<=[\s;]))(?P<key>[A-Za-z][A-Za-z\-]*)(?:\s*=|:)[ \t]*")
+_QUOTES = {'"': '"', "“": "”", "'": "'"}
+
+
+def _next_field(text: str, pos: int) -> re.Match[str] | None:
+    """The next ``key=`` / ``key:`` at or after *pos* whose key is a ``!refer`` field."""
+    for m in _REFER_FIELD.finditer(text, pos):
+        if _canon_word(m.group("key")) in _REFER_KEYS:
+            return m
+    return None
+
+
+def _refer_fields(text: str) -> tuple[str, dict[str, str]]:
+    """Split what follows the specialty and the consent id into the question and the
+    fields. A value is "quoted", or one word for ``urgency=`` and ``intimate=``, or else
+    runs to the next field, a ``;``, a new line or the end. Everything else is the
+    question, whitespace collapsed."""
+    values: dict[str, str] = {}
+    pieces: list[str] = []
+    pos = 0
+    while True:
+        m = _next_field(text, pos)
+        if m is None:
+            pieces.append(text[pos:])
+            break
+        pieces.append(text[pos:m.start()])
+        key = _REFER_KEYS[_canon_word(m.group("key"))]
+        start = m.end()
+        opener = text[start:start + 1]
+        if opener in _QUOTES:
+            close = text.find(_QUOTES[opener], start + 1)
+            if close < 0:
+                raise CommandError(f"The quote after {key}= is not closed; close it, or leave the quotes out.")
+            value, pos = text[start + 1:close], close + 1
+            ended = re.match(r"[ \t]*;", text[pos:])  # a ; after the quote ends the field too
+            if ended:
+                pos += ended.end()
+        elif key in ("urgency", "intimate"):
+            word = re.match(r"\S*", text[start:]).group(0)  # type: ignore[union-attr]
+            value, pos = word.rstrip(".,;"), start + len(word)
+        else:
+            nxt = _next_field(text, start)
+            ends = [i for i in (text.find(";", start), text.find("\n", start)) if i >= 0]
+            if nxt is not None:
+                ends.append(nxt.start())
+            end = min(ends) if ends else len(text)
+            value = text[start:end]
+            pos = end + 1 if end < len(text) and text[end] == ";" else end
+        value = " ".join(value.split()).strip(" ,")
+        if key in values:
+            raise CommandError(f"{key}= is given twice; give it once.")
+        if not value:
+            raise CommandError(f"{key}= has no value; write e.g. {_REFER_EXAMPLES[key]}.")
+        values[key] = value
+    return " ".join(" ".join(pieces).split()), values
+
+
+_REFER_EXAMPLES = {
+    "site": "site=left forearm",
+    "duration": "duration=3 months",
+    "urgency": "urgency=urgent",
+    "history": 'history="T2DM, no family history of melanoma"',
+    "intimate": "intimate=yes",
+}
+
+
+def _refer_details(values: dict[str, str]) -> tuple[ReferralDetails, bool | None]:
+    for key, limit in REFER_FIELD_LIMITS.items():
+        if len(values.get(key, "")) > limit:
+            raise CommandError(f"{key}= is over {limit} characters; keep it short (the question can say more).")
+    urgency = Urgency.ROUTINE
+    if "urgency" in values:
+        word = _canon_word(values["urgency"])
+        if word not in _URGENCY_WORDS:
+            raise CommandError("urgency= must be routine, urgent or 2ww.")
+        urgency = _URGENCY_WORDS[word]
+    stated = _yes_no("intimate", values["intimate"]) if "intimate" in values else None
+    details = ReferralDetails(site=values.get("site"), duration=values.get("duration"), urgency=urgency,
+                              history=values.get("history"), intimate=bool(stated))
+    return details, stated
+
+
 def _parse_refer(rest: str, specialty_words: frozenset[str] = frozenset()) -> ReferCmd:
     words = rest.split()
     usage = "!refer <specialty> <C-id> <your question>"
@@ -484,31 +605,13 @@ def _parse_refer(rest: str, specialty_words: frozenset[str] = frozenset()) -> Re
     consent_pos = ranked[0]
     consent_id = found[consent_pos][0]  # type: ignore[index]
     specialty = words[1] if consent_pos == 0 else words[0]
-    urgency, rest_words = _take_urgency(words[2:])
-    question = " ".join(rest_words).strip()
+    after_two = re.match(r"\s*\S+\s+\S+", rest)
+    question, values = _refer_fields(rest[after_two.end():] if after_two else "")
     if len(question) < 3:
         raise CommandError(f"Add your clinical question after the consent id: {usage}.")
-    return ReferCmd(specialty=specialty.lower(), consent_id=consent_id, question=question, urgency=urgency)
-
-
-_URGENCY_WORDS = {"routine": "routine", "urgent": "urgent", "2ww": "2ww", "2-ww": "2ww"}
-
-
-def _take_urgency(words: list[str]) -> tuple[str, list[str]]:
-    """``urgency=routine|urgent|2ww`` anywhere after the consent id (also ``urgency:``);
-    the rest is the question. Routine when absent."""
-    urgency = "routine"
-    rest = []
-    for word in words:
-        key, sep, value = word.replace(":", "=", 1).partition("=")
-        if sep and key.lower() == "urgency":
-            found = _URGENCY_WORDS.get(value.strip().lower())
-            if found is None:
-                raise CommandError("urgency= must be routine, urgent or 2ww.")
-            urgency = found
-            continue
-        rest.append(word)
-    return urgency, rest
+    details, stated = _refer_details(values)
+    return ReferCmd(specialty=specialty.lower(), consent_id=consent_id, question=question, details=details,
+                    intimate_stated=stated)
 
 
 def _leading_referral(text: str) -> tuple[str | None, str]:
@@ -615,8 +718,12 @@ Referral bot — send a clinical photo to a specialist safely.
      purposes: care, teaching, audit, research, publication (name each one)
      age: dob=YYYY-MM-DD (needed for by=parent; by=patient needs dob= or adult=yes)
      optional: sex=female|male|other gillick=yes|no statement="..." valid-for=30d retention=90d expires=YYYY-MM-DD
+               intimate=yes chaperone="..." (intimate images: adults only)
    -> you get a consent id C-…; !consent show C-… reads it back
-2. !refer <specialty> <C-id> [urgency=urgent] <clinical question>   -> referral R-…; then send the photo(s) here.
+2. !refer <specialty> <C-id> <clinical question>   -> referral R-…; then send the photo(s) here.
+     optional: site=… duration=… urgency=routine|urgent|2ww history="..." intimate=yes (end a field with ;)
+     urgent: a shorter answer window and an earlier escalation; suspected cancer goes via 2WW
+     no names, dates of birth or numbers: the specialists see an age band and sex from the consent
    With more than one referral open, say which one a photo is for: R-… in its caption, or send it as a
    reply to my message about that referral, or answer my question with !photo R-….
 3. The specialists' questions arrive here: reply to the message, or type !reply R-… <answer>.
@@ -640,13 +747,21 @@ HELP_TOPICS: dict[str, str] = {
         "!consent patient=<NHS no.> by=patient|parent|attorney|deputy|best-interests|deceased-wishes|executor|family "
         "purposes=care,teaching,audit,research,publication identifiable=yes|no notes=yes specialties=dermatology|any "
         "[dob=YYYY-MM-DD | adult=yes] [sex=female|male|other] [gillick=yes|no] [statement=\"...\"] [valid-for=30d] "
-        "[retention=90d] [expires=YYYY-MM-DD]. Referrals may be opened under it for 30 days (valid-for=). "
+        "[retention=90d] [expires=YYYY-MM-DD] [intimate=yes] [chaperone=\"...\"]. Referrals may be opened under it for "
+        "30 days (valid-for=). intimate=yes covers intimate images of an adult (never under 18); chaperone= says who "
+        "chaperoned, or declined. "
         "Someone deciding for the patient needs statement=\"...\" (why, and whose views were heard). "
         "The patient reference is stored only as a keyed hash; !consent show C-… reads a consent back."
     ),
-    "refer": ("!refer <specialty> <C-id> [urgency=routine|urgent|2ww] <clinical question> — opens a referral R-…; "
-              "then send the photo(s) in this chat. Urgent: a shorter answer window and an earlier escalation. "
-              "Suspected cancer goes through the 2-week-wait pathway, not here."),
+    "refer": (
+        "!refer <specialty> <C-id> [site=left forearm] [duration=3 months] [urgency=routine|urgent|2ww] "
+        "[history=\"...\"] [intimate=yes|no] <clinical question> — opens a referral R-…; then send the photo(s) in "
+        "this chat. A field's value runs to the next field, a ; or a new line (or put it in \"quotes\"). The "
+        "specialists see an age band and sex from the consent, never a date of birth: leave names, dates of birth "
+        "and numbers out (I refuse a referral that has them). Genitals, perianal area or breast: intimate, adults "
+        "only, under a consent with intimate=yes. Urgent: a shorter answer window and an earlier escalation. "
+        "Suspected cancer goes through the 2-week-wait pathway, not here."
+    ),
     "opinion": "!opinion <text> — in the referral's thread, by a specialist on that specialty's roster.",
     "withdraw": "!withdraw C-… — withdraws the consent now: every image shared under it is removed and destroyed.",
     "status": "!status lists your referrals; !status R-… shows one.",

@@ -9,7 +9,14 @@ Entry points:
   None, or a ``Refusal``. Given ``specialty=`` (a referral is being opened) it also
   checks the episode: the window and the specialties the consent names.
 * ``describe_consent(consent, ...)`` is the read-back for ``!consent show C-…``.
-* ``age_band(consent, on)`` is what the specialist may see of the patient's age.
+* ``age_band(consent, on)`` is what the specialist may see of the patient's age;
+  ``adult_on(consent, on)`` whether the patient is known to be 18 or over.
+
+**Intimate images** (issue 11 part 3): ``check_cover(..., intimate=why)`` with the
+reason a referral shows an intimate area (``handlers.referral.intimate_reason``) runs
+the ``intimate.*`` rows: a patient under 18 is refused with the advice to arrange a
+face-to-face assessment, an unknown age is refused until it is known, and an adult
+needs a consent recorded with ``intimate=yes`` (its ``chaperone=``, if any, is kept).
 
 **Every rule is one row of ``RULES``** below: its code (stable; used in audit
 details, tests and docs/commands.md), when it is checked (``record`` = on
@@ -24,7 +31,8 @@ Sources, short names as in the table:
 (2011, updated); "GMC Confidentiality" = GMC, *Confidentiality: good practice in
 handling patient information* (2017); "GMC 0-18" = GMC, *0-18 years: guidance for
 all doctors* (2007, updated 2018); "MCA" = Mental Capacity Act 2005; "MDU 2014" =
-MDU, *Doctors sharing images of patients' conditions* (Good Practice, June 2014).
+MDU, *Doctors sharing images of patients' conditions* (Good Practice, June 2014);
+"GMC Intimate examinations" = GMC, *Intimate examinations and chaperones* (2024).
 Where a paragraph number could not be confirmed the row names the section instead
 and says so.
 
@@ -62,6 +70,7 @@ __all__ = [
     "consent_summary",
     "refer_until",
     "age_band",
+    "adult_on",
     "age_on",
     "birthday",
     "statement_substance",
@@ -74,6 +83,9 @@ __all__ = [
 #: The Mental Capacity Act 2005 applies from 16 (s2(5)); an LPA is made at 18 or over (s9(2)(c)).
 MCA_AGE = 16
 LPA_AGE = 18
+#: Intimate images of a patient under this age are never shared here (issue 11 part 3).
+INTIMATE_MIN_AGE = 18
+MAX_CHAPERONE_CHARS = 200
 #: Words of substance a statement made for the patient must have (see the module docstring).
 MIN_STATEMENT_WORDS = 6
 MAX_STATEMENT_CHARS = 2000
@@ -174,6 +186,19 @@ def age_band(consent: ConsentRecord, on: date) -> str | None:
     return None
 
 
+def adult_on(consent: ConsentRecord, on: date) -> bool | None:
+    """True when the patient is known to be 18 or over on *on* (``adult=yes``, or by the
+    birth month, counted from its last day so never older than they are), False when
+    under 18, None when the consent does not say."""
+    if consent.birth_month:
+        months = _months_from_birth_month(consent.birth_month, on)
+        if months is not None:
+            return months // 12 >= INTIMATE_MIN_AGE
+    if consent.adult_asserted:
+        return True
+    return None
+
+
 # ------------------------------------------------------------------------------ statements
 _FILLER = frozenset(
     """the and for with that this was were are has have had not but from into onto than then they them their
@@ -244,6 +269,7 @@ class _Use:
     purpose: Purpose
     policy: Policy | None
     specialty: str | None  # set when a referral is being opened
+    intimate: str | None = None  # why the referral being opened shows an intimate area; None: it does not
 
     @property
     def cid(self) -> str:
@@ -446,6 +472,33 @@ def _r_statement_length(c: _Recording) -> str | None:
     return None
 
 
+def _r_intimate_age(c: _Recording) -> str | None:
+    if c.cmd.intimate is True and c.age is None and c.cmd.adult is not True:
+        return ("intimate=yes needs the patient's age (dob=YYYY-MM-DD or adult=yes): intimate images of "
+                "under-18s are not shared here.")
+    return None
+
+
+def _r_intimate_child(c: _Recording) -> str | None:
+    if c.cmd.intimate is True and c.age is not None and c.age < INTIMATE_MIN_AGE:
+        return ("Intimate images of a patient under 18 are not shared through this service: arrange a face-to-face "
+                "assessment, and leave intimate=yes out of this consent.")
+    return None
+
+
+def _r_chaperone(c: _Recording) -> str | None:
+    text = (c.cmd.chaperone or "").strip()
+    if not text:
+        return None
+    if len(text) > MAX_CHAPERONE_CHARS:
+        return f"chaperone= is over {MAX_CHAPERONE_CHARS} characters; give the chaperone's name and role only."
+    found = find_identifiers(text, today=c.today, reference_patterns=c.policy.reference_patterns())
+    if found.blocking:
+        return (f"chaperone= contains what looks like {found.describe()}; give the chaperone's name and role only "
+                "(e.g. chaperone=\"Nurse A Khan, practice nurse\", or chaperone=declined).")
+    return None
+
+
 def _r_retention(c: _Recording) -> str | None:
     retention = c.cmd.retention if c.cmd.retention is not None else c.policy.default_retention
     if retention.total_seconds() <= 0:
@@ -526,10 +579,43 @@ def _o_specialty(u: _Use) -> str | None:
             f"specialties={u.specialty} (the patient must agree to it).")
 
 
+def _o_intimate_age(u: _Use) -> str | None:
+    if u.intimate is None or adult_on(u.consent, u.at.date()) is not None:
+        return None
+    return (f"This referral shows an intimate area ({u.intimate}) and consent {u.cid} does not give the patient's "
+            "age; intimate images of under-18s are not shared here, so record a consent with dob= (or adult=yes) "
+            "and intimate=yes.")
+
+
+def _o_intimate_child(u: _Use) -> str | None:
+    if u.intimate is None or adult_on(u.consent, u.at.date()) is not False:
+        return None
+    return (f"This referral shows an intimate area ({u.intimate}) and the patient is under 18 (consent {u.cid}): "
+            "intimate images of children are not shared through advice and guidance, so arrange a face-to-face "
+            "assessment instead, and do not send or keep photos of the area.")
+
+
+def _o_intimate_consent(u: _Use) -> str | None:
+    if u.intimate is None or u.consent.intimate is True:
+        return None
+    fix = "record a consent with intimate=yes (and chaperone=… if one was present)"
+    if u.intimate.startswith("the question"):
+        fix += ", or if the photos will not show it, add intimate=no to !refer"
+    return f"This referral shows an intimate area ({u.intimate}) and consent {u.cid} does not cover intimate images: {fix}."
+
+
 RECORD, USE, OPEN = "record", "use", "open"
 
 _REC = "GMC Recordings"
 _CONF = "GMC Confidentiality"
+_INT = "GMC Intimate examinations"
+#: why intimate images of under-18s are refused, wherever it is checked (record and open)
+_CHILD_INTIMATE = (
+    "Protection of Children Act 1978 s1 and s7(6) (an indecent photograph of a child, a person under 18 since "
+    "the Sexual Offences Act 2003 s45); UK advice-and-guidance and teledermatology services exclude intimate "
+    "images of under-18s and assess them face to face (NHS England, Key principles for intimate clinical "
+    f"assessments undertaken remotely, 2020; section not confirmed); {_REC} paras 8-9 (privacy and dignity; no "
+    "recording that may harm the patient)")
 RULES: tuple[Rule, ...] = (
     Rule("practice", RECORD, "you are not listed with a practice",
          f"{_REC} para 15 (a recording made for care is part of the medical record); {_CONF}, main principles, "
@@ -590,6 +676,16 @@ RULES: tuple[Rule, ...] = (
          "confirmed)", _r_statement_identifiers),
     Rule("statement.length", RECORD, f"the statement is over {MAX_STATEMENT_CHARS} characters",
          "our own limit (a short paragraph)", _r_statement_length),
+    Rule("intimate.age", RECORD, "`intimate=yes` with neither `dob=` nor `adult=yes` (the patient could be a child)",
+         _CHILD_INTIMATE, _r_intimate_age),
+    Rule("intimate.child", RECORD, "`intimate=yes` for a patient under 18 (advice: a face-to-face assessment)",
+         _CHILD_INTIMATE, _r_intimate_child),
+    Rule("chaperone", RECORD,
+         f"`chaperone=` is over {MAX_CHAPERONE_CHARS} characters, or holds an NHS number, postcode, email or "
+         "patient reference",
+         f"{_INT} (2024): record who chaperoned, or that a chaperone was offered and declined (paragraph number "
+         f"not confirmed); {_CONF}, main principles, 'use the minimum necessary personal information'",
+         _r_chaperone),
     Rule("retention", RECORD, "retention zero, or longer than the operator allows",
          f"{_REC} para 25 (say how long the recording will be kept)", _r_retention),
     Rule("expires", RECORD, "`expires=` is in the past", "our own data check", _r_expires),
@@ -602,6 +698,17 @@ RULES: tuple[Rule, ...] = (
     Rule("notes", USE, "the consent is not recorded in the notes", f"{_REC} paras 14 and 24", _u_notes),
     Rule("age-out", USE, "a parent's consent once the patient reaches 16 (configurable): new sharing needs their own",
          f"{_REC} para 35; GMC 0-18 para 25(a)", _u_age_out),
+    Rule("intimate.age", OPEN,
+         "the referral shows an intimate area (`intimate=yes`, or its site or question names one) and the consent "
+         "gives no age", _CHILD_INTIMATE, _o_intimate_age),
+    Rule("intimate.child", OPEN,
+         "the referral shows an intimate area and the patient is under 18 (advice: a face-to-face assessment)",
+         _CHILD_INTIMATE, _o_intimate_child),
+    Rule("intimate.consent", OPEN,
+         "the referral shows an intimate area of an adult and the consent was not recorded with `intimate=yes`",
+         f"{_REC} paras 8 and 13 (consent to this recording, for this purpose; privacy and dignity); {_INT} "
+         "(2024): breasts, genitalia and rectum are intimate; offer a chaperone and record who it was (paragraph "
+         "numbers not confirmed)", _o_intimate_consent),
     Rule("episode", OPEN,
          "a new referral after the consent's window (one episode: 30 days unless `valid-for=`)",
          f"{_REC} para 25; MDU 2014, 'Patient consent'", _o_episode),
@@ -672,6 +779,8 @@ def record_consent(
         sex=cmd.sex,
         specialties=specialties,
         refer_until=at + window,
+        intimate=True if cmd.intimate is True else None,
+        chaperone=(cmd.chaperone or "").strip() or None,
     )
 
 
@@ -683,12 +792,15 @@ def check_cover(
     purpose: Purpose = Purpose.CARE,
     policy: Policy | None = None,
     specialty: str | None = None,
+    intimate: str | None = None,
 ) -> Refusal | None:
     """None if *consent* covers NEW sharing for *purpose* by *actor* at *at*, else the
     first unmet rule. ``actor=None`` skips the practice check (re-checks of a referral
     whose referrer was checked when it opened). ``specialty`` (a specialty key) means a
-    referral is being opened: the episode rules (window, specialties) apply too."""
-    ctx = _Use(consent=consent, actor=actor, at=at, purpose=purpose, policy=policy, specialty=specialty)
+    referral is being opened: the open rules (intimate images, window, specialties)
+    apply too. ``intimate``: why that referral shows an intimate area (None: it does not)."""
+    ctx = _Use(consent=consent, actor=actor, at=at, purpose=purpose, policy=policy, specialty=specialty,
+               intimate=intimate)
     stages = (USE, OPEN) if specialty is not None else (USE,)
     for stage in stages:
         for rule in _rules(stage):
@@ -714,12 +826,20 @@ def _day(at: datetime, policy: Policy | None) -> str:
     return local_date(at, policy.time_zone if policy is not None else DEFAULT_ZONE).isoformat()
 
 
+def _intimate_words(consent: ConsentRecord) -> str:
+    if consent.intimate is not True:
+        return "intimate images NOT covered"
+    return "intimate images covered" + (f" (chaperone: {consent.chaperone})" if consent.chaperone else
+                                        " (no chaperone recorded)")
+
+
 def consent_summary(consent: ConsentRecord, policy: Policy | None = None) -> str:
     """One line for the GP when a consent is recorded (no patient reference, no free text)."""
     parts = [
         f"Consent {consent.consent_id} recorded for {consent.patient_hint}: {_BASIS_WORDS[consent.basis]}",
         "for " + _purpose_words(consent),
         "identifiable images " + ("covered" if consent.identifiable else "NOT covered (I check each photo for faces and text and hold any where I find them)"),
+        _intimate_words(consent),
         "specialties: " + (", ".join(sorted(consent.specialties)) if consent.specialties is not None else "any"),
         f"new referrals until {_day(refer_until(consent, policy), policy)}",
         f"images kept {consent.retention.days} days",
@@ -755,7 +875,9 @@ def describe_consent(consent: ConsentRecord, *, at: datetime, policy: Policy | N
     if about:
         lines.append("About the patient: " + ", ".join(about) + ".")
     lines.append(f"Purposes: {_purpose_words(consent)}. Identifiable images "
-                 + ("covered." if consent.identifiable else "NOT covered."))
+                 + ("covered. " if consent.identifiable else "NOT covered. ") + _intimate_words(consent)[:1].upper()
+                 + _intimate_words(consent)[1:]
+                 + ".")
     lines.append("Specialties: " + (", ".join(sorted(consent.specialties)) if consent.specialties is not None else "any")
                  + f". New referrals until {_day(refer_until(consent, policy), policy)}.")
     tail = f"Images kept {consent.retention.days} days."

@@ -82,9 +82,11 @@ from handlers.model import (
     ImageState,
     PreviewState,
     Referral,
+    ReferralDetails,
     ReferralState,
 )
 from handlers.policy import Policy
+from handlers.referral import about_patient, details_lines
 from handlers.timefmt import DEFAULT_ZONE
 from handlers.timefmt import fmt_time as _fmt_time
 
@@ -279,12 +281,13 @@ def open_referral(
     at: datetime,
     policy: Policy,
     opened_seq: int = 0,
-    urgency: str = clock.ROUTINE,
+    details: ReferralDetails = ReferralDetails(),
 ) -> tuple[Referral, Effects]:
     """A new referral in state ``opened``, with its thread root requested at once.
     The caller has already checked the consent (``check_cover``) and that the
-    specialty exists. ``urgency`` sets the answer window and the expiry warning
-    (handlers/clock.py: urgent ones run on working time and are shorter).
+    specialty exists. ``details`` are the structured fields of ``!refer``; their urgency
+    sets the answer window and the expiry warning (handlers/clock.py: urgent ones run on
+    working time and are shorter).
 
     The root (question, no patient identifiers) is posted when the referral opens,
     not when the first photo arrives: the specialists see the question straight
@@ -302,14 +305,15 @@ def open_referral(
         reminder_at=at,
         opened_seq=opened_seq,
         root_requested=True,
-        urgency=urgency,
+        details=details,
     )
     urgency = clock.urgency_of(ref)
     expires_at = clock.answer_deadline(at, urgency, policy)
     ref = dataclasses.replace(
         ref, expires_at=expires_at, reminder_at=clock.warning_time(expires_at, urgency, policy, not_before=at)
     )
-    eff = Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty, urgency=urgency)])
+    eff = Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty, urgency=urgency,
+                                intimate=details.intimate)])
     eff.actions.append(
         PostThreadRoot(
             referral_id=referral_id, specialty=specialty, text=_root_text(ref, consent, policy),
@@ -373,20 +377,26 @@ def _schedule_post(
 
 
 def _root_text(ref: Referral, consent: ConsentRecord, policy: Policy | None = None) -> str:
+    """The thread root: how soon (first, so a phone's thread list shows it), who is asking,
+    what the specialists may know of the patient (an age band and sex from the consent,
+    never a date of birth, a name or a number), the structured fields, the question, and
+    what the consent covers."""
     covers = "covered" if consent.identifiable else "NOT covered (photos checked for faces and text; what was found is blurred)"
-    urgent = ""
-    if clock.is_urgent(ref):  # first, so a phone's thread list shows it
+    lines = []
+    if clock.is_urgent(ref):
         zone = policy.time_zone if policy is not None else DEFAULT_ZONE
-        urgent = f"URGENT: please answer by {fmt_time(ref.expires_at, zone)}.\n"
-    return (
-        urgent
-        + f"Referral {ref.referral_id} from a GP at {ref.practice}.\n"
-        f"Question: {ref.question}\n"
-        f"Consent {consent.consent_id}: care / second opinion; identifiable images {covers}.\n"
-        f"The photos follow in this thread. What you write here reaches the GP, who can answer here; "
-        f"!morephotos <what is needed> asks for another photo; !opinion <text> gives the opinion. "
-        f"Images are removed after the opinion."
-    )
+        lines.append(f"URGENT: please answer by {fmt_time(ref.expires_at, zone)}.")
+    lines += [
+        f"Referral {ref.referral_id} from a GP at {ref.practice}.",
+        f"Patient: {about_patient(consent, ref.opened_at.date())}",
+        *details_lines(ref.details),
+        f"Question: {ref.question}",
+        f"Consent {consent.consent_id}: care / second opinion; identifiable images {covers}.",
+        "The photos follow in this thread. What you write here reaches the GP, who can answer here; "
+        "!morephotos <what is needed> asks for another photo; !opinion <text> gives the opinion. "
+        "Images are removed after the opinion.",
+    ]
+    return "\n".join(lines)
 
 
 def add_image(

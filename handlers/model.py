@@ -33,6 +33,8 @@ __all__ = [
     "ConsentBasis",
     "Sex",
     "ConsentRecord",
+    "Urgency",
+    "ReferralDetails",
     "ReferralState",
     "CloseReason",
     "ImageState",
@@ -153,6 +155,13 @@ class ConsentRecord:
     ``refer_until``: the episode: new referrals may be opened under this consent until
     then (recorded_at + valid-for, default 30 days). None (records from before issue
     12) = recorded_at + the deployment's current window.
+
+    Added by issue 11 part 3 (intimate images; both default to "not stated"):
+
+    ``intimate``: the consent explicitly covers intimate images (``intimate=yes``);
+    anything else (None, False) does not. ``chaperone``: who chaperoned, as the GP
+    wrote it (a name or role, or "declined"); free text, sealed with the record, shown
+    in ``!consent show`` and the filed record, never in a specialty room.
     """
 
     consent_id: str
@@ -178,6 +187,8 @@ class ConsentRecord:
     sex: Sex | None = None
     specialties: frozenset[str] | None = None
     refer_until: datetime | None = None
+    intimate: bool | None = None
+    chaperone: str | None = None
 
     @property
     def withdrawn(self) -> bool:
@@ -203,6 +214,50 @@ class ConsentRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ConsentRecord":
         return from_jsonable(cls, data)
+
+
+class Urgency(str, enum.Enum):
+    """How soon the GP needs the opinion (``!refer … urgency=``). What each one means
+    for the clock (answer windows, escalation) is decided by the lifecycle's timers."""
+
+    ROUTINE = "routine"
+    URGENT = "urgent"
+    TWO_WEEK_WAIT = "2ww"  # suspected cancer: that pathway is a referral, not advice and guidance
+
+    @property
+    def label(self) -> str:
+        """How people read it: "routine", "URGENT", "2WW (suspected cancer)"."""
+        return _URGENCY_LABELS[self]
+
+
+_URGENCY_LABELS = {
+    Urgency.ROUTINE: "routine",
+    Urgency.URGENT: "URGENT",
+    Urgency.TWO_WEEK_WAIT: "2WW (suspected cancer)",
+}
+
+
+@dataclass(frozen=True)
+class ReferralDetails:
+    """The structured fields of ``!refer`` (issue 12 part 1), besides the question.
+
+    ``site``, ``duration``, ``history``: clinical free text as the GP typed it,
+    already checked by the identifier guard; never logged or audited; sealed with
+    the referral like the question. ``urgency``: routine unless the GP said
+    otherwise. ``intimate``: the referral shows an intimate area, because the GP
+    said ``intimate=yes`` or the site (or the question) names an intimate site
+    (``handlers.referral.intimate_reason``); decided once, when the referral opens.
+    A referral stored before these fields existed loads with the defaults.
+    """
+
+    site: str | None = None
+    duration: str | None = None
+    urgency: Urgency = Urgency.ROUTINE
+    history: str | None = None
+    intimate: bool = False
+
+    def __repr__(self) -> str:  # safe for logs: no clinical text
+        return f"ReferralDetails(urgency={self.urgency.value!r}, intimate={self.intimate!r}, fields=<redacted>)"
 
 
 class ReferralState(str, enum.Enum):
@@ -333,6 +388,7 @@ class Referral:
     more_photos_requested: bool = False  # a specialist asked for another photo (!morephotos)
     thread_participants: tuple[str, ...] = ()  # roster specialists who wrote in the thread
     addenda: tuple[Addendum, ...] = ()  # additions to the opinion
+    details: ReferralDetails = ReferralDetails()  # site, duration, urgency, history, intimate (issue 12)
 
     #: how many direct-chat event ids are remembered (the newest); older replies fall back
     #: to the normal photo rules, which ask rather than guess
@@ -345,9 +401,8 @@ class Referral:
     filing_failures: int = 0  # consecutive failed attempts at filing_version
     filing_retry_at: datetime | None = None  # when the next attempt is due (None = none scheduled)
     retention_warning_at: datetime | None = None  # warn the GP and the operator: retention near, still unfiled
-    # the clock as a safety net (issue 12 part 5; handlers/clock.py). ``urgency`` is read only
-    # through ``handlers.clock.urgency_of``: routine | urgent | 2ww (from !refer urgency=)
-    urgency: str = "routine"
+    # the clock as a safety net (issue 12 part 5; handlers/clock.py). The urgency is
+    # ``details.urgency`` (from !refer urgency=), read through ``handlers.clock.urgency_of``
     escalate_at: datetime | None = None  # the specialty lead is asked then (set when the first photo is posted)
     escalated_at: datetime | None = None  # the escalation went out (once per referral)
     originals_reminder_sent: bool = False  # the GP was told to delete the phone's originals (once)
@@ -439,6 +494,9 @@ class Referral:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Referral":
+        if "details" not in data and data.get("urgency") in {u.value for u in Urgency}:
+            # stored between the clock (which kept a plain ``urgency``) and the structured fields
+            data = {**data, "details": {"urgency": data["urgency"]}}
         return from_jsonable(cls, data)
 
 

@@ -119,6 +119,7 @@ from handlers.model import (
 )
 from handlers.patientref import PATIENT_REF_MEDIA_TYPE, PatientRefHasher, normalise_patient_ref, patient_ref_vault_id
 from handlers.policy import Policy
+from handlers.referral import about_patient, guard_referral, intimate_reason
 from handlers.timefmt import fmt_clock, fmt_date, local_date
 from storage.interfaces import RecordUnreadable, Store, StoreError, Transaction
 
@@ -633,6 +634,13 @@ class Workflow:
         tx = ctx.tx
         if len(cmd.question) > 2000:
             raise _Refuse("The question is too long (over 2000 characters); keep it to a short paragraph.")
+        # every free text of the referral goes to a shared room: nothing that identifies the
+        # patient goes there, and the text is not kept (issue 12 part 2; docs/commands.md)
+        hit = guard_referral(cmd.question, cmd.details, today=local_date(ev.at, self.policy.time_zone),
+                             reference_patterns=self.policy.reference_patterns())
+        if hit is not None:
+            raise _Refuse(f"{hit.message} Nothing was posted.",
+                          audit=AuditEntry(ev.actor.user_id, "referral.refused", ev.at, details=hit.audit_details))
         spec = self.policy.find_specialty(cmd.specialty)
         if spec is None:
             names = ", ".join(self.policy.specialty_names()) or "none configured"
@@ -640,7 +648,9 @@ class Workflow:
         consent = await tx.get_consent(cmd.consent_id)
         if consent is None:
             raise _Refuse("There is no consent with that id; record one with !consent (see !help consent).")
-        refusal = check_cover(consent, actor=ev.actor, at=ev.at, policy=self.policy, specialty=spec.key)
+        intimate = intimate_reason(cmd.details, cmd.question, cmd.intimate_stated)
+        refusal = check_cover(consent, actor=ev.actor, at=ev.at, policy=self.policy, specialty=spec.key,
+                              intimate=intimate)
         if refusal is not None:
             raise _Refuse(
                 f"Referral not opened: {refusal.message}",
@@ -673,12 +683,13 @@ class Workflow:
             at=ev.at,
             policy=self.policy,
             opened_seq=len(await tx.referrals_by_referrer(ev.actor.user_id)),
-            urgency=cmd.urgency,
+            details=dataclasses.replace(cmd.details, intimate=intimate is not None),
         )
         await ctx.apply(ref, eff)
         others = [r for r in await tx.open_referrals_by_referrer(ev.actor.user_id) if r.referral_id != rid]
         text = (
-            f"Referral {rid} opened for {spec.title or spec.key}; I am starting its thread in the specialists' room. "
+            f"Referral {rid} opened for {spec.title or spec.key}; I am starting its thread in the specialists' room "
+            f"(it shows the patient as {about_patient(consent, ev.at.date())}, no name or date of birth). "
             f"Send the photo(s) here now. I strip hidden data, post them in that thread, and remove them after the opinion "
             f"(or at {lc.fmt_time(ref.expires_at, self.policy.time_zone)} if nobody answers)."
         )

@@ -100,6 +100,11 @@ ALLOWED_DETAIL_KEYS = frozenset(
         # members when an image was posted; the names of the filing sinks (config keys)
         "members",
         "sinks",
+        # the structured referral (issue 12): its urgency, whether it shows an intimate
+        # area, and which of its fields the identifier guard held (field names, never text)
+        "urgency",
+        "intimate",
+        "fields",
         # issue 11: how many text areas the identifiability check found (a count; never the text)
         "regions",
         # the clock as a safety net (issue 12 part 5): routine | urgent | 2ww

@@ -4,11 +4,13 @@ The bundle (``type: collection``) holds, with ``urn:uuid`` full URLs derived
 deterministically from the referral id (re-exporting gives the same ids):
 
 * **ServiceRequest** - the referral: specialty, referrer, when, the clinical
-  question (``note``), status from the lifecycle;
+  question (``note``; the duration and history follow as notes), ``priority``
+  (``routine``/``urgent``; a 2WW referral is ``urgent`` with the ``urgency`` extension
+  ``2ww``), ``bodySite`` (``site=`` as text), status from the lifecycle;
 * **Consent** - the consent record: status (``inactive`` once withdrawn or
   expired), scope ``patient-privacy``, category LOINC 59284-0, who consented,
-  purposes, identifiable images covered or not, best-interests statement,
-  retention, recorded in notes;
+  purposes, identifiable images covered or not, intimate images covered or not and
+  the chaperone, best-interests statement, retention, recorded in notes;
 * **Media** (one per image) - the cleaned image as an attachment
   (``contentType`` + base64 ``data`` decrypted from the vault). An image whose
   vault copy is already destroyed is still listed, without data, with a note;
@@ -38,7 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from handlers.model import ConsentRecord, ImageItem, ImageState, Purpose, Referral
+from handlers.model import ConsentRecord, ImageItem, ImageState, Purpose, Referral, Urgency
 
 SYSTEM_PATIENT_REF = "urn:referral-bot:patient-ref"
 SYSTEM_REFERRAL = "urn:referral-bot:referral"
@@ -60,6 +62,8 @@ _CONSENTER = {
     "family": "family of the deceased patient",
 }
 _V3_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+#: FHIR request-priority has no two-week-wait: 2WW is urgent, and the extension says 2ww
+_PRIORITY = {Urgency.ROUTINE: "routine", Urgency.URGENT: "urgent", Urgency.TWO_WEEK_WAIT: "urgent"}
 _PURPOSE_CODES = {Purpose.CARE: ("TREAT", "treatment"), Purpose.RESEARCH: ("HRESCH", "healthcare research")}
 
 
@@ -130,6 +134,9 @@ def _consent_resource(consent: ConsentRecord, subject: dict[str, Any], at: datet
             "value": int(consent.retention.total_seconds() // 86400), "unit": "d",
             "system": "http://unitsofmeasure.org", "code": "d"}},
     ]
+    extensions.append({"url": EXT_BASE + "intimate-images-covered", "valueBoolean": consent.intimate is True})
+    if consent.chaperone:
+        extensions.append({"url": EXT_BASE + "chaperone", "valueString": consent.chaperone})
     if consent.gillick_competent is not None:
         extensions.append({"url": EXT_BASE + "gillick-competent", "valueBoolean": consent.gillick_competent})
     if consent.age_out_at is not None:
@@ -199,12 +206,21 @@ def build_bundle(
     url_sr, url_consent, url_report = _uid(rid, "ServiceRequest"), _uid(rid, "Consent"), _uid(rid, "DiagnosticReport")
     media_urls = [_uid(rid, "Media", im.item.image_id) for im in images]
 
+    details = referral.details
+    notes = [{"text": referral.question, "time": _iso(referral.opened_at)}]
+    notes += [{"text": f"{label}: {value}"} for label, value in (("Duration", details.duration),
+                                                               ("History", details.history)) if value]
+    sr_extensions = [{"url": EXT_BASE + "urgency", "valueCode": details.urgency.value}]
+    if details.intimate:
+        sr_extensions.append({"url": EXT_BASE + "intimate-area", "valueBoolean": True})
     service_request = {
         "resourceType": "ServiceRequest",
         "id": rid,
+        "extension": sr_extensions,
         "identifier": [{"system": SYSTEM_REFERRAL, "value": rid}],
         "status": _service_request_status(referral),
         "intent": "order",
+        "priority": _PRIORITY[details.urgency],
         "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "3457005",
                                   "display": "Patient referral"}]}],
         "code": {"text": f"Specialist advice and guidance: {referral.specialty}"},
@@ -212,8 +228,9 @@ def build_bundle(
         "authoredOn": _iso(referral.opened_at),
         "requester": _user(referral.referrer),
         "performerType": {"text": referral.specialty},
+        "bodySite": [{"text": details.site}] if details.site else None,
         "supportingInfo": [{"reference": url_consent}] + [{"reference": u} for u in media_urls],
-        "note": [{"text": referral.question, "time": _iso(referral.opened_at)}],
+        "note": notes,
     }
 
     media_resources = []

@@ -13,8 +13,9 @@ attribute is copied from an image file. What is set:
   Referring Physician = the GP.
 * One series per referral ("Clinical photographs for specialist advice"), modality XC (external-camera photography). SOP Instance UID derived from the image
   id, so a re-filed image is the same instance (idempotent), not a copy.
-* Body site: Anatomic Region Sequence with the words the GP gave (the referral has no
-  coded site, so it carries the text as Code Meaning under a local coding scheme).
+* Body site: Anatomic Region Sequence with the words the GP gave in ``site=`` (not
+  coded, so the text is the Code Meaning under a local coding scheme); a referral without
+  ``site=`` falls back to the start of its question.
 * Consent: Consent for Clinical Trial Use Sequence (0012,0083) with Consent for
   Distribution Flag (0012,0085) = NO (the consent covers care, not teaching or
   publication) or YES with a Distribution Type when the GP recorded those purposes;
@@ -57,8 +58,8 @@ def _time(at: datetime) -> str:
 
 
 def _site_words(question: str) -> str:
-    """The body site as the GP wrote it: the start of the question, up to the first
-    stop (the question is the only place the referral names it)."""
+    """The body site of a referral without ``site=``: the start of the question, up to
+    the first stop."""
     first = question.replace("\n", " ").split(".")[0].split(",")[0].strip()
     return first[:64] or "not stated"
 
@@ -125,7 +126,7 @@ def instance_bytes(record: RecordDocument, img: RecordImage, *, series_number: i
     site = Dataset()
     site.CodeValue = "SITE-AS-GIVEN"
     site.CodingSchemeDesignator = "99RBOT"
-    site.CodeMeaning = _site_words(record.question)
+    site.CodeMeaning = (record.details.site or "")[:64] or _site_words(record.question)
     ds.AnatomicRegionSequence = Sequence([site])
     ds.ImageComments = (f"Referral {record.referral_id}; {record.consent_words} Metadata removed before sharing"
                         + (f"; {img.faces} face(s) blurred" if img.faces_blurred else "") + ".")[:10240]

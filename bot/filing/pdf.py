@@ -1,6 +1,7 @@
 """The record as a PDF a clinician reads in a minute: one page, two with several images.
 
-Top to bottom: who and what (patient ID, practice, GP, specialty, dates), the question,
+Top to bottom: who and what (patient ID, practice, GP, specialty, dates), the referral's
+fields (urgency, site, duration, history, intimate area), the question,
 the opinion (and addenda), the images with their file names, the consent, the timeline.
 Built with fpdf2 (pure Python, no I/O except reading a system font): JPEG images are
 embedded as they are (no re-encoding), so the filed pixels are the ones the specialist saw.
@@ -105,6 +106,16 @@ def render_pdf(record: RecordDocument, *, title: str = "") -> bytes:
         ("Opened", _when(record.opened_at, record.time_zone)),
         ("Outcome", outcome),
     ])
+
+    details = record.details
+    d.heading("Referral")
+    rows = [("Urgency", details.urgency.label)]
+    rows += [(label, value) for label, value in (("Site", details.site), ("Duration", details.duration),
+                                                 ("History", details.history)) if value]
+    if details.intimate:
+        rows.append(("Intimate area", "yes: the consent covers intimate images"
+                     + (f"; chaperone: {record.consent.chaperone}" if record.consent.chaperone else "")))
+    d.pairs(rows)
 
     d.heading("Clinical question")
     d.para(record.question)

@@ -10,11 +10,13 @@ What goes in, and why:
 * the clean images (metadata already stripped; faces blurred where the consent did not
   cover identifiable images) - unless the vault copy is gone: after a withdrawal the
   record is filed WITHOUT images (docs/filing.md, "withdrawal");
-* the clinical question, the opinion, who gave it and when, and the addenda (``!addendum``
-  after a filed record files it again);
+* the clinical question and the structured fields of ``!refer`` (site, duration,
+  urgency, history, intimate area: ``RecordDocument.details``), the opinion, who gave
+  it and when, and the addenda (``!addendum`` after a filed record files it again);
 * the consent: who gave it, for what, identifiable images covered or not, recorded in
   the notes, withdrawn when (GMC recordings guidance para 14: record the key elements
-  of the consent discussion in the record);
+  of the consent discussion in the record); intimate images covered and the chaperone
+  (GMC Intimate examinations and chaperones: record who chaperoned);
 * a short timeline (opened, posted, discussed, opinion, removed, closed).
 
 The patient reference is used only to label the record for the receiving system
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
-from handlers.model import CloseReason, ConsentRecord, ImageState, Referral
+from handlers.model import CloseReason, ConsentRecord, ImageState, Referral, ReferralDetails
 from handlers.patientref import is_nhs_number, normalise_patient_ref, patient_ref_vault_id
 from handlers.timefmt import DEFAULT_ZONE, fmt_stamp
 
@@ -92,6 +94,11 @@ class RecordDocument:
     time_zone: str = DEFAULT_ZONE  # times in the documents people read: local, with the zone (storage is UTC)
 
     @property
+    def details(self) -> ReferralDetails:
+        """Site, duration, urgency, history, intimate area (``!refer``'s fields)."""
+        return self.referral.details
+
+    @property
     def nhs_number(self) -> str | None:
         """The patient reference when it is a valid NHS number, else None."""
         return self.patient_id if self.patient_id and is_nhs_number(self.patient_id) else None
@@ -110,8 +117,12 @@ class RecordDocument:
         purposes = ", ".join(sorted(p.value for p in c.purposes))
         ident = "identifiable images covered" if c.identifiable else "identifiable images NOT covered (faces blurred)"
         notes = "recorded in the notes" if c.recorded_in_notes else "NOT confirmed as recorded in the notes"
+        intimate = "intimate images NOT covered"
+        if c.intimate is True:
+            intimate = "intimate images covered" + (f" (chaperone: {c.chaperone})" if c.chaperone
+                                                    else " (no chaperone recorded)")
         text = (f"Consent {c.consent_id} given by {CONSENTER.get(c.basis.value, c.basis.value)} for {purposes}; "
-                f"{ident}; {notes}; recorded by {c.recorded_by} on {_when(c.recorded_at, self.time_zone)}.")
+                f"{ident}; {intimate}; {notes}; recorded by {c.recorded_by} on {_when(c.recorded_at, self.time_zone)}.")
         if c.withdrawn_at is not None:
             text += f" WITHDRAWN on {_when(c.withdrawn_at, self.time_zone)}."
         return text

@@ -195,14 +195,14 @@ async def _play(out: TextIO, keep_running: bool, workdir: Path | None, pacs) -> 
         await world.wait_bot_joined()
         bot = world.bot_user.user_id
         tr.step("The GP records the patient's consent")
-        ans = await world.gp_says("!consent patient=9434765919 by=patient adult=yes purposes=care specialties=dermatology "
-                                  "identifiable=no notes=yes", expect="C-")
+        ans = await world.gp_says("!consent patient=9434765919 by=patient dob=1971-04-12 sex=female purposes=care "
+                                  "specialties=dermatology identifiable=no notes=yes", expect="C-")
         tr.flush()
         consent_id = re.search(r"C-[A-Z0-9]+", ans.body).group(0)
 
         tr.step("The GP opens a referral to dermatology")
-        ans = await world.gp_says(f"!refer dermatology {consent_id} Pigmented lesion left "
-                                  "forearm, grown over 3 months, irregular border. Melanoma?",
+        ans = await world.gp_says(f"!refer dermatology {consent_id} site=left forearm; duration=3 months; "
+                                  "Pigmented lesion, grown. Melanoma?",
                                   expect="R-")
         tr.flush()
         referral_id = re.search(r"R-[A-Z0-9]+", ans.body).group(0)

@@ -13,15 +13,16 @@ OPINION = "Seborrhoeic keratosis; reassure. No follow-up needed."
 
 
 async def make_referral(*, images: int = 2, identifiable: bool = False, withdraw: bool = False,
-                        purposes: str = "care") -> tuple[Harness, str, str]:
+                        purposes: str = "care", consent_extra: str = "", refer_fields: str = "",
+                        ) -> tuple[Harness, str, str]:
     from handlers.events import SpecialtyThread
 
     h = Harness(policy=policy(filing_enabled=True))
     cid = consent_id_from(await h.say(
         GP, f"!consent patient={NHS[:3]}-{NHS[3:6]}-{NHS[6:]} by=patient adult=yes specialties=dermatology "
             f"purposes={purposes} "
-            f"identifiable={'yes' if identifiable else 'no'} notes=yes"))
-    rid = referral_id_from(await h.say(GP, f"!refer derm {cid} {QUESTION}"))
+            f"identifiable={'yes' if identifiable else 'no'} notes=yes {consent_extra}"))
+    rid = referral_id_from(await h.say(GP, f"!refer derm {cid} {refer_fields} {QUESTION}"))
     await h.drain()
     for n in range(images):
         await h.send_image(GP, jpeg_with_metadata(640, 480, seed=n * 7))

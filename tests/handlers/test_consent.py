@@ -93,6 +93,13 @@ RECORD_CASES: dict[str, tuple[str, str]] = {
                          f"{BASE} by=parent purposes=care {CHILD} {STATEMENT}"),
     "retention": (f"{BASE} by=patient adult=yes purposes=care retention=20y", f"{BASE} by=patient adult=yes purposes=care retention=1y"),
     "expires": (f"{BASE} by=patient adult=yes purposes=care expires=2026-01-01", f"{BASE} by=patient adult=yes purposes=care expires=2027-01-01"),
+    # issue 11 part 3: intimate images
+    "intimate.age": (f"{BASE} by=deceased-wishes purposes=care intimate=yes {WISHES}",
+                     f"{BASE} by=deceased-wishes purposes=care intimate=yes {ADULT} {WISHES}"),
+    "intimate.child": (f"{BASE} by=patient purposes=care {AGE17} intimate=yes",
+                       f"{BASE} by=patient purposes=care {AGE17}"),
+    "chaperone": (f'{BASE} by=patient adult=yes purposes=care intimate=yes chaperone="Nurse A Khan, 9434765919"',
+                  f'{BASE} by=patient adult=yes purposes=care intimate=yes chaperone="Nurse A Khan, practice nurse"'),
 }
 
 
@@ -100,7 +107,10 @@ def _cover_rec(text=f"{BASE} by=patient adult=yes purposes=care,teaching"):
     return record_consent(parse_command(text), consent_id="C-COVER1", actor=GP, at=T0, hasher=HASHER, policy=POLICY)
 
 
-# (consent transform, actor, at offset, purpose, specialty) that trips the rule; then the passing twin.
+# (consent transform, actor, at offset, purpose, specialty[, why the referral is intimate]) that trips the rule;
+# then the passing twin.
+_GENITAL_SITE = "site= names an intimate area"
+_UNKNOWN_AGE = lambda c: replace(c, adult_asserted=None, birth_month=None)  # noqa: E731
 USE_CASES = {
     "withdrawn": ((lambda c: replace(c, withdrawn_at=T0, withdrawn_by=GP.user_id), GP, timedelta(hours=1), Purpose.CARE, None),
                   (lambda c: c, GP, timedelta(hours=1), Purpose.CARE, None)),
@@ -117,6 +127,17 @@ USE_CASES = {
                 (lambda c: c, GP, timedelta(days=29, hours=23), Purpose.CARE, "dermatology")),
     "specialty": ((lambda c: c, GP, timedelta(0), Purpose.CARE, "plastics"),
                   (lambda c: c, GP, timedelta(0), Purpose.CARE, "dermatology")),
+    # issue 11 part 3: an intimate referral (the consent below is an adult's with adult=yes)
+    "intimate.age": ((lambda c: replace(_UNKNOWN_AGE(c), intimate=True), GP, timedelta(0), Purpose.CARE, "dermatology",
+                      _GENITAL_SITE),
+                     (lambda c: replace(c, intimate=True), GP, timedelta(0), Purpose.CARE, "dermatology", _GENITAL_SITE)),
+    "intimate.child": ((lambda c: replace(_UNKNOWN_AGE(c), birth_month="2009-01", intimate=True), GP, timedelta(0),
+                        Purpose.CARE, "dermatology", _GENITAL_SITE),
+                       (lambda c: replace(_UNKNOWN_AGE(c), birth_month="2008-01", intimate=True), GP, timedelta(0),
+                        Purpose.CARE, "dermatology", _GENITAL_SITE)),
+    "intimate.consent": ((lambda c: c, GP, timedelta(0), Purpose.CARE, "dermatology", _GENITAL_SITE),
+                         (lambda c: replace(c, intimate=True), GP, timedelta(0), Purpose.CARE, "dermatology",
+                          _GENITAL_SITE)),
 }
 
 
@@ -148,13 +169,14 @@ def test_record_rule(code):
 
 @pytest.mark.parametrize("code", list(USE_CASES))
 def test_use_rule(code):
-    (change, actor, offset, purpose, specialty), (ok_change, ok_actor, ok_offset, ok_purpose, ok_spec) = USE_CASES[code]
+    (change, actor, offset, purpose, specialty, *why), (ok_change, ok_actor, ok_offset, ok_purpose, ok_spec, *ok_why) = \
+        USE_CASES[code]
     refusal = check_cover(change(_cover_rec()), actor=actor, at=T0 + offset, purpose=purpose, policy=POLICY,
-                          specialty=specialty)
+                          specialty=specialty, intimate=why[0] if why else None)
     assert refusal is not None and refusal.rule == code
     assert "C-COVER1" in refusal.message and "\n" not in refusal.message
     assert check_cover(ok_change(_cover_rec()), actor=ok_actor, at=T0 + ok_offset, purpose=ok_purpose, policy=POLICY,
-                       specialty=ok_spec) is None
+                       specialty=ok_spec, intimate=ok_why[0] if ok_why else None) is None
 
 
 def test_docs_table_matches_the_rules():

@@ -51,6 +51,9 @@ SENTINELS = ("9434765919", "943 476 5919", "9434", "5919", "476")
         ("!refer dermatology C-943476 Rash on the arm", "no consent with that id"),
         ("!refer 9434765919 C-ABC123 Rash on the arm", "that specialty"),
         ("!refer dermatology C-ABC123 urgency=9434765919 Rash on the arm", "urgency="),
+        ("!refer dermatology C-ABC123 intimate=9434765919 Rash on the arm", "intimate="),
+        ("!refer dermatology C-ABC123 site=9434765919; Rash on the arm", "NHS number"),
+        ("!refer dermatology C-ABC123 history=NHS 943 476 5919; Rash on the arm", "history="),
     ],
 )
 async def test_a_refusal_names_the_field_and_never_echoes_the_input(command, names):

@@ -132,7 +132,7 @@ async def test_urgent_is_escalated_sooner_and_expires_sooner_than_routine():
     await h.send_image(GP, jpeg_with_metadata(), caption=urgent)
     await h.drain()
     ref_u, ref_r = h.store.referral(urgent), h.store.referral(routine)
-    assert ref_u.urgency == "urgent" and ref_r.urgency == "routine"
+    assert ref_u.details.urgency == "urgent" and ref_r.details.urgency == "routine"
     assert ref_u.expires_at == utc(2026, 3, 3, 17)  # 16 working hours: Tuesday 17:00
     assert ref_r.expires_at == utc(2026, 3, 9, 9)  # 7 days
     assert ref_u.reminder_at == utc(2026, 3, 3, 13)  # 4 working hours before
@@ -372,9 +372,9 @@ def test_refer_reads_urgency_anywhere_after_the_consent_id():
     from handlers.commands import CommandError, ReferCmd, parse_command
 
     cmd = parse_command("!refer derm C-7K3QX9 Crusted nodule urgency=URGENT on the ear")
-    assert isinstance(cmd, ReferCmd) and cmd.urgency == "urgent" and cmd.question == "Crusted nodule on the ear"
-    assert parse_command("!refer derm C-7K3QX9 urgency:2ww Crusted nodule").urgency == "2ww"
-    assert parse_command("!refer derm C-7K3QX9 Crusted nodule").urgency == "routine"
+    assert isinstance(cmd, ReferCmd) and cmd.details.urgency == "urgent" and cmd.question == "Crusted nodule on the ear"
+    assert parse_command("!refer derm C-7K3QX9 urgency:2ww Crusted nodule").details.urgency == "2ww"
+    assert parse_command("!refer derm C-7K3QX9 Crusted nodule").details.urgency == "routine"
     with pytest.raises(CommandError, match="routine, urgent or 2ww"):
         parse_command("!refer derm C-7K3QX9 urgency=asap Crusted nodule")
 
