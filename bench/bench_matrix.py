@@ -17,7 +17,8 @@
    for removal at the end of the grace period (read from the bot's store); lateness
    is when the specialist's client sees the redaction minus that deadline.
    Target: p99 under 2 s.
-3. 20 referrals in flight at once (refer + photo pairs sent back to back): none lost
+3. 20 referrals in flight at once (refer, then its photo captioned with the referral id,
+   back to back): none lost
    (each gets exactly one clean image in its own thread); the bot's peak RSS
    (VmHWM of the bot process) under 250 MB; its sanitizer worker's peak is reported beside it.
 4. The peer, in the same run: the bot is restarted with bench/peer_env on PYTHONPATH, which
@@ -249,8 +250,12 @@ async def main(args) -> dict:
         t0 = time.monotonic()
         before = set(seen_imgs)
         for j in range(args.inflight):
-            await w.gp.say(w.dm_room, f"!refer dermatology {cid} Burst referral {j}")
-            await w.gp.send_image(w.dm_room, photos[j % len(photos)], f"BURST_{j:02d}.JPG")
+            # with many referrals open, a photo names its referral (the bot never guesses
+            # which one it is for): the GP captions it with the id the bot answered with
+            ans = await w.gp_says(f"!refer dermatology {cid} Burst referral {j}", expect=" opened")
+            burst_rid = re.search(r"(R-[A-Z0-9]+) opened", ans.body).group(1)
+            await w.gp.send_image(w.dm_room, photos[j % len(photos)], f"BURST_{j:02d}.JPG",
+                                  caption=f"{burst_rid} burst photo")
         peak = 0
         deadline = time.monotonic() + 300
         burst: list[Seen] = []

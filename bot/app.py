@@ -82,7 +82,8 @@ def make_filer(config: Config, store: Any, keys: Any, clock: Callable[[], dateti
         log.warning("no [[filing.sink]] is configured: records are not filed, and the vault copies are "
                     "destroyed at the end of their retention (docs/filing.md)")
     titles = {k: (s.title or k.capitalize()) for k, s in config.specialties.items()}
-    return Filer(store, sinks, clock=clock, titles=titles, legacy_export_dir=config.storage.export_dir)
+    return Filer(store, sinks, clock=clock, titles=titles, legacy_export_dir=config.storage.export_dir,
+                 time_zone=config.policy().time_zone)
 
 
 def pickle_key_for(config: Config, keys: Any) -> str:
@@ -106,6 +107,8 @@ class BotApp:
         self.admin = None
         self.state = None
         self.metrics_server = None
+        self.cross_signing = None   # bot.matrix.crosssign.CrossSigningStatus, once known
+        self._cross_sign_retry = None
         self.filer = None
         self.pool = None
 
@@ -140,6 +143,7 @@ class BotApp:
         admin_token = m.admin_token or (self.client.access_token if m.admin_is_bot else None)
         self.admin = SynapseAdmin(m.homeserver, admin_token, self.client.access_token)
         self.state = TransportState(m.store_dir / "transport.sqlite3")
+        await self._cross_sign(keys)
         settings = TransportSettings(
             specialty_rooms={k: s.room for k, s in cfg.specialties.items()},
             specialty_titles={k: (s.title or k.capitalize()) for k, s in cfg.specialties.items()},
@@ -157,6 +161,44 @@ class BotApp:
         await self.transport.start()
         await self._start_metrics()
         log.info("bot is running")
+
+    async def _cross_sign(self, keys: Any) -> None:
+        """Cross-sign the bot's device so Element trusts it (bot/matrix/crosssign.py).
+        A problem is told to the operator in the log; it never stops the bot. An
+        unreachable homeserver is retried in the background."""
+        import asyncio
+
+        if not await self._try_cross_sign(keys):
+            self._cross_sign_retry = asyncio.create_task(self._cross_sign_later(keys))
+
+    async def _try_cross_sign(self, keys: Any) -> bool:
+        """False if it should be tried again later."""
+        from bot.matrix import crosssign
+
+        password = self.config.matrix.password
+        try:
+            self.cross_signing = await crosssign.ensure_cross_signing(
+                self.client, self.state, keys.cross_signing_key,
+                password=str(password) if password else None)
+        except crosssign.TransientCrossSigningError as exc:
+            log.warning("cross-signing the bot's device failed (%s); will try again", exc)
+            return False
+        except crosssign.CrossSigningProblem as exc:
+            log.error("cross-signing: %s", exc)
+            return True
+        if not self.cross_signing.ready:
+            log.error("cross-signing: %s", self.cross_signing.message)
+        return True
+
+    async def _cross_sign_later(self, keys: Any) -> None:
+        import asyncio
+
+        delay = 5.0
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 300.0)
+            if self.client is None or await self._try_cross_sign(keys):
+                return
 
     async def _start_metrics(self) -> None:
         """/metrics and /healthz when the config has a [metrics] section."""
@@ -178,6 +220,9 @@ class BotApp:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
+        if self._cross_sign_retry is not None:
+            self._cross_sign_retry.cancel()
+            self._cross_sign_retry = None
         if self.transport is not None:
             await self.transport.stop()
         if self.admin is not None:

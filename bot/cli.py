@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("bot.cli_status", "show live images, next expiry and overdue items"),
     "audit": ("bot.cli_audit", "check the hash-chained audit trail"),
     "export": ("bot.cli_export", "export a referral as a FHIR R4 bundle"),
+    "cross-signing": ("bot.cli_crosssign", "set up (or --reset) the bot's Matrix cross-signing"),
 }
 
 

@@ -39,12 +39,32 @@ max_lifetime_hours = 72       # no opinion by then: images removed, referral exp
 reminder_before_hours = 12    # reminder this long before the max lifetime
 retention_days = 90           # vault copy kept (when !consent gives no retention=)
 adult_age = 16                # a parent's consent stops covering new sharing at this age
+time_zone = "Europe/London"   # times shown to people (storage is UTC)
+unassigned_photo_minutes = 10 # a photo whose referral the GP has not named is destroyed then
+photo_window_minutes = 10     # a referral keeps taking photos without naming this long after one
+more_photos_extension_hours = 48  # !morephotos keeps the referral open this much longer
 consent_window_days = 30      # one episode: referrals may be opened this long after !consent
 max_consent_window_days = 365 # the longest valid-for= a GP may give
 # Patient references accepted besides NHS numbers (10 digits, modulus 11), e.g.:
 # [[policy.patient_references]]
 # name = "hospital no."
 # pattern = "RX[0-9]{{7}}"
+
+[filing]
+retention_warning_days = 7    # warn the GP and the operator before an unfiled record's retention ends
+# Where the record of each closed referral goes (docs/filing.md). With no sink, filing is
+# off: `referral-bot status` says so and vault copies are destroyed at their retention.
+# [[filing.sink]]
+# name = "practice-inbox"
+# type = "folder"             # folder | smtp | dicomweb
+# label = "the practice document inbox"
+# path = "/var/spool/referral-bot/inbox"
+#
+# [[filing.sink]]
+# name = "pacs"
+# type = "dicomweb"
+# label = "the hospital PACS"
+# url = "https://pacs.example.nhs.uk/dicom-web"   # a bearer token, if any: token_file = "..."
 
 [directory]
 # Who may invite and talk to the bot: clinicians below, plus these users / servers.

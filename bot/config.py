@@ -6,7 +6,8 @@ for a production one)::
     [matrix]       homeserver, user_id, password/admin token/pickle key (secrets), store_dir
     [storage]      backend, sqlite_path / dsn, key_file, deployment_secret
     [policy]       grace period, max lifetime, reminder, retention, adult age, consent window,
-                   [[policy.patient_references]] (hospital numbers, CHI: name + pattern)
+                   [[policy.patient_references]] (hospital numbers, CHI: name + pattern),
+                   time zone, unassigned photos, photo window, !morephotos extension
     [directory]    allowed_users / allowed_servers + [[directory.clinicians]]
     [specialties.<key>]  room, title, aliases, roster
     [telegram]     (parsed by the Telegram transport itself from ``Config.raw``)
@@ -269,6 +270,9 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
                          ("retention", "default_retention"),
                          ("default_retention", "default_retention"),
                          ("max_retention", "max_retention"),
+                         ("unassigned_photo", "unassigned_photo_ttl"),
+                         ("photo_window", "photo_window"),
+                         ("more_photos_extension", "more_photos_extension"),
                          ("consent_window", "consent_window"),
                          ("max_consent_window", "max_consent_window")):
         d = _duration(p, ours)
@@ -279,6 +283,19 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
             policy_values["age_out_years"] = int(p[key])
     if "max_images_per_referral" in p:
         policy_values["max_images_per_referral"] = int(p["max_images_per_referral"])
+    zone_name = p.get("time_zone", p.get("timezone"))
+    if zone_name is not None:
+        from handlers.timefmt import UnknownTimeZone, zone
+
+        try:
+            zone(str(zone_name))
+        except UnknownTimeZone:
+            raise ConfigError(f"[policy] time_zone {str(zone_name)!r} is not a time zone name like "
+                              "\"Europe/London\".") from None
+        policy_values["time_zone"] = str(zone_name)
+    if policy_values.get("unassigned_photo_ttl") is not None and not policy_values["unassigned_photo_ttl"]:
+        raise ConfigError("[policy] unassigned_photo must be more than 0: the GP needs time to say "
+                          "which referral a photo is for.")
     schemes = _patient_reference_schemes(p.get("patient_references", []))
     if schemes:
         policy_values["patient_ref_schemes"] = schemes

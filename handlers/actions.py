@@ -28,6 +28,7 @@ __all__ = [
     "Action",
     "Reply",
     "Notify",
+    "Acknowledge",
     "PostThreadRoot",
     "PostImage",
     "PostedImageRef",
@@ -75,18 +76,42 @@ class Action:
 @dataclass(frozen=True, kw_only=True, repr=False)
 class Reply(Action):
     """Send ``text`` (plain, short) to a place: a direct chat, a referral thread, or a
-    specialty room's main timeline."""
+    specialty room's main timeline.
 
+    ``mentions``: user ids this message must alert. Empty = a routine acknowledgement
+    (Matrix: ``m.notice``, which clients do not notify); otherwise the transport sends
+    it so that the person is notified (Matrix: ``m.text`` with ``m.mentions`` and a pill).
+    ``referral_id``: the referral the message is about; in a direct chat the transport
+    reports ``MessageSent`` so that a reply to this message is tied to the referral."""
+
+    feedback: ClassVar[str | None] = "MessageSent"  # only with referral_id, in a direct chat
     to: Place
     text: str
+    mentions: tuple[str, ...] = ()
+    referral_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
 class Notify(Action):
-    """Send ``text`` to ``user_id`` in the bot's direct chat with them (opens one if needed)."""
+    """Send ``text`` to ``user_id`` in the bot's direct chat with them (opens one if needed).
+    ``mentions`` and ``referral_id`` as for ``Reply``."""
 
+    feedback: ClassVar[str | None] = "MessageSent"  # only with referral_id
     user_id: str
     text: str
+    mentions: tuple[str, ...] = ()
+    referral_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class Acknowledge(Action):
+    """Mark a person's message ``event_id`` in ``to`` as passed on (Matrix: a reaction
+    with ``reaction`` as its key, like a messenger's delivery tick). Best effort: a
+    transport that cannot do it completes it without doing anything."""
+
+    to: Place
+    event_id: str
+    reaction: str
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -100,6 +125,7 @@ class PostThreadRoot(Action):
     referral_id: str
     specialty: str
     text: str
+    mentions: tuple[str, ...] = ()  # the specialty's roster: a new referral needs a person
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -198,7 +224,7 @@ class PurgeFiledCopies(Action):
 
 ACTION_TYPES: dict[str, type[Action]] = {
     cls.__name__: cls
-    for cls in (Reply, Notify, PostThreadRoot, PostImage, RedactOriginalUpload, RemoveImages, ExportReferral,
+    for cls in (Reply, Notify, Acknowledge, PostThreadRoot, PostImage, RedactOriginalUpload, RemoveImages, ExportReferral,
                 FileRecord, PurgeFiledCopies)
 }
 

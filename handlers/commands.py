@@ -36,11 +36,17 @@ __all__ = [
     "ExportCmd",
     "BlurCmd",
     "DiscardCmd",
+    "PhotoCmd",
+    "ReplyCmd",
+    "MorePhotosCmd",
+    "AddendumCmd",
     "HelpCmd",
     "Command",
     "parse_command",
     "is_command",
     "HELP_TEXT",
+    "HELP_GP",
+    "HELP_SPECIALIST",
     "HELP_TOPICS",
 ]
 
@@ -130,9 +136,51 @@ class BlurCmd:
 
 @dataclass(frozen=True)
 class DiscardCmd:
-    """Drop the held image(s) of a referral without sending them."""
+    """Drop the held image(s) of a referral without sending them; without an id, the
+    photos the bot is holding because it did not know which referral they are for."""
+
+    referral_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PhotoCmd:
+    """``!photo R-…``: the photo(s) the bot is holding are for this referral."""
 
     referral_id: str
+
+
+@dataclass(frozen=True)
+class ReplyCmd:
+    """``!reply [R-…] <text>``: a message for the other side of a referral (the GP's
+    answer into the thread, or a specialist's question to the GP). The id may be left
+    out in a referral's thread; the workflow decides where it is required."""
+
+    text: str
+    referral_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ReplyCmd(referral_id={self.referral_id!r}, text=<redacted>)"
+
+
+@dataclass(frozen=True)
+class MorePhotosCmd:
+    """``!morephotos <what is needed>`` in a referral's thread."""
+
+    text: str
+
+    def __repr__(self) -> str:
+        return "MorePhotosCmd(text=<redacted>)"
+
+
+@dataclass(frozen=True)
+class AddendumCmd:
+    """``!addendum [R-…] <text>``: adds to an opinion already given."""
+
+    text: str
+    referral_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AddendumCmd(referral_id={self.referral_id!r}, text=<redacted>)"
 
 
 @dataclass(frozen=True)
@@ -141,14 +189,16 @@ class HelpCmd:
 
 
 Command = Union[
-    ConsentCmd, ConsentShowCmd, ReferCmd, OpinionCmd, WithdrawCmd, StatusCmd, CancelCmd, ExportCmd, BlurCmd, DiscardCmd, HelpCmd
+    ConsentCmd, ConsentShowCmd, ReferCmd, OpinionCmd, WithdrawCmd, StatusCmd, CancelCmd, ExportCmd, BlurCmd,
+    DiscardCmd, PhotoCmd, ReplyCmd, MorePhotosCmd, AddendumCmd, HelpCmd,
 ]
 
 # ---------------------------------------------------------------- vocabulary
 _COMMAND_WORDS: dict[str, str] = {}
 for _canon, _words in {
     "consent": ("consent", "consents", "cons"),
-    "refer": ("refer", "referral", "ref", "ask"),
+    # not "ask": a specialist typing !ask in a thread means a question for the GP (!reply)
+    "refer": ("refer", "referral", "ref"),
     "opinion": ("opinion", "op", "opine", "advice", "answer"),
     "withdraw": ("withdraw", "revoke", "withdrawal"),
     "status": ("status", "list", "st"),
@@ -156,6 +206,10 @@ for _canon, _words in {
     "export": ("export", "fhir"),
     "blur": ("blur", "blurred", "send-blurred"),
     "discard": ("discard", "drop"),
+    "photo": ("photo", "photos", "pic", "picture", "image", "this-is-for"),
+    "reply": ("reply", "ask", "message", "msg", "tell", "respond", "question"),
+    "morephotos": ("morephotos", "more-photos", "morephoto", "more-photo", "more", "another-photo", "rephoto"),
+    "addendum": ("addendum", "add", "addenda", "addition"),
     "help": ("help", "h", "?", "commands", "start"),
 }.items():
     for _w in _words:
@@ -398,43 +452,74 @@ def _need_id(word: str | None, prefix: str, usage: str) -> str:
     return ident
 
 
-def _parse_refer(rest: str) -> ReferCmd:
+def _consent_at(word: str, specialty_words: frozenset[str]) -> tuple[str, bool] | None:
+    """(consent id, written with its dash) if *word* is a consent id in its real shape
+    and not a word naming a specialty; else None."""
+    if word.lower() in specialty_words:
+        return None
+    ident = normalise_id(word, "C")
+    if ident is None:
+        return None
+    return ident, "-" in word
+
+
+def _parse_refer(rest: str, specialty_words: frozenset[str] = frozenset()) -> ReferCmd:
     words = rest.split()
     usage = "!refer <specialty> <C-id> <your question>"
     if len(words) < 2:
         raise CommandError(f"Type {usage}, e.g. !refer dermatology C-7K3QX9 Is this lesion suspicious?")
-    # forgiving: the consent id may come first or second
-    consent_pos = None
-    for pos in (0, 1):
-        if normalise_id(words[pos], "C") is not None:
-            consent_pos = pos
-            break
-    if consent_pos is None:
+    # forgiving: the consent id may come first or second. Which one it is, when both could
+    # be read as one: a word naming a specialty is never the id; an id written with its
+    # dash wins over one without; then the documented order (specialty first).
+    found = {pos: _consent_at(words[pos], specialty_words) for pos in (1, 0)}
+    ranked = sorted((pos for pos in found if found[pos] is not None),
+                    key=lambda pos: (not found[pos][1], pos != 1))  # type: ignore[index]
+    if not ranked:
         raise CommandError(f"I need the consent id (C-…) after the specialty: {usage}.")
-    consent_id = normalise_id(words[consent_pos], "C")
-    assert consent_id is not None
-    if consent_pos == 0:
-        if len(words) < 2:
-            raise CommandError(f"Name the specialty: {usage}.")
-        specialty, question_words = words[1], words[2:]
-    else:
-        specialty, question_words = words[0], words[2:]
-    question = " ".join(question_words).strip()
+    consent_pos = ranked[0]
+    consent_id = found[consent_pos][0]  # type: ignore[index]
+    specialty = words[1] if consent_pos == 0 else words[0]
+    question = " ".join(words[2:]).strip()
     if len(question) < 3:
         raise CommandError(f"Add your clinical question after the consent id: {usage}.")
     return ReferCmd(specialty=specialty.lower(), consent_id=consent_id, question=question)
 
 
-def _parse_opinion(rest: str) -> OpinionCmd:
-    text = rest.strip()
-    referral_id = None
+def _leading_referral(text: str) -> tuple[str | None, str]:
+    """(R-id, rest) when *text* starts with a referral id written with its dash."""
     first, _, remainder = text.partition(" ")
     maybe = normalise_id(first, "R")
     if maybe is not None and first.upper().startswith("R-"):
-        referral_id, text = maybe, remainder.strip()
+        return maybe, remainder.strip()
+    return None, text
+
+
+def _parse_opinion(rest: str) -> OpinionCmd:
+    referral_id, text = _leading_referral(rest.strip())
     if len(text) < 2:
         raise CommandError("Type !opinion <your opinion> in the referral's thread.")
     return OpinionCmd(text=text, referral_id=referral_id)
+
+
+def _parse_reply(rest: str) -> ReplyCmd:
+    referral_id, text = _leading_referral(rest.strip())
+    if len(text) < 1:
+        raise CommandError("Type !reply R-… <your message> (in a referral's thread the R-… may be left out).")
+    return ReplyCmd(text=text, referral_id=referral_id)
+
+
+def _parse_more_photos(rest: str) -> MorePhotosCmd:
+    _, text = _leading_referral(rest.strip())  # the thread says which referral
+    if len(text) < 3:
+        raise CommandError("Say what is needed: !morephotos <what the photo should show>, in the referral's thread.")
+    return MorePhotosCmd(text=text)
+
+
+def _parse_addendum(rest: str) -> AddendumCmd:
+    referral_id, text = _leading_referral(rest.strip())
+    if len(text) < 2:
+        raise CommandError("Type !addendum <text> in the referral's thread.")
+    return AddendumCmd(text=text, referral_id=referral_id)
 
 
 def is_command(text: str) -> bool:
@@ -442,8 +527,11 @@ def is_command(text: str) -> bool:
     return t.startswith("!") or (t.startswith("/") and len(t) > 1 and t[1].isalpha())
 
 
-def parse_command(text: str) -> Command:
-    """Parse one message. Raises ``CommandError`` (one-line hint) on anything malformed."""
+def parse_command(text: str, specialty_words: frozenset[str] = frozenset()) -> Command:
+    """Parse one message. Raises ``CommandError`` (one-line hint) on anything malformed.
+
+    ``specialty_words``: the configured specialty keys and aliases (lower case), so that
+    ``!refer`` never reads one of them as a consent id (``Policy.specialty_words()``)."""
     t = text.strip()
     if not is_command(t):
         raise CommandError("Commands start with ! — type !help to see them.")
@@ -461,9 +549,17 @@ def parse_command(text: str) -> Command:
     if canon == "consent":
         return _parse_consent(rest)
     if canon == "refer":
-        return _parse_refer(rest)
+        return _parse_refer(rest, specialty_words)
     if canon == "opinion":
         return _parse_opinion(rest)
+    if canon == "reply":
+        return _parse_reply(rest)
+    if canon == "morephotos":
+        return _parse_more_photos(rest)
+    if canon == "addendum":
+        return _parse_addendum(rest)
+    if canon == "photo":
+        return PhotoCmd(_need_id(args[0] if args else None, "R", "!photo R-… (the referral the photo is for)"))
     if canon == "withdraw":
         return WithdrawCmd(_need_id(args[0] if args else None, "C", "!withdraw C-…"))
     if canon == "status":
@@ -477,13 +573,16 @@ def parse_command(text: str) -> Command:
     if canon == "blur":
         return BlurCmd(_need_id(args[0] if args else None, "R", "!blur R-…"))
     if canon == "discard":
-        return DiscardCmd(_need_id(args[0] if args else None, "R", "!discard R-…"))
+        if not args:
+            return DiscardCmd()
+        return DiscardCmd(_need_id(args[0], "R", "!discard R-…, or !discard alone for photos I am holding"))
     topic = _COMMAND_WORDS.get(_canon_word(args[0].lstrip("!/"))) if args else None
     return HelpCmd(topic)
 
 
 # ---------------------------------------------------------------- help
-HELP_TEXT = """\
+# Two audiences, two texts: !help answers with the commands of the room it is asked in.
+HELP_GP = """\
 Referral bot — send a clinical photo to a specialist safely.
 1. !consent patient=<NHS no.> by=<who> purposes=<list> identifiable=yes|no notes=yes specialties=<list>|any
      who: patient, parent, attorney, deputy, best-interests, deceased-wishes, executor, family
@@ -492,8 +591,23 @@ Referral bot — send a clinical photo to a specialist safely.
      optional: sex=female|male|other gillick=yes|no statement="..." valid-for=30d retention=90d expires=YYYY-MM-DD
    -> you get a consent id C-…; !consent show C-… reads it back
 2. !refer <specialty> <C-id> <clinical question>   -> referral R-…; then send the photo(s) here.
-3. The specialist answers in the thread with !opinion <text>; you get it here. Images are removed afterwards.
+   With more than one referral open, say which one a photo is for: R-… in its caption, or send it as a
+   reply to my message about that referral, or answer my question with !photo R-….
+3. The specialists' questions arrive here: reply to the message, or type !reply R-… <answer>.
+4. The opinion (!opinion) arrives here. The images are removed from the specialty room afterwards.
 Other: !status [R-…]  !cancel R-…  !withdraw C-…  !export R-…  !blur R-… / !discard R-… (held images)  !help <command>"""
+
+HELP_SPECIALIST = """\
+Referral bot — in a referral's thread in this room:
+  Write as usual: your messages go to the referring GP, who can answer here (roster clinicians only).
+  !morephotos <what is needed> — ask the GP for another photo; keeps the referral open longer.
+  !opinion <text> — the opinion (roster only); sent to the GP; the images are removed after a grace period.
+  !addendum <text> — add to an opinion already given; sent to the GP like the opinion.
+  !status — where this referral is.
+Anywhere: !status R-…  !help <command>"""
+
+#: the GP's help (kept under its old name)
+HELP_TEXT = HELP_GP
 
 HELP_TOPICS: dict[str, str] = {
     "consent": (
@@ -511,6 +625,10 @@ HELP_TOPICS: dict[str, str] = {
     "cancel": "!cancel R-… — closes the referral and removes its images from the specialty room.",
     "export": "!export R-… — exports the record (FHIR) for the patient's notes; the vault copy is then destroyed.",
     "blur": "!blur R-… — sends the held image(s) with the faces and text I found blurred (when the consent does not cover identifiable images).",
-    "discard": "!discard R-… — drops the held image(s) without sending them.",
+    "discard": "!discard R-… — drops the held image(s) without sending them; !discard alone drops the photos I am holding because I did not know their referral.",
+    "photo": "!photo R-… — the photo(s) I am holding are for this referral (when I could not tell which of your referrals they belong to).",
+    "reply": "!reply R-… <text> — GP: your answer goes into the referral's thread (or just reply to the specialist's message). In a thread, specialists can simply write; !reply <text> works too.",
+    "morephotos": "!morephotos <what is needed> — specialist, in the thread: asks the GP for another photo and keeps the referral open longer.",
+    "addendum": "!addendum <text> — specialist, in the thread: adds to the opinion already given; sent to the GP.",
     "help": "!help or !help <command>.",
 }

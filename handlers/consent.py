@@ -49,6 +49,7 @@ from handlers.identifiers import find_identifiers
 from handlers.model import Actor, ConsentBasis, ConsentRecord, Purpose
 from handlers.patientref import PatientRefHasher, PatientRefInvalid, check_patient_ref
 from handlers.policy import Policy
+from handlers.timefmt import DEFAULT_ZONE, local_date
 
 __all__ = [
     "Refusal",
@@ -513,7 +514,7 @@ def refer_until(consent: ConsentRecord, policy: Policy | None) -> datetime:
 def _o_episode(u: _Use) -> str | None:
     if u.at >= refer_until(u.consent, u.policy):
         return (f"Consent {u.cid} was for one episode, and new referrals under it could be opened until "
-                f"{refer_until(u.consent, u.policy).date().isoformat()}; record a new consent with !consent.")
+                f"{_day(refer_until(u.consent, u.policy), u.policy)}; record a new consent with !consent.")
     return None
 
 
@@ -708,6 +709,11 @@ def _purpose_words(consent: ConsentRecord) -> str:
     return ", ".join(words)
 
 
+def _day(at: datetime, policy: Policy | None) -> str:
+    """A date shown to people: the local calendar day in the configured zone (issue 10)."""
+    return local_date(at, policy.time_zone if policy is not None else DEFAULT_ZONE).isoformat()
+
+
 def consent_summary(consent: ConsentRecord, policy: Policy | None = None) -> str:
     """One line for the GP when a consent is recorded (no patient reference, no free text)."""
     parts = [
@@ -715,11 +721,11 @@ def consent_summary(consent: ConsentRecord, policy: Policy | None = None) -> str
         "for " + _purpose_words(consent),
         "identifiable images " + ("covered" if consent.identifiable else "NOT covered (I check each photo for faces and text and hold any where I find them)"),
         "specialties: " + (", ".join(sorted(consent.specialties)) if consent.specialties is not None else "any"),
-        f"new referrals until {refer_until(consent, policy).date().isoformat()}",
+        f"new referrals until {_day(refer_until(consent, policy), policy)}",
         f"images kept {consent.retention.days} days",
     ]
     if consent.age_out_at is not None:
-        parts.append(f"stops covering new sharing on {consent.age_out_at.date().isoformat()}")
+        parts.append(f"stops covering new sharing on {_day(consent.age_out_at, policy)}")
     return "; ".join(parts) + "."
 
 
@@ -727,7 +733,7 @@ def describe_consent(consent: ConsentRecord, *, at: datetime, policy: Policy | N
     """The read-back for ``!consent show``: every recorded field except the patient
     reference (its scheme and last 3 characters only) and the exact date of birth."""
     if consent.withdrawn:
-        status = f"WITHDRAWN {consent.withdrawn_at.date().isoformat()}"  # type: ignore[union-attr]
+        status = f"WITHDRAWN {_day(consent.withdrawn_at, policy)}"  # type: ignore[union-attr]
     elif consent.expires_at is not None and consent.expires_at <= at:
         status = "EXPIRED"
     elif at >= refer_until(consent, policy):
@@ -735,7 +741,7 @@ def describe_consent(consent: ConsentRecord, *, at: datetime, policy: Policy | N
     else:
         status = "active"
     lines = [
-        f"Consent {consent.consent_id} ({status}), recorded {consent.recorded_at.date().isoformat()} by "
+        f"Consent {consent.consent_id} ({status}), recorded {_day(consent.recorded_at, policy)} by "
         f"{consent.recorded_by} for {consent.practice}.",
         f"Patient: {consent.patient_hint}.",
         _BASIS_WORDS[consent.basis].capitalize() + (" (Gillick competent)" if consent.gillick_competent else "") + ".",
@@ -751,12 +757,12 @@ def describe_consent(consent: ConsentRecord, *, at: datetime, policy: Policy | N
     lines.append(f"Purposes: {_purpose_words(consent)}. Identifiable images "
                  + ("covered." if consent.identifiable else "NOT covered."))
     lines.append("Specialties: " + (", ".join(sorted(consent.specialties)) if consent.specialties is not None else "any")
-                 + f". New referrals until {refer_until(consent, policy).date().isoformat()}.")
+                 + f". New referrals until {_day(refer_until(consent, policy), policy)}.")
     tail = f"Images kept {consent.retention.days} days."
     if consent.expires_at is not None:
-        tail += f" Ends {consent.expires_at.date().isoformat()}."
+        tail += f" Ends {_day(consent.expires_at, policy)}."
     if consent.age_out_at is not None:
-        tail += f" Parent's consent stops covering new sharing on {consent.age_out_at.date().isoformat()}."
+        tail += f" Parent's consent stops covering new sharing on {_day(consent.age_out_at, policy)}."
     lines.append(tail + " Recorded in the notes: " + ("yes." if consent.recorded_in_notes else "no."))
     if consent.best_interests_statement:
         label = "Known wishes / views of those close to them" if consent.basis.deceased else "Statement"

@@ -6,7 +6,11 @@ Two kinds:
   built by a transport from a chat event after resolving the sender to an ``Actor``.
 * **Feedback from the transport** after it executed an outbox action
   (``ThreadRootPosted``, ``ImagePosted``, ``ImagesRemoved``, ``ExportCompleted``,
-  ``ActionFailed``), plus the timer ``Tick``.
+  ``MessageSent``, ``ActionFailed``), plus the timer ``Tick``.
+
+``in_reply_to`` on a person's message is the transport event id it answers (a Matrix
+reply's ``m.in_reply_to``); the workflow uses it to tell which referral a photo or an
+answer is about (see ``MessageSent``).
 
 Every event except ``Tick`` carries ``event_id``: a string unique per transport
 event (Matrix event id; for feedback events use something unique and stable for
@@ -39,6 +43,7 @@ __all__ = [
     "ImagePosted",
     "ImagesRemoved",
     "ExportCompleted",
+    "MessageSent",
     "ActionFailed",
     "RecordFiled",
     "FiledCopiesPurged",
@@ -77,6 +82,7 @@ class CommandReceived:
     at: datetime
     text: str
     place: Place
+    in_reply_to: str | None = None
 
     def __repr__(self) -> str:  # never print the command text (patient refs, opinions)
         word = self.text.strip().split(" ", 1)[0][:20]
@@ -93,7 +99,9 @@ class ImageReceived:
     ``upload_ref`` is the transport's opaque reference to the original message so
     that it can redact it later (``RedactOriginalUpload``); for Matrix e.g.
     ``"!room:server/$event"``. ``declared_mimetype`` and ``filename`` are as sent:
-    untrusted, used only in messages.
+    untrusted, used only in messages. ``caption``: text the GP sent with the photo
+    (Matrix: a ``body`` that differs from ``filename``), only searched for ``R-…``;
+    ``in_reply_to``: the message the photo was sent as a reply to.
     """
 
     event_id: str
@@ -104,6 +112,8 @@ class ImageReceived:
     declared_mimetype: str
     upload_ref: str
     place: Place
+    caption: str = ""
+    in_reply_to: str | None = None
 
     def __repr__(self) -> str:  # never print image bytes
         return (
@@ -114,12 +124,20 @@ class ImageReceived:
 
 @dataclass(frozen=True)
 class ThreadActivity:
-    """Someone wrote a non-command message in a referral thread (content not passed)."""
+    """Someone wrote a non-command message in a referral thread. ``text`` is what they
+    wrote (relayed to the GP when they are on the specialty's roster; never logged)."""
 
     event_id: str
     actor: Actor
     at: datetime
     place: SpecialtyThread
+    text: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"ThreadActivity(event_id={self.event_id!r}, actor={self.actor.user_id!r}, "
+            f"at={self.at.isoformat()}, text=<{len(self.text)} chars>, place={self.place!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -166,6 +184,18 @@ class ExportCompleted:
     event_id: str
     at: datetime
     referral_id: str
+
+
+@dataclass(frozen=True)
+class MessageSent:
+    """Feedback for a ``Reply`` / ``Notify`` about one referral (``referral_id`` set) sent
+    to a direct chat: ``room_event_id`` is the message's event id there, so a reply to it
+    (a photo, or the GP's answer) can be tied to the referral."""
+
+    event_id: str
+    at: datetime
+    referral_id: str
+    room_event_id: str
 
 
 @dataclass(frozen=True)
@@ -233,6 +263,7 @@ Event = Union[
     ImagePosted,
     ImagesRemoved,
     ExportCompleted,
+    MessageSent,
     ActionFailed,
     RecordFiled,
     FiledCopiesPurged,

@@ -24,6 +24,10 @@ Opening a referral requests its thread root (``PostThreadRoot``) at once; images
 for it if they arrive first, and a root that failed is requested again by the next
 image.
 
+The conversation around a referral (relaying the specialists' messages to the GP and
+the GP's answers into the thread, ``!morephotos``, ``!addendum``) is decided here too:
+who may do it is checked by the workflow, when it may happen is the ``ALLOWED`` table.
+
 Per-image states (``ImageState``): held (faces, consent not identifiable) ->
 waiting (no thread root yet) -> posting (PostImage enqueued) -> posted ->
 removing (RemoveImages enqueued) -> removed; or discarded (never shown). No
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from handlers.actions import (
+    Acknowledge,
     Action,
     FileRecord,
     Notify,
@@ -52,6 +57,7 @@ from handlers.events import DirectChat, Place, SpecialtyThread
 from handlers.model import (
     BOT_ACTOR,
     OPEN_STATES,
+    Addendum,
     AuditEntry,
     CloseReason,
     ConsentRecord,
@@ -61,6 +67,8 @@ from handlers.model import (
     ReferralState,
 )
 from handlers.policy import Policy
+from handlers.timefmt import DEFAULT_ZONE
+from handlers.timefmt import fmt_time as _fmt_time
 
 __all__ = [
     "Input",
@@ -84,6 +92,12 @@ __all__ = [
     "record_filed",
     "copies_purged",
     "tick",
+    "relay_to_gp",
+    "relay_to_thread",
+    "request_more_photos",
+    "add_addendum",
+    "gist",
+    "why_not",
     "fmt_time",
 ]
 
@@ -106,6 +120,10 @@ class Input(str, enum.Enum):
     IMAGES_REMOVED = "images_removed"
     EXPORTED = "exported"
     RETENTION = "retention"  # vault retention ended for an image (tick)
+    RELAY_TO_GP = "relay_to_gp"  # a roster specialist wrote in the thread
+    RELAY_TO_THREAD = "relay_to_thread"  # the GP answered
+    MORE_PHOTOS = "more_photos"  # a specialist asked for another photo
+    ADDENDUM = "addendum"  # a specialist added to the opinion
     FILE = "file"  # file the record: on closing, !export, withdrawal, an addendum
     FILED = "filed"  # feedback from the sinks (RecordFiled)
 
@@ -130,6 +148,13 @@ ALLOWED: dict[Input, tuple[ReferralState, ...]] = {
     Input.IMAGES_REMOVED: _ALL,
     Input.EXPORTED: _ALL,
     Input.RETENTION: _ALL,
+    # the conversation goes on while the images are in the room (a "thank you" after the
+    # opinion is natural); once the referral is closed it is over
+    Input.RELAY_TO_GP: _OPEN + (S.OPINION_GIVEN, S.IMAGES_EXPIRED),
+    Input.RELAY_TO_THREAD: _OPEN + (S.OPINION_GIVEN, S.IMAGES_EXPIRED),
+    Input.MORE_PHOTOS: _OPEN,  # before the opinion: afterwards a referral takes no photos
+    # an opinion can be added to as long as the record exists (also after the images went)
+    Input.ADDENDUM: (S.OPINION_GIVEN, S.IMAGES_EXPIRED, S.CLOSED),
     Input.FILE: _ALL,  # a referral is filed whatever its chat state; withdrawal re-files the notice
     Input.FILED: _ALL,
 }
@@ -157,14 +182,28 @@ class Effects:
         return self
 
 
-def fmt_time(at: datetime) -> str:
-    return at.strftime("%Y-%m-%d %H:%M UTC")
+def fmt_time(at: datetime, zone: str = DEFAULT_ZONE) -> str:
+    """A time for people: local to the deployment's zone, with its abbreviation."""
+    return _fmt_time(at, zone)
+
+
+def gist(question: str, words: int = 6, chars: int = 48) -> str:
+    """The first words of a clinical question, so a GP with several referrals open can
+    tell them apart ("Pigmented lesion left forearm, grown over…")."""
+    cut = " ".join(question.split()[:words])
+    if len(cut) > chars:
+        cut = cut[:chars].rsplit(" ", 1)[0] or cut[:chars]
+    return cut + ("…" if cut != " ".join(question.split()) else "")
 
 
 def _why_not(ref: Referral, inp: Input) -> str:
     rid = ref.referral_id
     st = ref.state
+    if inp is Input.ADDENDUM:
+        return f"{rid} has no opinion yet; give it with !opinion <text>."
     if st is S.CLOSED:
+        if inp in (Input.RELAY_TO_GP, Input.RELAY_TO_THREAD):
+            return f"{rid} is closed, so messages about it are no longer passed on."
         return f"{rid} is closed."
     if st is S.IMAGES_EXPIRED:
         return f"{rid} is closing: its images are being removed."
@@ -174,9 +213,16 @@ def _why_not(ref: Referral, inp: Input) -> str:
         return f"No image of {rid} has been posted yet, so there is nothing to give an opinion on."
     if inp in (Input.ADD_IMAGE, Input.RELEASE_HELD, Input.DISCARD_HELD) and st is S.OPINION_GIVEN:
         return f"The opinion on {rid} has been given, so it takes no more images; open a new referral with !refer."
+    if inp is Input.MORE_PHOTOS and st is S.OPINION_GIVEN:
+        return f"The opinion on {rid} has been given, so it takes no more photos; add to it with !addendum <text>."
     if inp is Input.GRACE_ELAPSED:
         return f"{rid} has no opinion yet."
     return f"{rid} cannot do that now (it is {st.value.replace('_', ' ')})."
+
+
+def why_not(ref: Referral, inp: Input) -> str:
+    """The plain sentence ``IllegalTransition`` would carry for *inp* on *ref* now."""
+    return _why_not(ref, inp)
 
 
 def _require(ref: Referral, inp: Input) -> None:
@@ -231,12 +277,24 @@ def open_referral(
         root_requested=True,
     )
     eff = Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty)])
-    eff.actions.append(PostThreadRoot(referral_id=referral_id, specialty=specialty, text=_root_text(ref, consent)))
+    eff.actions.append(
+        PostThreadRoot(
+            referral_id=referral_id, specialty=specialty, text=_root_text(ref, consent), mentions=_roster(ref, policy)
+        )
+    )
     return ref, eff
 
 
+def _roster(ref: Referral, policy: Policy | None) -> tuple[str, ...]:
+    """Who is alerted in the specialty room: the specialty's roster."""
+    spec = policy.specialties.get(ref.specialty) if policy is not None else None
+    return tuple(sorted(spec.roster)) if spec is not None else ()
+
+
 # ------------------------------------------------------------------ images
-def _schedule_post(ref: Referral, item: ImageItem, consent: ConsentRecord, at: datetime, eff: Effects) -> Referral:
+def _schedule_post(
+    ref: Referral, item: ImageItem, consent: ConsentRecord, at: datetime, eff: Effects, policy: Policy | None = None
+) -> Referral:
     """Move an accepted image towards the thread: PostImage if the root exists, else
     wait for it (requesting the root once). Re-checks consent first."""
     refusal = check_cover(consent, actor=None, at=at)
@@ -247,6 +305,8 @@ def _schedule_post(ref: Referral, item: ImageItem, consent: ConsentRecord, at: d
             eff.shred.append(item.image_id)
             item = dataclasses.replace(item, shredded=True)
         return ref.with_image(item)
+    if ref.more_photos_requested:
+        ref = dataclasses.replace(ref, more_photos_requested=False)  # the asked-for photo came
     if ref.thread_root_event_id is not None:
         item = dataclasses.replace(item, state=ImageState.POSTING)
         eff.actions.append(
@@ -268,7 +328,12 @@ def _schedule_post(ref: Referral, item: ImageItem, consent: ConsentRecord, at: d
     if not ref.root_requested:
         ref = dataclasses.replace(ref, root_requested=True)
         eff.actions.append(
-            PostThreadRoot(referral_id=ref.referral_id, specialty=ref.specialty, text=_root_text(ref, consent))
+            PostThreadRoot(
+                referral_id=ref.referral_id,
+                specialty=ref.specialty,
+                text=_root_text(ref, consent),
+                mentions=_roster(ref, policy),
+            )
         )
     return ref
 
@@ -279,32 +344,55 @@ def _root_text(ref: Referral, consent: ConsentRecord) -> str:
         f"Referral {ref.referral_id} from a GP at {ref.practice}.\n"
         f"Question: {ref.question}\n"
         f"Consent {consent.consent_id}: care / second opinion; identifiable images {covers}.\n"
-        f"The photos follow in this thread. Discuss them here and give the opinion here with "
-        f"!opinion <text>. Images are removed after the opinion."
+        f"The photos follow in this thread. What you write here reaches the GP, who can answer here; "
+        f"!morephotos <what is needed> asks for another photo; !opinion <text> gives the opinion. "
+        f"Images are removed after the opinion."
     )
 
 
 def add_image(
-    ref: Referral, item: ImageItem, *, consent: ConsentRecord, at: datetime, actor: str
+    ref: Referral,
+    item: ImageItem,
+    *,
+    consent: ConsentRecord,
+    at: datetime,
+    actor: str,
+    routed_by: str = "only_waiting",
+    policy: Policy | None = None,
 ) -> tuple[Referral, Effects]:
     """A clean image (already in the vault) joins the referral. ``item.state`` must be
-    ``HELD`` (faces, awaiting the GP) or ``WAITING`` (accepted)."""
+    ``HELD`` (faces, awaiting the GP) or ``WAITING`` (accepted). ``routed_by`` says how
+    the workflow knew the photo is for this referral (audited): ``only_waiting``,
+    ``caption``, ``reply`` or ``photo_command``."""
     _require(ref, Input.ADD_IMAGE)
     eff = Effects()
     if item.state is ImageState.HELD:
         ref = ref.with_image(item)
-        eff.audit.append(_audit(actor, "image.held", at, ref, image_id=item.image_id, faces=item.faces))
+        eff.audit.append(
+            _audit(actor, "image.held", at, ref, image_id=item.image_id, faces=item.faces, routed_by=routed_by)
+        )
         return ref, eff
     eff.audit.append(
-        _audit(actor, "image.accepted", at, ref, image_id=item.image_id, removed=len(item.removed_metadata), faces=item.faces)
+        _audit(
+            actor,
+            "image.accepted",
+            at,
+            ref,
+            image_id=item.image_id,
+            removed=len(item.removed_metadata),
+            faces=item.faces,
+            routed_by=routed_by,
+        )
     )
-    ref = _schedule_post(ref, item, consent, at, eff)
+    ref = _schedule_post(ref, item, consent, at, eff, policy)
     if ref.state is S.OPENED and any(i.state is not ImageState.DISCARDED for i in ref.images if i.state is not ImageState.HELD):
         ref = dataclasses.replace(ref, state=S.IMAGES_RECEIVED)
     return ref, eff
 
 
-def release_held(ref: Referral, *, consent: ConsentRecord, at: datetime, actor: str) -> tuple[Referral, Effects]:
+def release_held(
+    ref: Referral, *, consent: ConsentRecord, at: datetime, actor: str, policy: Policy | None = None
+) -> tuple[Referral, Effects]:
     """The GP confirmed sending the held (already blurred) images."""
     _require(ref, Input.RELEASE_HELD)
     held = [i for i in ref.images if i.state is ImageState.HELD]
@@ -313,7 +401,7 @@ def release_held(ref: Referral, *, consent: ConsentRecord, at: datetime, actor: 
     eff = Effects()
     for item in held:
         eff.audit.append(_audit(actor, "image.released", at, ref, image_id=item.image_id))
-        ref = _schedule_post(ref, dataclasses.replace(item, state=ImageState.WAITING), consent, at, eff)
+        ref = _schedule_post(ref, dataclasses.replace(item, state=ImageState.WAITING), consent, at, eff, policy)
     if ref.state is S.OPENED and any(i.state in (ImageState.WAITING, ImageState.POSTING) for i in ref.images):
         ref = dataclasses.replace(ref, state=S.IMAGES_RECEIVED)
     return ref, eff
@@ -455,21 +543,24 @@ def give_opinion(
         ref, state=S.OPINION_GIVEN, opinion=text, opinion_by=by, opinion_at=at, remove_images_at=remove_at
     )
     who = by_name or by
+    zone = policy.time_zone
     eff.actions.append(
         Notify(
             user_id=ref.referrer,
             text=(
-                f"Opinion on {ref.referral_id} ({ref.specialty}) from {who}:\n{text}\n"
-                f"The images will be removed from the specialty room at {fmt_time(remove_at)}. "
+                f"Opinion on {ref.referral_id} ({ref.specialty}: {gist(ref.question)}) from {who}:\n{text}\n"
+                f"The images will be removed from the specialty room at {fmt_time(remove_at, zone)}. "
                 + (f"I am filing the record (images, question, opinion, consent) now."
                    if policy.filing_enabled else f"Use !export {ref.referral_id} to file the record.")
             ),
+            mentions=(ref.referrer,),
+            referral_id=ref.referral_id,
         )
     )
     eff.actions.append(
         Reply(
             to=_thread(ref),
-            text=f"Opinion recorded and sent to the GP. The images will be removed at {fmt_time(remove_at)}.",
+            text=f"Opinion recorded and sent to the GP. The images will be removed at {fmt_time(remove_at, zone)}.",
         )
     )
     eff.audit.append(_audit(by, "opinion.given", at, ref))
@@ -723,7 +814,7 @@ def record_filed(
     done = f" It did reach {_and(where)}." if where else ""
     text = (
         f"I could not file {rid} to {_and(failed_where) or 'the record'}: {reason}{done} "
-        f"I will try again at {fmt_time(retry_at)} and keep its images until it is filed; "
+        f"I will try again at {fmt_time(retry_at, policy.time_zone)} and keep its images until it is filed; "
         f"your administrator has been alerted."
     )
     if to is not None:
@@ -754,7 +845,7 @@ def _filing_timers(ref: Referral, *, at: datetime, policy: Policy, eff: Effects)
             ref = dataclasses.replace(ref, retention_warning_at=None)
         else:
             ended = at >= end
-            when = "has ended" if ended else f"ends at {fmt_time(end)}"
+            when = "has ended" if ended else f"ends at {fmt_time(end, policy.time_zone)}"
             eff.actions.append(
                 Notify(
                     user_id=ref.referrer,
@@ -783,7 +874,9 @@ def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effe
         e.actions.append(
             Notify(
                 user_id=ref.referrer,
-                text=f"{ref.referral_id} ({ref.specialty}) got no opinion in time and has expired; {outcome}. Open a new referral with !refer if you still need advice.",
+                text=f"{ref.referral_id} ({ref.specialty}: {gist(ref.question)}) got no opinion in time and has expired; {outcome}. Open a new referral with !refer if you still need advice.",
+                mentions=(ref.referrer,),
+                referral_id=ref.referral_id,
             )
         )
         if ref.thread_root_event_id is not None:
@@ -793,17 +886,21 @@ def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effe
     elif ref.is_open and not ref.reminder_sent and at >= ref.reminder_at:
         ref = dataclasses.replace(ref, reminder_sent=True)
         eff.audit.append(_audit(BOT_ACTOR, "referral.reminder", at, ref))
+        zone = policy.time_zone
         eff.actions.append(
             Notify(
                 user_id=ref.referrer,
-                text=f"{ref.referral_id} ({ref.specialty}) has no opinion yet; it expires at {fmt_time(ref.expires_at)}.",
+                text=f"{ref.referral_id} ({ref.specialty}: {gist(ref.question)}) has no opinion yet; it expires at {fmt_time(ref.expires_at, zone)}.",
+                mentions=(ref.referrer,),
+                referral_id=ref.referral_id,
             )
         )
         if ref.thread_root_event_id is not None:
             eff.actions.append(
                 Reply(
                     to=_thread(ref),
-                    text=f"Reminder: {ref.referral_id} needs an opinion (!opinion <text>) before {fmt_time(ref.expires_at)}.",
+                    text=f"Reminder: {ref.referral_id} needs an opinion (!opinion <text>) before {fmt_time(ref.expires_at, zone)}.",
+                    mentions=_roster(ref, policy),
                 )
             )
     if ref.state is S.OPINION_GIVEN and ref.remove_images_at is not None and at >= ref.remove_images_at:
@@ -823,4 +920,127 @@ def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effe
         eff.actions.append(
             PurgeFiledCopies(referral_id=ref.referral_id, before_version=ref.filing_version + 1, reason="retention")
         )
+    return ref, eff
+
+
+# ------------------------------------------------------------------ the conversation
+def relay_to_gp(
+    ref: Referral, *, by: str, by_name: str, text: str, at: datetime, event_id: str
+) -> tuple[Referral, Effects]:
+    """A roster specialist wrote in the thread (the caller checked the roster): the
+    message goes to the GP's direct chat, tagged with the referral and who wrote it,
+    and alerts the GP. A reply to it comes back into the thread."""
+    _require(ref, Input.RELAY_TO_GP)
+    eff = Effects()
+    if ref.state is S.POSTED:
+        ref = dataclasses.replace(ref, state=S.DISCUSSED)
+        eff.audit.append(_audit(by, "thread.discussed", at, ref))
+    if by not in ref.thread_participants:
+        ref = dataclasses.replace(ref, thread_participants=ref.thread_participants + (by,))
+    eff.actions.append(
+        Notify(
+            user_id=ref.referrer,
+            text=(
+                f"{by_name or by} ({ref.specialty}) on {ref.referral_id} ({gist(ref.question)}):\n{text}\n"
+                f"Reply to this message to answer, or type !reply {ref.referral_id} <answer>."
+            ),
+            mentions=(ref.referrer,),
+            referral_id=ref.referral_id,
+        )
+    )
+    eff.actions.append(Acknowledge(to=_thread(ref), event_id=event_id, reaction="✓ sent to the GP"))
+    eff.audit.append(_audit(by, "thread.relayed_to_gp", at, ref))
+    return ref, eff
+
+
+def relay_to_thread(
+    ref: Referral, *, text: str, at: datetime, event_id: str, reply_to: DirectChat, policy: Policy | None = None
+) -> tuple[Referral, Effects]:
+    """The referring GP answered (the caller checked it is the referrer): the answer is
+    posted in the thread as "the referring GP (practice)", alerting the specialists who
+    wrote there (the roster when nobody has yet)."""
+    _require(ref, Input.RELAY_TO_THREAD)
+    if ref.thread_root_event_id is None:
+        raise IllegalTransition(
+            f"The thread of {ref.referral_id} is not open yet, so I cannot pass your message on; try again in a minute.",
+            state=ref.state,
+            input=Input.RELAY_TO_THREAD,
+        )
+    eff = Effects()
+    mentions = ref.thread_participants or _roster(ref, policy)
+    eff.actions.append(
+        Reply(to=_thread(ref), text=f"The referring GP ({ref.practice}) on {ref.referral_id}:\n{text}", mentions=mentions)
+    )
+    eff.actions.append(Acknowledge(to=reply_to, event_id=event_id, reaction=f"✓ sent to {ref.specialty}"))
+    eff.audit.append(_audit(ref.referrer, "thread.relayed_to_thread", at, ref))
+    return ref, eff
+
+
+def request_more_photos(
+    ref: Referral, *, by: str, by_name: str, text: str, at: datetime, policy: Policy
+) -> tuple[Referral, Effects]:
+    """A roster specialist asks for another photo: the GP is alerted with what is needed,
+    the referral waits for photos again (so the next one goes straight to it when it is
+    the only one waiting), and its deadline moves by ``policy.more_photos_extension``."""
+    _require(ref, Input.MORE_PHOTOS)
+    expires_at = ref.expires_at + policy.more_photos_extension
+    reminder_at = max(at, expires_at - policy.reminder_lead)
+    ref = dataclasses.replace(
+        ref,
+        more_photos_requested=True,
+        expires_at=expires_at,
+        reminder_at=reminder_at,
+        reminder_sent=ref.reminder_sent and reminder_at <= at,
+    )
+    if by not in ref.thread_participants:
+        ref = dataclasses.replace(ref, thread_participants=ref.thread_participants + (by,))
+    zone = policy.time_zone
+    eff = Effects()
+    eff.actions.append(
+        Notify(
+            user_id=ref.referrer,
+            text=(
+                f"{by_name or by} ({ref.specialty}) asks for another photo for {ref.referral_id} "
+                f"({gist(ref.question)}):\n{text}\n"
+                f"Send it as a reply to this message (or with {ref.referral_id} in its caption). "
+                f"{ref.referral_id} now stays open until {fmt_time(expires_at, zone)}."
+            ),
+            mentions=(ref.referrer,),
+            referral_id=ref.referral_id,
+        )
+    )
+    eff.actions.append(
+        Reply(
+            to=_thread(ref),
+            text=f"Asked the GP for another photo; it will appear in this thread. {ref.referral_id} now expires at {fmt_time(expires_at, zone)}.",
+        )
+    )
+    hours = int(policy.more_photos_extension.total_seconds() // 3600)
+    eff.audit.append(_audit(by, "photos.requested", at, ref, extended_hours=hours))
+    return ref, eff
+
+
+def add_addendum(
+    ref: Referral, *, by: str, by_name: str, text: str, at: datetime, policy: Policy | None = None
+) -> tuple[Referral, Effects]:
+    """A roster specialist adds to the opinion: kept with it, relayed to the GP like it.
+    A record already filed (or on its way) is filed again with the addendum; one not yet
+    filed takes it when it is filed on closing."""
+    _require(ref, Input.ADDENDUM)
+    if ref.opinion is None:  # closed without an opinion (cancelled, expired, withdrawn)
+        raise IllegalTransition(_why_not(ref, Input.ADDENDUM), state=ref.state, input=Input.ADDENDUM)
+    ref = dataclasses.replace(ref, addenda=ref.addenda + (Addendum(by=by, at=at, text=text),))
+    eff = Effects()
+    eff.actions.append(
+        Notify(
+            user_id=ref.referrer,
+            text=f"Addendum to the opinion on {ref.referral_id} ({ref.specialty}: {gist(ref.question)}) from {by_name or by}:\n{text}",
+            mentions=(ref.referrer,),
+            referral_id=ref.referral_id,
+        )
+    )
+    eff.actions.append(Reply(to=_thread(ref), text="Addendum recorded and sent to the GP."))
+    eff.audit.append(_audit(by, "opinion.addendum", at, ref, count=len(ref.addenda)))
+    if ref.filing_version > 0:
+        ref = _file(ref, at=at, policy=policy, reason="addendum", eff=eff, actor=by)
     return ref, eff

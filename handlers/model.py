@@ -38,6 +38,8 @@ __all__ = [
     "ImageState",
     "ImageItem",
     "Referral",
+    "Addendum",
+    "UnassignedPhoto",
     "AuditEntry",
     "BOT_ACTOR",
 ]
@@ -259,6 +261,18 @@ class ImageItem:
 
 
 @dataclass(frozen=True)
+class Addendum:
+    """A specialist's addition to an opinion already given (``!addendum``)."""
+
+    by: str
+    at: datetime
+    text: str  # clinical free text: never logged or audited
+
+    def __repr__(self) -> str:
+        return f"Addendum(by={self.by!r}, at={self.at.isoformat()}, text=<{len(self.text)} chars>)"
+
+
+@dataclass(frozen=True)
 class Referral:
     """A referral (id ``R-…``) and its whole state. Changed only by handlers/lifecycle.py."""
 
@@ -284,6 +298,16 @@ class Referral:
     closed_at: datetime | None = None
     exported_at: datetime | None = None
     opened_seq: int = 0  # how many referrals this GP had before: orders referrals opened in the same instant
+    # the bot's messages about this referral in the GP's direct chat (transport event ids):
+    # a reply to any of them (a photo, or an answer) is about this referral
+    dm_event_ids: tuple[str, ...] = ()
+    more_photos_requested: bool = False  # a specialist asked for another photo (!morephotos)
+    thread_participants: tuple[str, ...] = ()  # roster specialists who wrote in the thread
+    addenda: tuple[Addendum, ...] = ()  # additions to the opinion
+
+    #: how many direct-chat event ids are remembered (the newest); older replies fall back
+    #: to the normal photo rules, which ask rather than guess
+    MAX_DM_EVENTS = 50
     # filing into the record (handlers/lifecycle.py "filing"; docs/filing.md)
     filing_version: int = 0  # bumped each time the record must be (re)filed: close, !export, withdrawal, addendum
     filed_version: int = 0  # the last version every configured sink accepted
@@ -304,6 +328,26 @@ class Referral:
             if item.image_id == image_id:
                 return item
         return None
+
+    def remember_dm_event(self, event_id: str) -> "Referral":
+        if event_id in self.dm_event_ids:
+            return self
+        ids = (self.dm_event_ids + (event_id,))[-self.MAX_DM_EVENTS :]
+        return dataclasses.replace(self, dm_event_ids=ids)
+
+    @property
+    def live_images(self) -> list[ImageItem]:
+        return [i for i in self.images if i.state is not ImageState.DISCARDED]
+
+    def waiting_for_photos(self, at: datetime, window: timedelta) -> bool:
+        """Open and expecting photos: none yet, a specialist asked for more, or the last
+        one arrived within *window* (a burst of photos of one patient stays together)."""
+        if not self.is_open:
+            return False
+        live = self.live_images
+        if not live or self.more_photos_requested:
+            return True
+        return at - max(i.received_at for i in live) <= window
 
     def with_image(self, item: ImageItem) -> "Referral":
         """Return a copy with *item* replacing the image of the same id (or appended)."""
@@ -356,6 +400,36 @@ class Referral:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Referral":
+        return from_jsonable(cls, data)
+
+
+@dataclass(frozen=True)
+class UnassignedPhoto:
+    """A clean photo the bot holds because it could not tell which of the GP's open
+    referrals it is for (it never guesses). The bytes are in the vault under
+    ``photo_id``; nothing is posted. It goes to a referral on ``!photo R-…`` or is
+    destroyed at ``destroy_at``. ``candidates``: the referral ids the GP was offered."""
+
+    photo_id: str
+    referrer: str
+    received_at: datetime
+    destroy_at: datetime
+    media_type: str
+    extension: str
+    upload_ref: str
+    candidates: tuple[str, ...] = ()
+    faces: int = 0  # what the face/text check found, when it ran (``checked``)
+    text_regions: int = 0
+    checked: bool = False  # the check ran (some open referral's consent needed it)
+    width: int = 0
+    height: int = 0
+    removed_metadata: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "UnassignedPhoto":
         return from_jsonable(cls, data)
 
 

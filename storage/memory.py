@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import AsyncIterator, Sequence
 
 from handlers.actions import Action
-from handlers.model import AuditEntry, ConsentRecord, Referral
+from handlers.model import AuditEntry, ConsentRecord, Referral, UnassignedPhoto
+from storage.audit import check_details
 from storage.interfaces import OutboxEntry
 
 __all__ = ["MemoryStore"]
@@ -26,6 +27,7 @@ class _State:
     processed: dict[str, datetime] = field(default_factory=dict)
     consents: dict[str, ConsentRecord] = field(default_factory=dict)
     referrals: dict[str, Referral] = field(default_factory=dict)
+    unassigned: dict[str, UnassignedPhoto] = field(default_factory=dict)
     vault: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     shredded: set[str] = field(default_factory=set)
     audit: list[AuditEntry] = field(default_factory=list)
@@ -39,6 +41,7 @@ class _State:
             processed=dict(self.processed),
             consents=dict(self.consents),
             referrals=dict(self.referrals),
+            unassigned=dict(self.unassigned),
             vault=dict(self.vault),
             shredded=set(self.shredded),
             audit=list(self.audit),
@@ -97,6 +100,20 @@ class _MemoryTransaction:
         due.sort(key=lambda t: (t[0], t[1]))
         return [r for _, _, r in due]
 
+    async def save_unassigned_photo(self, photo: UnassignedPhoto) -> None:
+        self._s.unassigned[photo.photo_id] = photo
+
+    async def unassigned_photos(self, user_id: str) -> list[UnassignedPhoto]:
+        mine = [p for p in self._s.unassigned.values() if p.referrer == user_id]
+        return sorted(mine, key=lambda p: (p.received_at, p.photo_id))
+
+    async def delete_unassigned_photo(self, photo_id: str) -> None:
+        self._s.unassigned.pop(photo_id, None)
+
+    async def due_unassigned_photos(self, at: datetime) -> list[UnassignedPhoto]:
+        due = [p for p in self._s.unassigned.values() if p.destroy_at <= at]
+        return sorted(due, key=lambda p: (p.destroy_at, p.photo_id))
+
     async def vault_put(self, image_id: str, data: bytes, media_type: str) -> None:
         if image_id in self._s.vault or image_id in self._s.shredded:
             raise ValueError(f"vault id {image_id} already used")
@@ -133,6 +150,7 @@ class _MemoryTransaction:
         return [cid for _, cid in due]
 
     async def append_audit(self, entry: AuditEntry) -> None:
+        check_details(entry.details)  # the same whitelist as the real audit chain
         self._s.audit.append(entry)
 
     async def enqueue(self, actions: Sequence[Action]) -> list[int]:
@@ -198,6 +216,9 @@ class MemoryStore:
 
     def referrals(self) -> list[Referral]:
         return list(self._state.referrals.values())
+
+    def unassigned(self) -> list[UnassignedPhoto]:
+        return list(self._state.unassigned.values())
 
     def vault_ids(self) -> set[str]:
         return set(self._state.vault)

@@ -108,6 +108,16 @@ REFERRALS_DUE = (
 )
 REFERRALS_ALL = _REFERRAL_COLS + " ORDER BY opened_at, referral_id"
 
+# --- photos waiting for the GP to name their referral (sealed JSON + clear index columns) ---
+UNASSIGNED_UPSERT = (
+    "INSERT INTO unassigned_photos (photo_id, referrer, received_at, destroy_at, doc) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (photo_id) DO UPDATE SET referrer = excluded.referrer, received_at = excluded.received_at,"
+    " destroy_at = excluded.destroy_at, doc = excluded.doc"
+)
+_UNASSIGNED_COLS = "SELECT photo_id, doc FROM unassigned_photos"
+UNASSIGNED_BY_REFERRER = _UNASSIGNED_COLS + " WHERE referrer = ? ORDER BY received_at, photo_id"
+UNASSIGNED_DUE = _UNASSIGNED_COLS + " WHERE destroy_at <= ? ORDER BY destroy_at, photo_id"
+UNASSIGNED_DELETE = "DELETE FROM unassigned_photos WHERE photo_id = ?"
 # --- patient references (004; the reference itself is a vault item) -------------------
 PATIENT_REF_KEEP = (
     "INSERT INTO patient_refs (consent_id, keep_until) VALUES (?, ?)"

@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from handlers.actions import Action, action_from_dict
-from handlers.model import AuditEntry, ConsentRecord, Referral
+from handlers.model import AuditEntry, ConsentRecord, Referral, UnassignedPhoto
 from storage import audit as audit_trail
 from storage import queries as Q
 from storage.db import Database, StorageError, Tx, from_text, to_text, utc_now
@@ -151,6 +151,26 @@ class SQLiteTransaction:
         """Every referral, oldest first (for status and export tools; not in the Protocol)."""
         return [self._referral(r) for r in await self._tx.fetchall(Q.REFERRALS_ALL)]
 
+    # -- photos waiting for the GP to name their referral -----------------------------------
+    def _unassigned(self, row: sqlite3.Row) -> UnassignedPhoto:
+        return UnassignedPhoto.from_dict(self._store._records.open("unassigned_photo", row["photo_id"], row["doc"]))
+
+    async def save_unassigned_photo(self, photo: UnassignedPhoto) -> None:
+        doc = self._store._records.seal("unassigned_photo", photo.photo_id, photo.to_dict())
+        await self._tx.execute(
+            Q.UNASSIGNED_UPSERT,
+            (photo.photo_id, photo.referrer, to_text(photo.received_at), to_text(photo.destroy_at), doc),
+        )
+
+    async def unassigned_photos(self, user_id: str) -> list[UnassignedPhoto]:
+        return [self._unassigned(r) for r in await self._tx.fetchall(Q.UNASSIGNED_BY_REFERRER, (user_id,))]
+
+    async def delete_unassigned_photo(self, photo_id: str) -> None:
+        await self._tx.execute(Q.UNASSIGNED_DELETE, (photo_id,))
+
+    async def due_unassigned_photos(self, at: datetime) -> list[UnassignedPhoto]:
+        return [self._unassigned(r) for r in await self._tx.fetchall(Q.UNASSIGNED_DUE, (to_text(at),))]
+
     # -- vault -------------------------------------------------------------------------------
     async def vault_put(self, image_id: str, data: bytes, media_type: str) -> None:
         if await self._store._vault.entry(self._tx, image_id) is not None:
@@ -239,8 +259,13 @@ class SQLiteStore:
         db = await Database.open(Path(path), create=create)
         store = cls(db, keys)
         try:
-            async with db.transaction() as tx:
-                await store._vault.check_key(tx)
+            # read first: a database that already knows its key (always, for a second
+            # process such as `status` next to the running bot) takes no write lock
+            async with db.read() as tx:
+                known = await store._vault.check_key(tx, record=False)
+            if not known:
+                async with db.transaction() as tx:
+                    await store._vault.check_key(tx)
         except BaseException:
             await db.close()
             raise

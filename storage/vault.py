@@ -114,16 +114,20 @@ class Vault:
             raise VaultError(f"image {image_id} failed its integrity check (ciphertext altered or moved)") from None
 
     # -- database ----------------------------------------------------------------------
-    async def check_key(self, tx: Tx) -> None:
-        """Remember the key fingerprint on first use; refuse a different key later."""
+    async def check_key(self, tx: Tx, *, record: bool = True) -> bool:
+        """Remember the key fingerprint on first use (unless ``record`` is False); refuse a
+        different key later. True if the database already knew this key."""
         stored = await tx.scalar(Q.VAULT_META_GET, (_FINGERPRINT,))
         if stored is None:
-            await tx.execute(Q.VAULT_META_PUT, (_FINGERPRINT, self._keys.fingerprint))
-        elif stored != self._keys.fingerprint:
+            if record:
+                await tx.execute(Q.VAULT_META_PUT, (_FINGERPRINT, self._keys.fingerprint))
+            return False
+        if stored != self._keys.fingerprint:
             raise WrongKey(
                 f"the key from {self._keys.source} (fingerprint {self._keys.fingerprint}) is not the key this "
                 f"database was created with (fingerprint {stored})"
             )
+        return True
 
     async def put(self, tx: Tx, image_id: str, data: bytes, content_type: str, at: datetime) -> None:
         if not isinstance(data, (bytes, bytearray)) or not data:

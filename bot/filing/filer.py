@@ -18,6 +18,7 @@ from bot.filing.record import load_record
 from bot.filing.sinks import Documents, Sink, SinkError, render_documents
 from handlers import actions as A
 from handlers import events as E
+from handlers.timefmt import DEFAULT_ZONE
 
 __all__ = ["Filer"]
 
@@ -30,8 +31,10 @@ def _utcnow() -> datetime:
 
 class Filer:
     def __init__(self, store: Any, sinks: Sequence[Sink], *, clock: Callable[[], datetime] = _utcnow,
-                 titles: dict[str, str] | None = None, legacy_export_dir: Path | None = None):
+                 titles: dict[str, str] | None = None, legacy_export_dir: Path | None = None,
+                 time_zone: str = DEFAULT_ZONE):
         self.store = store
+        self.time_zone = time_zone  # times in the filed documents (people read them)
         self.sinks = list(sinks)
         self.clock = clock
         self.titles = titles or {}
@@ -65,7 +68,8 @@ class Filer:
                                  failed_where=("the record",), reason="no filing destination is configured on this bot.",
                                  reply_to=action.reply_to)
         try:
-            record = await load_record(self.store, action.referral_id, version=action.version, at=at)
+            record = await load_record(self.store, action.referral_id, version=action.version, at=at,
+                                       time_zone=self.time_zone)
         except LookupError:
             return E.RecordFiled(done, at, action.referral_id, action.version, failed=tuple(s.name for s in todo),
                                  failed_where=tuple(s.label for s in todo),

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bot.filing.record import RecordDocument
+from handlers.timefmt import DEFAULT_ZONE, fmt_stamp
 
 __all__ = ["render_pdf"]
 
@@ -20,8 +21,9 @@ _MARGIN = 15
 _IMAGE_BOX_H = 70  # mm: two rows of two images fit on the first page with the text
 
 
-def _when(at: datetime | None) -> str:
-    return "-" if at is None else at.strftime("%d %b %Y %H:%M UTC")
+def _when(at: datetime | None, zone: str = DEFAULT_ZONE) -> str:
+    """Local time with the zone's abbreviation (``2 Mar 2026 09:00 GMT``); stored UTC."""
+    return "-" if at is None else fmt_stamp(at, zone)
 
 
 def _nhs(number: str) -> str:
@@ -85,7 +87,7 @@ def render_pdf(record: RecordDocument, *, title: str = "") -> bytes:
     pdf.cell(0, 8, d.text(f"Specialist advice and guidance: {specialty}"), new_x="LMARGIN", new_y="NEXT")
     d.font(9)
     pdf.cell(0, 5, d.text(f"Referral {record.referral_id} - record version {record.version} - "
-                          f"filed {_when(record.generated_at)}"), new_x="LMARGIN", new_y="NEXT")
+                          f"filed {_when(record.generated_at, record.time_zone)}"), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(1)
     patient = (f"NHS number {_nhs(record.nhs_number)}" if record.nhs_number
                else (f"Patient reference {record.patient_id}" if record.patient_id
@@ -100,7 +102,7 @@ def render_pdf(record: RecordDocument, *, title: str = "") -> bytes:
         ("Patient", patient),
         ("Practice", record.practice),
         ("Referring GP", record.referrer),
-        ("Opened", _when(record.opened_at)),
+        ("Opened", _when(record.opened_at, record.time_zone)),
         ("Outcome", outcome),
     ])
 
@@ -110,13 +112,13 @@ def render_pdf(record: RecordDocument, *, title: str = "") -> bytes:
     d.heading("Specialist opinion")
     if record.opinion:
         d.para(record.opinion, size=11, bold=True)
-        d.para(f"Given by {record.opinion_by or '-'} on {_when(record.opinion_at)}.", size=9)
+        d.para(f"Given by {record.opinion_by or '-'} on {_when(record.opinion_at, record.time_zone)}.", size=9)
     else:
         d.para("No opinion was given.")
     d.heading("Addenda")
     if record.addenda:
         for a in record.addenda:
-            d.para(f"{_when(a.at)}, {a.by}: {a.text}")
+            d.para(f"{_when(a.at, record.time_zone)}, {a.by}: {a.text}")
     else:
         d.para("None.", size=9)
 
@@ -124,7 +126,7 @@ def render_pdf(record: RecordDocument, *, title: str = "") -> bytes:
     with_data = record.images_with_data
     if record.withdrawn:
         d.para("The images are not part of this record: the consent was withdrawn and every copy was destroyed "
-               f"on {_when(record.consent.withdrawn_at)}.")
+               f"on {_when(record.consent.withdrawn_at, record.time_zone)}.")
     elif not record.images:
         d.para("No image was shared.")
     elif not with_data:
@@ -162,7 +164,7 @@ def render_pdf(record: RecordDocument, *, title: str = "") -> bytes:
     d.heading("Timeline")
     d.font(9)
     for at, line in record.timeline:
-        pdf.cell(48, 4.6, d.text(_when(at)))
+        pdf.cell(48, 4.6, d.text(_when(at, record.time_zone)))
         pdf.multi_cell(0, 4.6, d.text(line), new_x="LMARGIN", new_y="NEXT")
     out = pdf.output()
     return bytes(out)

@@ -10,8 +10,8 @@ What goes in, and why:
 * the clean images (metadata already stripped; faces blurred where the consent did not
   cover identifiable images) - unless the vault copy is gone: after a withdrawal the
   record is filed WITHOUT images (docs/filing.md, "withdrawal");
-* the clinical question, the opinion, who gave it and when, and the addenda (a place is
-  kept for them: ``Referral.addenda`` when the conversation work adds it);
+* the clinical question, the opinion, who gave it and when, and the addenda (``!addendum``
+  after a filed record files it again);
 * the consent: who gave it, for what, identifiable images covered or not, recorded in
   the notes, withdrawn when (GMC recordings guidance para 14: record the key elements
   of the consent discussion in the record);
@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 from handlers.model import CloseReason, ConsentRecord, ImageState, Referral
 from handlers.patientref import is_nhs_number, normalise_patient_ref, patient_ref_vault_id
+from handlers.timefmt import DEFAULT_ZONE, fmt_stamp
 
 __all__ = ["RecordImage", "Addendum", "RecordDocument", "build_record", "load_record", "CONSENTER"]
 
@@ -88,6 +89,7 @@ class RecordDocument:
     images: tuple[RecordImage, ...]
     timeline: tuple[tuple[datetime, str], ...]
     referral: Referral  # for the FHIR bundle
+    time_zone: str = DEFAULT_ZONE  # times in the documents people read: local, with the zone (storage is UTC)
 
     @property
     def nhs_number(self) -> str | None:
@@ -109,17 +111,17 @@ class RecordDocument:
         ident = "identifiable images covered" if c.identifiable else "identifiable images NOT covered (faces blurred)"
         notes = "recorded in the notes" if c.recorded_in_notes else "NOT confirmed as recorded in the notes"
         text = (f"Consent {c.consent_id} given by {CONSENTER.get(c.basis.value, c.basis.value)} for {purposes}; "
-                f"{ident}; {notes}; recorded by {c.recorded_by} on {_when(c.recorded_at)}.")
+                f"{ident}; {notes}; recorded by {c.recorded_by} on {_when(c.recorded_at, self.time_zone)}.")
         if c.withdrawn_at is not None:
-            text += f" WITHDRAWN on {_when(c.withdrawn_at)}."
+            text += f" WITHDRAWN on {_when(c.withdrawn_at, self.time_zone)}."
         return text
 
     def __repr__(self) -> str:  # never the patient reference or clinical text
         return f"RecordDocument({self.referral_id!r}, version={self.version}, images={len(self.images)})"
 
 
-def _when(at: datetime) -> str:
-    return at.strftime("%d %b %Y %H:%M UTC")
+def _when(at: datetime, zone: str = DEFAULT_ZONE) -> str:
+    return fmt_stamp(at, zone)
 
 
 _TIMELINE = {
@@ -127,7 +129,11 @@ _TIMELINE = {
     "thread.posted": "Question posted to the specialists",
     "image.posted": "Image posted to the specialists' thread",
     "thread.discussed": "Discussed by {actor}",
+    "thread.relayed_to_gp": "Message from {actor} passed to the referring GP",
+    "thread.relayed_to_thread": "The referring GP answered in the thread",
+    "photos.requested": "Another photo asked for by {actor}",
     "opinion.given": "Opinion given by {actor}",
+    "opinion.addendum": "Addendum by {actor}",
     "image.removed": "Images removed from the chat",
     "referral.cancelled": "Referral cancelled by {actor}",
     "referral.expired": "Referral expired without an opinion",
@@ -160,6 +166,7 @@ def build_record(
     audit_entries: Iterable[Any],
     version: int,
     at: datetime,
+    time_zone: str = DEFAULT_ZONE,
 ) -> RecordDocument:
     addenda = tuple(
         Addendum(at=a.at, by=a.by, text=a.text) if not isinstance(a, Addendum) else a
@@ -185,10 +192,12 @@ def build_record(
         images=tuple(images),
         timeline=timeline_of(audit_entries),
         referral=referral,
+        time_zone=time_zone,
     )
 
 
-async def load_record(store: Any, referral_id: str, *, version: int, at: datetime) -> RecordDocument:
+async def load_record(store: Any, referral_id: str, *, version: int, at: datetime,
+                      time_zone: str = DEFAULT_ZONE) -> RecordDocument:
     """Read everything the record needs from ``store`` (``read()`` + ``audit_entries()``)."""
     async with store.read() as tx:
         referral = await tx.get_referral(referral_id)
@@ -211,4 +220,4 @@ async def load_record(store: Any, referral_id: str, *, version: int, at: datetim
     return build_record(
         referral=referral, consent=consent, images=images,
         patient_id=None if raw_ref is None else raw_ref.decode("utf-8"),
-        audit_entries=entries, version=version, at=at)
+        audit_entries=entries, version=version, at=at, time_zone=time_zone)

@@ -5,8 +5,10 @@ Synapse on a free loopback port in a temporary directory; the bot (the real
 specialist as real matrix-nio clients; an encrypted direct chat and an encrypted
 "Dermatology advice" room. The GP records consent, opens a referral and sends a
 phone photo carrying GPS and device metadata; the specialist sees a thread with the
-clean image and gives an opinion; after the grace period the images are redacted and
-their media deleted from the server (downloads answer 404).
+clean image, asks the GP a question in the thread (relayed to the GP's direct chat), the
+GP answers with a reply (posted back into the thread), and the specialist gives the
+opinion; after the grace period the images are redacted and their media deleted from
+the server (downloads answer 404).
 """
 from __future__ import annotations
 
@@ -240,14 +242,35 @@ async def _play(out: TextIO, keep_running: bool, workdir: Path | None, pacs) -> 
         if leaked:
             print(f"  !! metadata survived: {', '.join(leaked)}", file=out)
             return 1
-        no_thumb = not any(k.startswith(("thumbnail", "xyz.amorgan")) for k in img_info)
+        own_thumb_mxc = (img_info.get("thumbnail_file") or {}).get("url")
+        carried = ("xyz.amorgan.blurhash" in img_info or "thumbnail_url" in img_info
+                   or (thumb_mxc is not None and own_thumb_mxc == thumb_mxc))
         print(f"  Posted as {img_body!r} (named after the referral); thumbnail/blurhash from the "
-              f"phone carried over: {'no' if no_thumb else 'YES'}", file=out)
-        if not no_thumb:
+              f"phone carried over: {'YES' if carried else 'no'}; its own encrypted thumbnail, "
+              f"made from the clean pixels: {'yes' if own_thumb_mxc else 'none'}", file=out)
+        if carried:
             return 1
 
-        tr.step("The specialist answers in the thread")
+        tr.step("The specialist asks the GP a question in the thread; the GP answers from the direct chat")
         root = img.thread_root
+        asked_at = time.monotonic()
+        await world.sp.say(world.derm_room, "Has it bled or itched, and is there any family history "
+                           "of melanoma?", thread_root=root)
+        relayed = await world.gp.wait_for(lambda s: s.room_id == world.dm_room and s.sender == bot
+                                          and s.ts >= asked_at and "family history" in s.body,
+                                          timeout=20, what="the specialist's question")
+        # the GP answers with a Matrix reply to the relayed question, as in any messenger
+        await world.gp.say(world.dm_room, "Itched now and then, never bled. No family history.",
+                           reply_to=relayed.event_id)
+        await world.sp.wait_for(lambda s: s.room_id == world.derm_room and s.thread_root == root
+                                and "No family history" in s.body, timeout=20,
+                                what="the GP's answer in the thread")
+        await asyncio.sleep(0.3)
+        tr.flush()
+        print("  (both are m.text with m.mentions: Element alerts the GP for the question and the "
+              "specialist for the answer; acknowledgements stay m.notice)", file=out)
+
+        tr.step("The specialist gives the opinion in the thread")
         await world.sp.say(world.derm_room, "!opinion Features of a benign seborrhoeic "
                            "keratosis; no urgent referral needed. Review if it changes.",
                            thread_root=root)
@@ -271,7 +294,7 @@ async def _play(out: TextIO, keep_running: bool, workdir: Path | None, pacs) -> 
         await asyncio.sleep(1.0)
         tr.flush()
         checks = [("GP's original upload", upload_mxc), ("phone thumbnail", thumb_mxc),
-                  ("clean image in the thread", clean_mxc)]
+                  ("clean image in the thread", clean_mxc), ("its thumbnail", own_thumb_mxc)]
         all_gone = True
         for label, mxc in checks:
             if not mxc:

@@ -162,6 +162,20 @@ async def upload_encrypted(client: AsyncClient, data: bytes, filename: str,
     return UploadedFile(resp.content_uri, info)
 
 
+async def upload_thumbnail(client: AsyncClient, clean: bytes, filename: str) -> "Thumbnail | None":
+    """Make the thumbnail of a clean image (bot/matrix/thumbnail.py, in a worker thread)
+    and upload it encrypted like the image; None when the image is small enough to be
+    its own thumbnail. Raises like ``upload_encrypted``."""
+    from bot.matrix.thumbnail import make_thumbnail
+
+    thumb = await asyncio.to_thread(make_thumbnail, clean)
+    if thumb is None:
+        return None
+    stem = filename.rsplit(".", 1)[0]
+    up = await upload_encrypted(client, thumb.data, f"{stem}-thumbnail.jpg", thumb.mimetype)
+    return Thumbnail(up, thumb.width, thumb.height, len(thumb.data))
+
+
 async def download_bytes(client: AsyncClient, mxc: str) -> bytes | None:
     """Download media; None when the server says it does not exist (404)."""
     resp = await client.download(mxc=mxc)
@@ -181,29 +195,50 @@ async def download_decrypt(client: AsyncClient, file_info: dict) -> bytes | None
                                    file_info["hashes"]["sha256"], file_info["iv"])
 
 
+@dataclass(frozen=True)
+class Thumbnail:
+    """An encrypted thumbnail already uploaded: its ``file`` object and its ``info``."""
+
+    upload: UploadedFile
+    width: int
+    height: int
+    size: int
+
+
 def image_content(upload: UploadedFile, body: str, size: int, width: int | None = None,
-                  height: int | None = None, thread_root: str | None = None) -> dict:
-    """An m.image content for an encrypted room; no thumbnail, no blurhash."""
+                  height: int | None = None, thread_root: str | None = None,
+                  in_reply_to: str | None = None, thumbnail: Thumbnail | None = None) -> dict:
+    """An m.image content for an encrypted room, with an encrypted thumbnail when given
+    (``info.thumbnail_file`` + ``info.thumbnail_info``); never a blurhash."""
     info: dict[str, Any] = {"mimetype": upload.file_info["mimetype"], "size": size}
     if width and height:
         info["w"], info["h"] = width, height
+    if thumbnail is not None:
+        info["thumbnail_file"] = thumbnail.upload.file_info
+        info["thumbnail_info"] = {"mimetype": thumbnail.upload.file_info["mimetype"],
+                                  "size": thumbnail.size, "w": thumbnail.width,
+                                  "h": thumbnail.height}
     content: dict[str, Any] = {"msgtype": "m.image", "body": body, "filename": body,
                                "file": upload.file_info, "info": info}
     if thread_root:
-        content["m.relates_to"] = thread_relation(thread_root)
+        content["m.relates_to"] = thread_relation(thread_root, in_reply_to)
     return content
 
 
-def thread_relation(root_event_id: str) -> dict:
-    # Only event ids here: m.relates_to stays in clear text on encrypted events.
+def thread_relation(root_event_id: str, latest_event_id: str | None = None) -> dict:
+    """An ``m.thread`` relation with the reply fallback for clients without threads: its
+    ``m.in_reply_to`` names the latest message known in the thread (the root when none
+    is known), as the spec's "Fallback for unthreaded clients" says.
+    Only event ids here: m.relates_to stays in clear text on encrypted events."""
     return {"rel_type": "m.thread", "event_id": root_event_id, "is_falling_back": True,
-            "m.in_reply_to": {"event_id": root_event_id}}
+            "m.in_reply_to": {"event_id": latest_event_id or root_event_id}}
 
 
-def text_content(body: str, thread_root: str | None = None, notice: bool = False) -> dict:
+def text_content(body: str, thread_root: str | None = None, notice: bool = False,
+                 in_reply_to: str | None = None) -> dict:
     content: dict[str, Any] = {"msgtype": "m.notice" if notice else "m.text", "body": body}
     if thread_root:
-        content["m.relates_to"] = thread_relation(thread_root)
+        content["m.relates_to"] = thread_relation(thread_root, in_reply_to)
     return content
 
 

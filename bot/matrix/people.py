@@ -189,15 +189,28 @@ class Person:
         if not isinstance(resp, JoinResponse):
             raise nioclient.MatrixCallError("join", nioclient.err_code(resp))
 
-    async def say(self, room_id: str, text: str, thread_root: str | None = None) -> str:
-        return await nioclient.send(self.client, room_id,
-                                    nioclient.text_content(text, thread_root))
+    async def say(self, room_id: str, text: str, thread_root: str | None = None,
+                  reply_to: str | None = None) -> str:
+        """Send *text* (in a thread, or as a Matrix reply to ``reply_to``, as Element does)."""
+        content = nioclient.text_content(text, thread_root)
+        if reply_to:
+            rel = content.setdefault("m.relates_to", {})
+            rel["m.in_reply_to"] = {"event_id": reply_to}
+            rel.pop("is_falling_back", None)
+        return await nioclient.send(self.client, room_id, content)
 
     async def send_image(self, room_id: str, data: bytes, filename: str,
-                         mimetype: str = "image/jpeg", with_thumbnail: bool = False) -> tuple[str, str]:
-        """Send an encrypted m.image as a phone client would; returns (event id, mxc)."""
+                         mimetype: str = "image/jpeg", with_thumbnail: bool = False,
+                         caption: str | None = None, reply_to: str | None = None) -> tuple[str, str]:
+        """Send an encrypted m.image as a phone client would; returns (event id, mxc).
+        ``caption``: the text typed with it (``body``, with ``filename`` kept apart, as
+        the spec's media captions do); ``reply_to``: sent as a reply to that event."""
         up = await nioclient.upload_encrypted(self.client, data, filename, mimetype)
         content = nioclient.image_content(up, filename, len(data))
+        if caption:
+            content["body"] = caption
+        if reply_to:
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
         extra = []
         if with_thumbnail:  # phones attach a thumbnail; the bot must never reuse it
             thumb = await nioclient.upload_encrypted(self.client, data[:2048], "thumb", mimetype)

@@ -7,7 +7,11 @@ Kept apart from the workflow's store because it is Matrix plumbing, not clinical
 - a media ledger: every mxc the bot received (GP originals, their thumbnails) or
   posted, with the reference it belongs to, so nothing is left on the server
   (the admin room-media listing does not show encrypted media);
-- events that could not be decrypted yet, kept for a grace period.
+- events that could not be decrypted yet, kept for a grace period;
+- the latest messages of each thread the bot knows of (event ids only), so a thread
+  reply's fallback ``m.in_reply_to`` points at the thread's latest message;
+- the bot's cross-signing private keys, sealed (AES-256-GCM) under a key derived from
+  the deployment key (bot/matrix/crosssign.py).
 No patient data, no tokens, no image bytes are stored here.
 """
 from __future__ import annotations
@@ -38,7 +42,15 @@ CREATE TABLE IF NOT EXISTS undecrypted (
     requested INTEGER NOT NULL DEFAULT 0,
     source TEXT NOT NULL           -- the encrypted event as received (ciphertext only)
 );
+CREATE TABLE IF NOT EXISTS thread_events (
+    event_id TEXT PRIMARY KEY,
+    root TEXT NOT NULL,            -- the thread root's event id
+    ts INTEGER NOT NULL            -- origin_server_ts (ms), or the local time of our send
+);
+CREATE INDEX IF NOT EXISTS thread_events_root ON thread_events(root, ts);
 """
+
+_THREAD_EVENTS_KEPT = 5  # per thread: enough to step back past a few redactions
 
 
 class TransportState:
@@ -118,6 +130,30 @@ class TransportState:
     def live_media(self) -> list[tuple[str, str, str]]:
         return self._exec("SELECT mxc, kind, ref FROM media WHERE deleted_at IS NULL "
                           "ORDER BY created_at")
+
+    # threads -------------------------------------------------------------
+    def note_thread_event(self, root: str, event_id: str, ts_ms: int | None = None) -> None:
+        """A message in the thread ``root``: seen in a sync (with the server's timestamp,
+        which also corrects the local time noted when the bot sent it), or just sent."""
+        upsert = ("DO NOTHING" if ts_ms is None else "DO UPDATE SET ts=excluded.ts")
+        ts = int(time.time() * 1000) if ts_ms is None else int(ts_ms)
+        with self._lock:
+            self._db.execute("INSERT INTO thread_events(event_id, root, ts) VALUES(?,?,?) "
+                             f"ON CONFLICT(event_id) {upsert}", (event_id, root, ts))
+            self._db.execute("DELETE FROM thread_events WHERE root=? AND event_id NOT IN "
+                             "(SELECT event_id FROM thread_events WHERE root=? "
+                             "ORDER BY ts DESC, rowid DESC LIMIT ?)",
+                             (root, root, _THREAD_EVENTS_KEPT))
+
+    def forget_thread_event(self, event_id: str) -> None:
+        """The event was redacted: a fallback should not point at it."""
+        self._exec("DELETE FROM thread_events WHERE event_id=?", (event_id,))
+
+    def thread_latest(self, root: str) -> str:
+        """The latest message the bot knows of in the thread (the root if none)."""
+        rows = self._exec("SELECT event_id FROM thread_events WHERE root=? "
+                          "ORDER BY ts DESC, rowid DESC LIMIT 1", (root,))
+        return rows[0][0] if rows else root
 
     # undecryptable events ------------------------------------------------
     def add_undecrypted(self, event_id: str, room_id: str, sender: str, source: dict) -> None:

@@ -32,6 +32,7 @@ from nio.exceptions import LocalProtocolError
 
 from bot.matrix import nioclient
 from bot.matrix.admin import SynapseAdmin
+from bot.matrix.mentions import alert_content
 from bot.matrix.state import TransportState
 from bot.outbox import OutboxLoop
 from handlers import actions as A
@@ -76,6 +77,30 @@ def _pre_ref(image_id: str) -> str:
 
 def _txn(key: str, suffix: str = "") -> str:
     return re.sub(r"[^A-Za-z0-9._~-]", "_", f"rb.{key}{suffix}")[:200]
+
+
+def _answered(content: dict) -> str | None:
+    """The event a message answers: a reply's ``m.in_reply_to`` (not a thread's fallback),
+    or the root of a thread started on it (Element's "Reply in thread")."""
+    rel = content.get("m.relates_to") or {}
+    target = (rel.get("m.in_reply_to") or {}).get("event_id")
+    if rel.get("rel_type") == "m.thread":
+        return rel.get("event_id") if rel.get("is_falling_back", True) or not target else target
+    return target
+
+
+def _without_reply_fallback(body: str) -> str:
+    """A reply's body without the quoted original that older clients put first
+    ("> <@bot:hs> ...", then an empty line): only the person's own words are passed on."""
+    lines = body.split("\n")
+    if not lines or not lines[0].startswith(">"):
+        return body
+    i = 0
+    while i < len(lines) and lines[i].startswith(">"):
+        i += 1
+    if i < len(lines) and lines[i] == "":
+        i += 1
+    return "\n".join(lines[i:])
 
 
 class MatrixTransport(OutboxLoop):
@@ -276,6 +301,7 @@ class MatrixTransport(OutboxLoop):
         src = getattr(ev, "source", {}) or {}
         sender = src.get("sender") or getattr(ev, "sender", "")
         event_id = src.get("event_id") or getattr(ev, "event_id", "")
+        self._track_thread(src, event_id)
         if not sender or sender == self.client.user_id or not event_id:
             return
         if isinstance(ev, MegolmEvent):
@@ -324,11 +350,15 @@ class MatrixTransport(OutboxLoop):
         self.state.set_dm_room(sender, room_id)
         place = E.DirectChat(user_id=sender)
         actor = self._actor(sender)
+        answered = _answered(content)
         if msgtype in ("m.text", "m.notice", "m.emote"):
+            body = str(content.get("body", ""))
+            if answered:
+                body = _without_reply_fallback(body)
             await self._handle(E.CommandReceived(event_id=event_id, actor=actor, at=at,
-                                                 text=str(content.get("body", "")), place=place))
+                                                 text=body, place=place, in_reply_to=answered))
         elif msgtype in ("m.image", "m.file", "m.video", "m.audio"):
-            await self._on_upload(room_id, event_id, actor, content, at, place)
+            await self._on_upload(room_id, event_id, actor, content, at, place, answered)
 
     async def _on_specialty_message(self, room_id: str, specialty: str, event_id: str,
                                     sender: str, msgtype: str | None, content: dict,
@@ -338,12 +368,17 @@ class MatrixTransport(OutboxLoop):
         place = E.SpecialtyThread(specialty=specialty, thread_event_id=thread_root)
         actor = self._actor(sender)
         body = str(content.get("body", ""))
+        if (rel.get("m.in_reply_to") or {}).get("event_id") and not rel.get("is_falling_back"):
+            body = _without_reply_fallback(body)
         if msgtype in ("m.text", "m.notice") and body.lstrip().startswith("!"):
             await self._handle(E.CommandReceived(event_id=event_id, actor=actor, at=at,
                                                  text=body, place=place))
         elif thread_root is not None:
+            # only words from the clinician directory are ever handed on (the workflow
+            # further limits the relay to the specialty's roster)
+            words = body if msgtype in ("m.text", "m.emote") and sender in self.s.directory else ""
             await self._handle(E.ThreadActivity(event_id=event_id, actor=actor, at=at,
-                                                place=place))
+                                                place=place, text=words))
         if msgtype in ("m.image", "m.file", "m.video"):
             # people must not post patient images straight into the room
             await self._say(room_id, "Please send images to me in your direct chat, not "
@@ -351,7 +386,7 @@ class MatrixTransport(OutboxLoop):
                             key=f"noimg.{event_id}", thread_root=thread_root)
 
     async def _on_upload(self, room_id: str, event_id: str, actor: Actor, content: dict,
-                         at: datetime, place: E.DirectChat) -> None:
+                         at: datetime, place: E.DirectChat, answered: str | None = None) -> None:
         upload_ref = self._ledger_upload(room_id, event_id, content)
         file_info = content.get("file")
         mxc = (file_info or {}).get("url") or content.get("url")
@@ -363,11 +398,15 @@ class MatrixTransport(OutboxLoop):
             t0 = time.perf_counter()
             data = await self._download(mxc, file_info)
             log.debug("downloaded an upload in %.1f ms", (time.perf_counter() - t0) * 1000)
+        # a media caption (spec 1.10): a ``filename`` is given and ``body`` differs from it
+        filename = content.get("filename")
+        body = str(content.get("body") or "")
+        caption = body if filename and body and body != filename else ""
         await self._handle(E.ImageReceived(
             event_id=event_id, actor=actor, at=at, data=data,
-            filename=str(content.get("filename") or content.get("body") or "upload"),
+            filename=str(filename or body or "upload"),
             declared_mimetype=str(info.get("mimetype") or (file_info or {}).get("mimetype") or ""),
-            upload_ref=upload_ref, place=place))
+            upload_ref=upload_ref, place=place, caption=caption, in_reply_to=answered))
 
     def _ledger_upload(self, room_id: str, event_id: str, content: dict) -> str:
         """Remember an upload's media (and thumbnail) at once, so it is deleted even
@@ -465,18 +504,23 @@ class MatrixTransport(OutboxLoop):
         if self.filer is not None and self.filer.handles(action):
             return await self.filer.execute(action)
         if isinstance(action, A.Reply):
-            await self._reply(action.to, action.text, action.key)
-            return None
+            event_id = await self._reply(action.to, action.text, action.key, action.mentions)
+            return self._sent(action, event_id if isinstance(action.to, E.DirectChat) else None, at)
         if isinstance(action, A.Notify):
             room_id = await self._dm_room_for(action.user_id)
-            await self._say(room_id, action.text, key=action.key)
+            event_id = await self._say(room_id, action.text, key=action.key, mentions=action.mentions)
+            return self._sent(action, event_id, at)
+        if isinstance(action, A.Acknowledge):
+            await self._acknowledge(action)
             return None
         if isinstance(action, A.PostThreadRoot):
             try:
                 room_id = await self._safe_room(action.specialty)
             except RoomUnsafe as why:
                 return self._failed(action, str(why), action.referral_id)
-            event_id = await self._say(room_id, action.text, key=action.key)
+            # a new referral needs a person: m.text mentioning the roster, never a notice
+            event_id = await self._say(room_id, action.text, key=action.key,
+                                       mentions=action.mentions, alert=True)
             return E.ThreadRootPosted(event_id=f"done:{action.key}", at=at,
                                       referral_id=action.referral_id, room_event_id=event_id)
         if isinstance(action, A.PostImage):
@@ -511,19 +555,93 @@ class MatrixTransport(OutboxLoop):
                               action_key=action.key, action_type=type(action).__name__,
                               reason=reason, referral_id=referral_id, permanent=True, **extra)
 
-    async def _say(self, room_id: str, text: str, key: str, thread_root: str | None = None) -> str:
+    @staticmethod
+    def _sent(action: Any, event_id: str | None, at: datetime) -> E.MessageSent | None:
+        """Tie a direct-chat message about a referral to it: a reply to it names it."""
+        if not event_id or not getattr(action, "referral_id", None):
+            return None
+        return E.MessageSent(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
+                             room_event_id=event_id)
+
+    def _name(self, room_id: str, user_id: str) -> str:
+        """How a mentioned person is named: the directory's name, else their Matrix name."""
+        actor = self.s.directory.get(user_id)
+        if actor is not None and actor.display_name:
+            return actor.display_name
+        room = self.client.rooms.get(room_id)
+        name = room.user_name(user_id) if room is not None else None
+        return name or user_id
+
+    def _content(self, room_id: str, text: str, thread_root: str | None,
+                 mentions: tuple[str, ...], alert: bool) -> dict:
+        latest = self._thread_latest(thread_root)
+        if not mentions and not alert:
+            return nioclient.text_content(text, thread_root, notice=True, in_reply_to=latest)
+        relation = nioclient.thread_relation(thread_root, latest) if thread_root else None
+        return alert_content(text, [(u, self._name(room_id, u)) for u in mentions], relation)
+
+    async def _say(self, room_id: str, text: str, key: str, thread_root: str | None = None,
+                   mentions: tuple[str, ...] = (), alert: bool = False) -> str:
+        """Send *text*: an ``m.notice`` (no alert), or ``m.text`` mentioning *mentions*
+        when the message needs those people (see bot/matrix/mentions.py)."""
+        content = self._content(room_id, text, thread_root, mentions, alert)
         try:
-            return await nioclient.send(self.client, room_id,
-                                        nioclient.text_content(text, thread_root, notice=True),
-                                        txn_id=_txn(key))
+            event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(key))
         except nioclient.MatrixCallError as exc:
             raise TransientError(str(exc)) from None
         except LocalProtocolError:
             # nio does not know the room yet (e.g. just created): sync and retry once
             await nioclient.sync_once(self.client)
-            return await nioclient.send(self.client, room_id,
-                                        nioclient.text_content(text, thread_root, notice=True),
-                                        txn_id=_txn(key))
+            event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(key))
+        self._note_sent_in_thread(thread_root, event_id)
+        return event_id
+
+    # ------------------------------------------------------------ thread fallbacks
+    # A thread message's reply fallback (for clients without threads) names the latest
+    # message in the thread the bot knows of, not the root (spec: "Fallback for
+    # unthreaded clients"). Known = seen in a sync (any sender; encrypted ones too, their
+    # m.relates_to is in clear) or sent by the bot; a redacted one no longer counts.
+    def _thread_latest(self, root: str | None) -> str | None:
+        return self.state.thread_latest(root) if root else None
+
+    def _note_sent_in_thread(self, root: str | None, event_id: str) -> None:
+        if root and event_id:
+            self.state.note_thread_event(root, event_id)
+
+    def _track_thread(self, src: dict, event_id: str) -> None:
+        etype = src.get("type")
+        if etype == "m.room.redaction":
+            redacts = src.get("redacts") or (src.get("content") or {}).get("redacts")
+            if redacts:
+                self.state.forget_thread_event(redacts)
+            return
+        if etype not in ("m.room.message", "m.room.encrypted") or not event_id:
+            return
+        rel = (src.get("content") or {}).get("m.relates_to") or {}
+        if rel.get("rel_type") != "m.thread" or not rel.get("event_id"):
+            return
+        if (src.get("unsigned") or {}).get("redacted_because"):
+            self.state.forget_thread_event(event_id)
+            return
+        self.state.note_thread_event(rel["event_id"], event_id,
+                                     src.get("origin_server_ts") or None)
+
+    async def _acknowledge(self, action: A.Acknowledge) -> None:
+        """A reaction on the person's message saying it was passed on. Best effort: a
+        failure is logged, never retried (the relay itself already went)."""
+        if isinstance(action.to, E.DirectChat):
+            room_id = self.state.dm_room(action.to.user_id)
+        else:
+            room_id = self.s.specialty_rooms.get(action.to.specialty)
+        if not room_id or room_id not in self.client.rooms:
+            return
+        content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": action.event_id,
+                                    "key": action.reaction}}
+        try:
+            await nioclient.send(self.client, room_id, content, event_type="m.reaction",
+                                 txn_id=_txn(action.key))
+        except (nioclient.MatrixCallError, LocalProtocolError) as exc:
+            log.warning("could not mark a relayed message (%s)", type(exc).__name__)
 
     async def _thread_root_for(self, place: E.SpecialtyThread) -> str | None:
         if place.thread_event_id:
@@ -534,16 +652,18 @@ class MatrixTransport(OutboxLoop):
             return getattr(ref, "thread_root_event_id", None) if ref else None
         return None
 
-    async def _reply(self, to: Any, text: str, key: str) -> None:
+    async def _reply(self, to: Any, text: str, key: str, mentions: tuple[str, ...] = ()) -> str | None:
         if isinstance(to, E.DirectChat):
             room_id = await self._dm_room_for(to.user_id)
-            await self._say(room_id, text, key=key)
-        elif isinstance(to, E.SpecialtyThread):
+            return await self._say(room_id, text, key=key, mentions=mentions)
+        if isinstance(to, E.SpecialtyThread):
             room_id = self.s.specialty_rooms.get(to.specialty)
             if room_id is None:
                 log.warning("reply to an unknown specialty dropped")
-                return
-            await self._say(room_id, text, key=key, thread_root=await self._thread_root_for(to))
+                return None
+            return await self._say(room_id, text, key=key, thread_root=await self._thread_root_for(to),
+                                   mentions=mentions)
+        return None
 
     async def _dm_room_for(self, user_id: str) -> str:
         room_id = self.state.dm_room(user_id)
@@ -606,7 +726,7 @@ class MatrixTransport(OutboxLoop):
         log.debug("pre-upload %s, waited %.1f ms", "used" if pre else "not used", (time.perf_counter() - t0) * 1000)
         earlier: list[str] = []
         if pre is not None:
-            up, size = pre
+            up, size, thumb = pre
         else:
             data = await self.store.vault_get(action.image_id)
             if data is None:
@@ -618,18 +738,29 @@ class MatrixTransport(OutboxLoop):
             # are tied to the event below and deleted with it at removal.
             earlier = (self.state.media_for_ref(action.key)
                        + self.state.media_for_ref(_pre_ref(action.image_id)))
-            up = await nioclient.upload_encrypted(self.client, data, action.filename, action.media_type)
+            thumb_task = asyncio.ensure_future(self._thumbnail(data, action.filename, action.key))
+            try:
+                up = await nioclient.upload_encrypted(self.client, data, action.filename,
+                                                      action.media_type)
+            finally:
+                thumb = await thumb_task
             size = len(data)
             del data
         self.state.record_media(up.mxc, "posted", action.key)
+        root = action.thread_root_event_id
         content = nioclient.image_content(up, action.filename, size, action.width,
-                                          action.height, thread_root=action.thread_root_event_id)
+                                          action.height, thread_root=root,
+                                          in_reply_to=self._thread_latest(root),
+                                          thumbnail=thumb)
         try:
             event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(action.key))
         except nioclient.MatrixCallError as exc:
             raise TransientError(str(exc)) from None
+        self._note_sent_in_thread(root, event_id)
         for mxc in [*earlier, up.mxc]:
             self.state.record_media(mxc, "posted", action.key, event_id)
+        if thumb is not None:
+            self.state.record_media(thumb.upload.mxc, "thumbnail", action.key, event_id)
         room = self.client.rooms.get(room_id)
         members = tuple(sorted(room.users)) if room is not None else ()  # who could see it, for the audit
         return E.ImagePosted(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
@@ -651,25 +782,52 @@ class MatrixTransport(OutboxLoop):
             name="matrix-pre-upload")
 
     async def _pre_upload(self, image_id: str, data: bytes, filename: str,
-                          media_type: str) -> tuple[Any, int, str, str] | None:
-        """(upload, size, filename, type), or None if it failed (PostImage then uploads
-        from the vault)."""
+                          media_type: str) -> tuple[Any, int, str, str, Any] | None:
+        """(upload, size, filename, type, thumbnail or None), or None if it failed
+        (PostImage then uploads from the vault). The thumbnail is made in a worker
+        thread while the image is encrypted and uploaded."""
         t0 = time.perf_counter()
+        thumb_task = asyncio.ensure_future(self._thumbnail(data, filename, _pre_ref(image_id)))
         try:
             async with self._upload_slots:
                 up = await nioclient.upload_encrypted(self.client, data, filename, media_type)
         except asyncio.CancelledError:
+            thumb_task.cancel()
             raise
         except Exception as exc:
             log.warning("pre-upload failed (%s); the image will be uploaded when posted",
                         type(exc).__name__)
+            thumb = await thumb_task
+            if thumb is not None:
+                try:
+                    await self._delete_media(thumb.upload.mxc)
+                except TransientError:
+                    pass  # in the ledger without an event: swept at the next start
             return None
         # in the ledger at once, so it is deleted even if it is never used
         self.state.record_media(up.mxc, "posted", _pre_ref(image_id))
-        log.debug("pre-uploaded an image in %.1f ms", (time.perf_counter() - t0) * 1000)
-        return up, len(data), filename, media_type
+        t1 = time.perf_counter()
+        thumb = await thumb_task
+        log.debug("pre-uploaded an image in %.1f ms, then waited %.1f ms for its thumbnail",
+                  (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
+        return up, len(data), filename, media_type, thumb
 
-    async def _take_pre_upload(self, action: A.PostImage) -> tuple[Any, int] | None:
+    async def _thumbnail(self, data: bytes, filename: str, ref: str) -> Any:
+        """The clean image's encrypted thumbnail, uploaded and in the media ledger under
+        ``ref``; None when there is none (a small image, or it failed: the image is then
+        posted without one rather than later)."""
+        try:
+            thumb = await nioclient.upload_thumbnail(self.client, data, filename)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("no thumbnail for an image (%s)", type(exc).__name__)
+            return None
+        if thumb is not None:
+            self.state.record_media(thumb.upload.mxc, "thumbnail", ref)
+        return thumb
+
+    async def _take_pre_upload(self, action: A.PostImage) -> tuple[Any, int, Any] | None:
         task = self._pre_uploads.pop(action.image_id, None)
         if task is None:
             return None
@@ -679,11 +837,13 @@ class MatrixTransport(OutboxLoop):
             return None
         if hit is None:
             return None
-        up, size, filename, media_type = hit
+        up, size, filename, media_type, thumb = hit
         if (filename, media_type) != (action.filename, action.media_type):
-            await self._delete_media(up.mxc)  # not what this action posts: never used
+            for unused in (up, thumb and thumb.upload):  # not what this action posts
+                if unused is not None:
+                    await self._delete_media(unused.mxc)
             return None
-        return up, size
+        return up, size, thumb
 
     async def _drop_unused_pre_uploads(self) -> None:
         """Nothing left to post: delete finished pre-uploads no PostImage took (the
@@ -694,8 +854,11 @@ class MatrixTransport(OutboxLoop):
             del self._pre_uploads[image_id]
             if task.cancelled() or task.exception() is not None or task.result() is None:
                 continue
+            up, *_rest, thumb = task.result()
             try:
-                await self._delete_media(task.result()[0].mxc)
+                await self._delete_media(up.mxc)
+                if thumb is not None:
+                    await self._delete_media(thumb.upload.mxc)
             except TransientError:
                 # stays in the media ledger (swept at the next start); the ciphertext is
                 # useless without the keys, which were never sent anywhere
@@ -719,6 +882,7 @@ class MatrixTransport(OutboxLoop):
 
     async def _redact(self, room_id: str, event_id: str, reason: str, key: str) -> None:
         resp = await self.client.room_redact(room_id, event_id, reason=reason, tx_id=_txn(key))
+        self.state.forget_thread_event(event_id)
         if not isinstance(resp, RoomRedactResponse):
             code = nioclient.err_code(resp)
             if code in ("M_NOT_FOUND", "M_FORBIDDEN", "404", "403"):

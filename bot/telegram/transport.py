@@ -76,6 +76,12 @@ class TelegramSettings:
     specialty_titles: dict[str, str] = field(default_factory=dict)
 
 
+def _replied_to(msg: Message) -> str | None:
+    """The event id (our ``tg:<chat>:<message>`` form) of the message *msg* answers."""
+    target = msg.reply_to_message
+    return f"tg:{msg.chat.id}:{target.message_id}" if target is not None else None
+
+
 def _split_ref(ref: str) -> tuple[int, int]:
     chat, _, rest = ref.partition(":")
     return int(chat), int(rest)
@@ -203,7 +209,8 @@ class TelegramTransport(OutboxLoop):
             await self._delete_quietly(chat_id, msg.message_id)
             await self._send_quietly(chat_id, NOT_E2EE_TEXT)
             return
-        await self._handle(E.CommandReceived(event_id=event_id, actor=actor, at=at, text=text, place=place))
+        await self._handle(E.CommandReceived(event_id=event_id, actor=actor, at=at, text=text, place=place,
+                                             in_reply_to=_replied_to(msg)))
 
     @staticmethod
     def _carries_patient_data(text: str) -> bool:
@@ -231,7 +238,8 @@ class TelegramTransport(OutboxLoop):
         # else: declared too large; the workflow refuses an empty upload with a clear message
         await self._handle(E.ImageReceived(
             event_id=event_id, actor=actor, at=at, data=data, filename=str(filename),
-            declared_mimetype=str(mimetype), upload_ref=f"{msg.chat.id}:{msg.message_id}", place=place))
+            declared_mimetype=str(mimetype), upload_ref=f"{msg.chat.id}:{msg.message_id}", place=place,
+            caption=msg.caption or "", in_reply_to=_replied_to(msg)))
 
     async def _download(self, file_id: str) -> bytes:
         delay = 0.5
@@ -262,7 +270,10 @@ class TelegramTransport(OutboxLoop):
         if text.startswith(("!", "/")):
             await self._handle(E.CommandReceived(event_id=event_id, actor=actor, at=at, text=text, place=place))
         elif thread_id is not None:
-            await self._handle(E.ThreadActivity(event_id=event_id, actor=actor, at=at, place=place))
+            # the words are relayed to the GP only where the operator opted in to clinical
+            # data on Telegram (without it no referral lives here anyway)
+            await self._handle(E.ThreadActivity(event_id=event_id, actor=actor, at=at, place=place,
+                                                text=text if self.cfg.allow_images else ""))
 
     # ================================================================= outbox hooks
     def _retry_wait(self, exc: BaseException, wait: float) -> float:
@@ -288,11 +299,13 @@ class TelegramTransport(OutboxLoop):
             return await self.filer.execute(action)
         try:
             if isinstance(action, A.Reply):
-                await self._reply(action.to, action.text)
-                return None
+                sent = await self._reply(action.to, action.text)
+                return self._sent(action, sent if isinstance(action.to, E.DirectChat) else None, at)
             if isinstance(action, A.Notify):
-                await self._reply(E.DirectChat(user_id=action.user_id), action.text)
-                return None
+                sent = await self._reply(E.DirectChat(user_id=action.user_id), action.text)
+                return self._sent(action, sent, at)
+            if isinstance(action, A.Acknowledge):
+                return None  # a delivery mark is a Matrix reaction; Telegram bots have no cheap equivalent
             if isinstance(action, A.PostThreadRoot):
                 return await self._post_root(action, at)
             if isinstance(action, A.PostImage):
@@ -316,20 +329,29 @@ class TelegramTransport(OutboxLoop):
         log.warning("unknown action %s skipped", type(action).__name__)
         return None
 
-    async def _reply(self, to: Any, text: str) -> None:
+    @staticmethod
+    def _sent(action: Any, sent: Message | None, at: datetime) -> E.MessageSent | None:
+        """Tie a direct-chat message about a referral to it, so a reply to it names it."""
+        if sent is None or not action.referral_id:
+            return None
+        return E.MessageSent(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
+                             room_event_id=f"tg:{sent.chat.id}:{sent.message_id}")
+
+    async def _reply(self, to: Any, text: str) -> Message | None:
         if isinstance(to, E.DirectChat):
             chat_id = self.cfg.telegram_id_for(to.user_id)
             if chat_id is None:
                 log.warning("a reply to a clinician without a Telegram account was dropped")
-                return
-            await self.bot.send_message(chat_id, text)
+                return None
+            return await self.bot.send_message(chat_id, text)
         elif isinstance(to, E.SpecialtyThread):
             chat_id = self.cfg.specialty_chats.get(to.specialty)
             if chat_id is None:
                 log.warning("a reply to a specialty without a Telegram group was dropped")
-                return
+                return None
             thread = await self._thread_for(to)
-            await self.bot.send_message(chat_id, text, message_thread_id=thread)
+            return await self.bot.send_message(chat_id, text, message_thread_id=thread)
+        return None
 
     async def _thread_for(self, place: E.SpecialtyThread) -> int | None:
         ref = place.thread_event_id

@@ -81,3 +81,16 @@ async def test_the_record_leaves_a_place_for_addenda(filed):
                                                           "Histology confirms the diagnosis."),))
     text, _ = pdf_text(render_pdf(later))
     assert "Histology confirms the diagnosis." in text and "Addenda" in text
+
+
+async def test_times_in_the_record_are_local_with_the_zone(filed):
+    import dataclasses
+    from datetime import datetime, timezone
+
+    _h, _rid, record = filed
+    text, _ = pdf_text(render_pdf(record))
+    assert "2 Mar 2026 09:00 GMT" in text and "UTC" not in text  # opened in winter: GMT
+    summer = dataclasses.replace(record, opened_at=datetime(2026, 7, 1, 8, 0, tzinfo=timezone.utc))
+    assert "1 Jul 2026 09:00 BST" in pdf_text(render_pdf(summer))[0]
+    new_york = dataclasses.replace(summer, time_zone="America/New_York")
+    assert "1 Jul 2026 04:00 EDT" in pdf_text(render_pdf(new_york))[0]

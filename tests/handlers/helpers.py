@@ -95,6 +95,7 @@ class Harness:
         self.executed: list[A.Action] = []
         self.chat: dict[str, str] = {}  # room_event_id -> what is visible (posted images)
         self.fail_posts: str | None = None  # reason: make the "room" refuse posts
+        self.dm_events: dict[str, A.Action] = {}  # direct-chat event id -> the Reply/Notify sent
         self.fail_filing: str | None = None  # reason: make every filing sink refuse
         self.filed: list[A.FileRecord] = []  # what the scripted sinks took
         self.room_members: tuple[str, ...] = ()  # reported with each ImagePosted
@@ -113,7 +114,9 @@ class Harness:
             E.CommandReceived(event_id=event_id or self.eid("cmd"), actor=actor, at=self.now, text=text, place=place)
         )
 
-    async def send_image(self, actor: Actor, data: bytes, event_id: str | None = None) -> list[A.Action]:
+    async def send_image(
+        self, actor: Actor, data: bytes, event_id: str | None = None, caption: str = "", in_reply_to: str | None = None
+    ) -> list[A.Action]:
         eid = event_id or self.eid("img")
         return await self.workflow.handle(
             E.ImageReceived(
@@ -125,8 +128,31 @@ class Harness:
                 declared_mimetype="image/jpeg",
                 upload_ref=f"!dm:example.org/{eid}",
                 place=E.DirectChat(actor.user_id),
+                caption=caption,
+                in_reply_to=in_reply_to,
             )
         )
+
+    async def reply_to(self, actor: Actor, dm_event_id: str, text: str) -> list[A.Action]:
+        """*actor* answers the bot's direct-chat message *dm_event_id* with a Matrix reply."""
+        return await self.workflow.handle(
+            E.CommandReceived(event_id=self.eid("re"), actor=actor, at=self.now, text=text,
+                              place=E.DirectChat(actor.user_id), in_reply_to=dm_event_id)
+        )
+
+    async def in_thread(self, actor: Actor, rid: str, text: str) -> list[A.Action]:
+        """*actor* writes *text* in the referral's thread (a command or a plain message)."""
+        place = E.SpecialtyThread("dermatology", thread_event_id=f"$root-{rid}")
+        if text.lstrip().startswith("!"):
+            return await self.say(actor, text, place)
+        return await self.workflow.handle(E.ThreadActivity(self.eid("th"), actor, self.now, place, text=text))
+
+    def dm_event_of(self, needle: str, user_id: str | None = None) -> str:
+        """The direct-chat event id of the newest bot message containing *needle*."""
+        for eid, action in reversed(list(self.dm_events.items())):
+            if needle in action.text and (user_id is None or getattr(action, "user_id", None) in (None, user_id)):
+                return eid
+        raise AssertionError(f"no direct-chat message containing {needle!r}")
 
     async def tick(self) -> list[A.Action]:
         return await self.workflow.handle(E.Tick(at=self.now))
@@ -167,6 +193,13 @@ class Harness:
             return E.ImagesRemoved(done_id, self.now, action.referral_id, tuple(r.image_id for r in action.images))
         if isinstance(action, A.ExportReferral):
             return E.ExportCompleted(done_id, self.now, action.referral_id)
+        if isinstance(action, (A.Reply, A.Notify)):
+            in_dm = isinstance(action, A.Notify) or isinstance(action.to, E.DirectChat)
+            if in_dm:
+                dm_event = f"$dm-{action.key}"
+                self.dm_events[dm_event] = action
+                if action.referral_id:
+                    return E.MessageSent(done_id, self.now, action.referral_id, dm_event)
         if isinstance(action, A.FileRecord):
             if self.fail_filing:
                 return E.RecordFiled(done_id, self.now, action.referral_id, action.version, failed=("inbox",),

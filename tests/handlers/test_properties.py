@@ -11,7 +11,12 @@ and replayed events. Invariants:
   grace period) has passed and the outbox has been drained;
 * no action is emitted twice (unique keys; one PostImage per image; an image is in
   at most one RemoveImages);
-* a processed event id is never handled twice (replays change nothing).
+* a processed event id is never handled twice (replays change nothing);
+* a photo lands only where the GP said (its caption's R-…, the referral of the message it
+  replies to, the !photo answer) or, unnamed, in the only referral waiting for photos;
+  never anywhere else (issue 10);
+* words from someone off the roster never reach a GP; held photos never outlive their
+  time (they are destroyed, with the vault copy).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from .helpers import DERM, GP, GP2, NOT_ROSTER, Harness, jpeg_with_metadata, sma
 PLAIN = jpeg_with_metadata()
 FACE = small_face_jpeg()
 GARBAGE = b"%PDF-1.4 not an image"
+STRANGER_WORDS = "stranger-words-never-relayed"
 
 CONSENTS = [
     "!consent patient=4000000004 by=patient adult=yes purposes=care identifiable=no notes=yes specialties=any",
@@ -58,6 +64,9 @@ class WorkflowMachine(RuleBasedStateMachine):
         self.removed_images: set[str] = set()
         self.root_failures: dict[str, int] = {}
         self.seen_outbox = 0
+        # upload ref -> where the photo may go: ("named", rid), ("refused", None) or
+        # ("only", rid-or-None) for an unnamed photo (the only waiting referral then, if any)
+        self.intent: dict[str, tuple[str, str | None]] = {}
 
     def teardown(self) -> None:
         self.loop.close()
@@ -79,10 +88,15 @@ class WorkflowMachine(RuleBasedStateMachine):
             a = entry.action
             assert a.key and a.key not in self.keys, f"duplicate action key {a.key}"
             self.keys.add(a.key)
+            if isinstance(a, (A.Notify, A.Reply)):
+                assert STRANGER_WORDS not in a.text, "words from off the roster were relayed"
             if isinstance(a, A.PostImage):
                 assert a.image_id not in self.posted_images, "image posted twice"
                 self.posted_images.add(a.image_id)
                 ref = self.h.store.referral(a.referral_id)
+                kind, target = self.intent[ref.image(a.image_id).upload_ref]
+                assert kind != "refused", "a photo refused for its caption was posted"
+                assert a.referral_id == target, f"photo meant for {target} posted to {a.referral_id}"
                 consent = self.h.store.consent(ref.consent_id)
                 assert check_cover(consent, actor=None, at=self.h.now) is None, "post without valid consent"
                 item = ref.image(a.image_id)
@@ -133,13 +147,54 @@ class WorkflowMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.referrals)
     @rule(gp=st.sampled_from([GP, GP2]), kind=st.sampled_from(["plain", "plain", "face", "garbage"]))
     def image(self, gp, kind):
+        self._send_image(gp, kind)
+
+    def _send_image(self, gp, kind, caption: str = "", in_reply_to: str | None = None, named: str | None = None):
         data = {"plain": PLAIN, "face": FACE, "garbage": GARBAGE}[kind]
         eid = self.h.eid("i")
+        if named is not None:
+            ref = self.h.store.referral(named)
+            mine = ref is not None and ref.referrer == gp.user_id
+            self.intent[f"!dm/{eid}"] = ("named", named) if mine else ("refused", None)
+        else:
+            waiting = [r for r in self.h.store.referrals()
+                       if r.referrer == gp.user_id and r.waiting_for_photos(self.h.now, self.h.policy.photo_window)]
+            self.intent[f"!dm/{eid}"] = ("only", waiting[0].referral_id if len(waiting) == 1 else None)
         self.run(
             self._handle(
-                E.ImageReceived(eid, gp, self.h.now, data, "x.jpg", "image/jpeg", f"!dm/{eid}", E.DirectChat(gp.user_id))
+                E.ImageReceived(eid, gp, self.h.now, data, "x.jpg", "image/jpeg", f"!dm/{eid}", E.DirectChat(gp.user_id),
+                                caption=caption, in_reply_to=in_reply_to)
             )
         )
+
+    @precondition(lambda self: self.referrals)
+    @rule(data=st.data(), gp=st.sampled_from([GP, GP, GP2]), kind=st.sampled_from(["plain", "face"]))
+    def image_with_caption(self, data, gp, kind):
+        rid = data.draw(st.sampled_from(self.referrals))
+        self._send_image(gp, kind, caption=f"{rid.lower()} second view", named=rid)
+
+    @precondition(lambda self: self.h.dm_events)
+    @rule(data=st.data(), kind=st.sampled_from(["plain", "face"]))
+    def image_as_reply(self, data, kind):
+        dm_event = data.draw(st.sampled_from(sorted(self.h.dm_events)))
+        action = self.h.dm_events[dm_event]
+        gp = GP if getattr(action, "user_id", None) == GP.user_id or getattr(getattr(action, "to", None), "user_id", None) == GP.user_id else GP2
+        named = action.referral_id
+        if named is None:
+            self._send_image(gp, kind, in_reply_to=dm_event)
+        else:
+            self._send_image(gp, kind, in_reply_to=dm_event, named=named)
+
+    @precondition(lambda self: self.referrals)
+    @rule(data=st.data(), gp=st.sampled_from([GP, GP2]))
+    def photo_command(self, data, gp):
+        rid = data.draw(st.sampled_from(self.referrals))
+        held = [p for p in self.h.store.unassigned() if p.referrer == gp.user_id]
+        ref = self.h.store.referral(rid)
+        for photo in held:  # only ever to the named referral (or nowhere)
+            if ref.referrer == gp.user_id:
+                self.intent[photo.upload_ref] = ("named", rid)
+        self.run(self._handle(self._cmd(gp, f"!photo {rid}")))
 
     @precondition(lambda self: self.referrals)
     @rule(data=st.data(), cmd=st.sampled_from(["!blur", "!discard", "!cancel", "!export", "!status"]))
@@ -154,14 +209,25 @@ class WorkflowMachine(RuleBasedStateMachine):
         self.run(self._handle(self._cmd(GP, f"!withdraw {cid}")))
 
     @precondition(lambda self: self.referrals)
-    @rule(data=st.data(), who=st.sampled_from([DERM, DERM, NOT_ROSTER]), chat=st.booleans())
-    def specialist(self, data, who, chat):
+    @rule(data=st.data(), who=st.sampled_from([DERM, DERM, NOT_ROSTER]),
+          what=st.sampled_from(["chat", "chat", "!opinion looks benign", "!morephotos closer please",
+                                "!addendum also this", "!ask any bleeding?"]))
+    def specialist(self, data, who, what):
         rid = data.draw(st.sampled_from(self.referrals))
         place = E.SpecialtyThread("dermatology", None, f"$root-{rid}")
-        if chat:
-            self.run(self._handle(E.ThreadActivity(self.h.eid("t"), who, self.h.now, place)))
+        words = STRANGER_WORDS if who is NOT_ROSTER else "how long has it been there?"
+        if what == "chat":
+            self.run(self._handle(E.ThreadActivity(self.h.eid("t"), who, self.h.now, place, text=words)))
         else:
-            self.run(self._handle(self._cmd(who, "!opinion looks benign", place)))
+            text = what if who is not NOT_ROSTER else what.split()[0] + " " + STRANGER_WORDS
+            self.run(self._handle(self._cmd(who, text, place)))
+
+    @precondition(lambda self: self.h.dm_events)
+    @rule(data=st.data())
+    def gp_answers(self, data):
+        dm_event = data.draw(st.sampled_from(sorted(self.h.dm_events)))
+        self.run(self._handle(E.CommandReceived(self.h.eid("r"), GP, self.h.now, "about three months",
+                                                E.DirectChat(GP.user_id), in_reply_to=dm_event)))
 
     def _posted(self):
         return [r.referral_id for r in self.h.store.referrals() if r.state in (ReferralState.POSTED, ReferralState.DISCUSSED)]
@@ -200,6 +266,7 @@ class WorkflowMachine(RuleBasedStateMachine):
     def time_passes(self, hours):
         self.h.advance(hours=hours)
         self.run(self._handle(E.Tick(at=self.h.now)))
+        assert all(p.destroy_at > self.h.now for p in self.h.store.unassigned()), "a due held photo survived a tick"
 
     @precondition(lambda self: self.handled)
     @rule(data=st.data())
@@ -216,11 +283,15 @@ class WorkflowMachine(RuleBasedStateMachine):
     def settle_after_lifetime(self):
         """Jump past every deadline, tick and drain: nothing may be left in the chat."""
         pol = self.h.policy
-        self.h.advance(seconds=int((pol.max_lifetime + pol.grace_period).total_seconds()) + 1)
+        # each !morephotos moved a deadline on by the extension
+        asked = sum(1 for e in self.h.store.audit if e.action == "photos.requested")
+        self.h.advance(seconds=int((pol.max_lifetime + pol.grace_period + asked * pol.more_photos_extension)
+                                   .total_seconds()) + 1)
         self.run(self._settle())
         assert self.h.chat == {}, "images left in the chat after max lifetime"
         for ref in self.h.store.referrals():
             assert ref.state is ReferralState.CLOSED, (ref.referral_id, ref.state)
+        assert self.h.store.unassigned() == [], "a held photo outlived its time"
 
     async def _settle(self):
         await self._handle(E.Tick(at=self.h.now))
@@ -245,6 +316,11 @@ class WorkflowMachine(RuleBasedStateMachine):
             consent = self.h.store.consent(ref.consent_id)
             if consent.withdrawn:
                 assert not {i.image_id for i in ref.images} & self.h.store.vault_ids()
+
+    @invariant()
+    def held_photos_are_in_the_vault_until_destroyed(self):
+        for photo in self.h.store.unassigned():
+            assert photo.photo_id in self.h.store.vault_ids()
 
     @invariant()
     def processed_events_are_marked(self):

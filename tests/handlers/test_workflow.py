@@ -411,7 +411,10 @@ async def test_cancel():
     await h.drain()
     assert h.chat == {} and h.store.referral(rid).state is ReferralState.CLOSED
     assert "closed" in reply_text(await h.say(GP, f"!cancel {rid}"))
-    assert "There is no referral" in reply_text(await h.say(GP, "!cancel R-ZZZZZZ"))
+    # someone else's referral and one that does not exist get the same answer (no existence leak)
+    unknown = reply_text(await h.say(GP, "!cancel R-ZZZZZZ"))
+    theirs = reply_text(await h.say(GP2, f"!cancel {rid}"))
+    assert unknown.replace("R-ZZZZZZ", "<id>") == theirs.replace(rid, "<id>")
 
 
 async def test_cancel_before_root_feedback_and_late_post_is_removed():
@@ -544,12 +547,16 @@ async def test_export_failure_is_reported_and_keeps_the_vault_copy():
     assert len(h.store.image_vault_ids()) == 1 and h.store.referral(rid).exported_at is None
 
 
-async def test_photo_goes_to_the_latest_referral_even_in_the_same_instant():
+async def test_photo_never_goes_to_the_latest_referral_by_guess():
+    """Issue 10: with several referrals waiting for photos, the newest one used to get the
+    photo (patient A's photo under patient B's referral). Now it is held and the GP asked."""
     h = Harness()
     cid = consent_id_from(await h.say(GP, CONSENT_OK))
     rids = [referral_id_from(await h.say(GP, f"!refer derm {cid} lesion number {i}")) for i in range(5)]
-    await h.send_image(GP, jpeg_with_metadata())
-    assert [len(h.store.referral(r).images) for r in rids] == [0, 0, 0, 0, 1]
+    acts = await h.send_image(GP, jpeg_with_metadata())
+    assert [len(h.store.referral(r).images) for r in rids] == [0, 0, 0, 0, 0]
+    assert not any(isinstance(a, A.PostImage) for a in acts)
+    assert "Which referral is this photo for" in reply_text(acts)
 
 
 # ---------------------------------------------------------------- issue 12: consents read back, episodes

@@ -41,11 +41,12 @@ class Upload:
 
 
 async def send_photo(w: World, data: bytes | None = None, filename: str = "IMG_0001.JPG",
-                     mimetype: str = "image/jpeg", thumbnail: bool = True) -> Upload:
+                     mimetype: str = "image/jpeg", thumbnail: bool = True, caption: str | None = None,
+                     reply_to: str | None = None) -> Upload:
     mark = time.monotonic()
     data = data if data is not None else make_photo(1024, 768)
     event_id, mxc = await w.gp.send_image(w.dm_room, data, filename, mimetype,
-                                          with_thumbnail=thumbnail)
+                                          with_thumbnail=thumbnail, caption=caption, reply_to=reply_to)
     own = await w.gp.wait_for(lambda s: s.event_id == event_id, what="its own upload")
     info = own.content.get("info") or {}
     thumb = (info.get("thumbnail_file") or {}).get("url")

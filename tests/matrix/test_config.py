@@ -110,7 +110,31 @@ def test_init_writes_a_config_that_loads_and_a_0600_key(tmp_path, monkeypatch):
     monkeypatch.setenv("REFERRAL_BOT_MATRIX_PASSWORD", "x")
     loaded = load_config(cfg)
     assert loaded.storage.key_file == key.resolve()
+    assert loaded.policy().filing_enabled is False   # the sinks are examples, commented out
     assert cli_init.run(ns) == 1          # never overwrites silently
+
+
+def test_init_filing_examples_parse_once_uncommented(tmp_path, monkeypatch):
+    """The commented [[filing.sink]] lines in `init`'s config are a working starting point."""
+    import argparse
+    import re
+    import tomllib
+
+    from bot import cli_init
+    from bot.filing.config import parse_sinks
+
+    cfg = tmp_path / "rb.toml"
+    assert cli_init.run(argparse.Namespace(config=str(cfg), key_file=None, force=False)) == 0
+    head, filing = cfg.read_text().split("[filing]\n", 1)
+    filing, rest = filing.split("\n[directory]", 1)
+    filing = re.sub(r"(?m)^# (\[\[filing\.sink\]\]|\w+ = .*)$", r"\1", filing)
+    text = head + "[filing]\n" + filing + "\n[directory]" + rest
+    raw = tomllib.loads(text)
+    sinks = parse_sinks(raw, key=b"k" * 32, base=tmp_path)
+    assert [s.name for s in sinks] == ["practice-inbox", "pacs"]
+    monkeypatch.setenv("REFERRAL_BOT_MATRIX_PASSWORD", "x")
+    cfg.write_text(text)
+    assert load_config(cfg).policy().filing_enabled is True
 
 
 def test_specialty_room_needed_for_matrix_only(tmp_path):
@@ -126,6 +150,37 @@ def test_specialty_room_needed_for_matrix_only(tmp_path):
     assert cfg.matrix is None and cfg.specialties["dermatology"].room == ""
 
 
+def test_time_zone_and_conversation_settings(tmp_path):
+    from bot.config import parse_config as parse
+
+    raw = {"policy": {"time_zone": "Europe/Dublin", "unassigned_photo_minutes": 5,
+                      "photo_window_minutes": 3, "more_photos_extension_hours": 24}}
+    pol = parse(raw, need_matrix=False).policy()
+    assert pol.time_zone == "Europe/Dublin" and pol.unassigned_photo_ttl == timedelta(minutes=5)
+    assert pol.photo_window == timedelta(minutes=3) and pol.more_photos_extension == timedelta(hours=24)
+    defaults = parse({}, need_matrix=False).policy()
+    assert defaults.time_zone == "Europe/London" and defaults.unassigned_photo_ttl == timedelta(minutes=10)
+    with pytest.raises(ConfigError, match="time_zone 'London' is not a time zone name"):
+        parse({"policy": {"time_zone": "London"}}, need_matrix=False)
+    with pytest.raises(ConfigError, match="unassigned_photo"):
+        parse({"policy": {"unassigned_photo_minutes": 0}}, need_matrix=False)
+
+
+def test_times_are_shown_from_the_zone_data_package_without_the_system_database():
+    """A fresh (slim) machine may have no /usr/share/zoneinfo: the tzdata dependency is enough."""
+    import subprocess
+    import sys
+
+    code = ("from datetime import datetime, timezone; from handlers.timefmt import fmt_clock; "
+            "print(fmt_clock(datetime(2026, 3, 29, 0, 59, tzinfo=timezone.utc)), "
+            "fmt_clock(datetime(2026, 3, 29, 1, 0, tzinfo=timezone.utc)), "
+            "fmt_clock(datetime(2026, 10, 25, 0, 59, tzinfo=timezone.utc)), "
+            "fmt_clock(datetime(2026, 10, 25, 1, 0, tzinfo=timezone.utc)))")
+    env = dict(os.environ, PYTHONTZPATH="/nonexistent")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    # the clocks go forward at 01:00 UTC on 29 March and back at 01:00 UTC on 25 October 2026
+    assert out.stdout.split() == ["00:59", "GMT", "02:00", "BST", "01:59", "BST", "01:00", "GMT"]
 def test_consent_window_and_patient_reference_schemes(tmp_path):
     """Issue 12: the episode window and the deployment's own patient-reference schemes."""
     raw = {"policy": {"consent_window_days": 14, "max_consent_window_days": 90,

@@ -22,11 +22,14 @@ async def test_the_posted_image_is_the_upload_made_while_saving(make_world):
     await flow.refer(w, await flow.consent(w))
     await flow.send_photo(w)
     img, clean_mxc = await flow.clean_image(w)
+    thumb_mxc = img.content["info"]["thumbnail_file"]["url"]
     ledger = {mxc: ref for mxc, _kind, ref in w.app.transport.state.live_media()}
     # uploaded by the workflow's hook (ledger reference "pre.<image id>"), not re-read
-    # from the vault and uploaded again by the post
+    # from the vault and uploaded again by the post; its thumbnail was made alongside
     assert ledger[clean_mxc].startswith("pre.I-"), ledger
-    assert w.app.transport.state.media_for_event(img.event_id) == [clean_mxc]
+    assert ledger[thumb_mxc] == ledger[clean_mxc]
+    assert sorted(w.app.transport.state.media_for_event(img.event_id)) == sorted([clean_mxc,
+                                                                                  thumb_mxc])
 
 
 async def test_an_upload_that_is_never_posted_is_deleted(make_world):
@@ -35,14 +38,14 @@ async def test_an_upload_that_is_never_posted_is_deleted(make_world):
     # what the workflow reports for an image whose transaction then rolls back: no
     # PostImage will ever take it
     w.app.workflow.on_image_cleared(ClearedImage("R-NONE", "I-UNUSED", "R-NONE-1.jpg", "image/jpeg",
-                                                 make_photo(320, 240)))
+                                                 make_photo(1024, 768)))
     deadline = time.monotonic() + 20
-    while not state.media_for_ref("pre.I-UNUSED", include_deleted=True):
-        assert time.monotonic() < deadline, "the cleared image was never uploaded"
+    while len(state.media_for_ref("pre.I-UNUSED", include_deleted=True)) < 2:
+        assert time.monotonic() < deadline, "the cleared image and its thumbnail were never uploaded"
         await asyncio.sleep(0.1)
-    (mxc,) = state.media_for_ref("pre.I-UNUSED", include_deleted=True)
+    uploaded = state.media_for_ref("pre.I-UNUSED", include_deleted=True)   # image + thumbnail
     await flow.nothing_left_on_server(w)
-    assert mxc in state.all_media()
+    assert set(uploaded) <= set(state.all_media())
 
 
 async def test_uploads_left_from_before_a_stop_are_deleted_at_start(make_world):

@@ -21,6 +21,7 @@ from handlers.model import (
     Purpose,
     Referral,
     ReferralState,
+    UnassignedPhoto,
 )
 from storage.interfaces import Store, StoreError, Transaction
 from storage.memory import MemoryStore
@@ -195,6 +196,35 @@ async def test_due_referrals_follow_next_due_at(store):
         assert [r.referral_id for r in await tx.due_referrals(T0 + timedelta(days=6, hours=12))] == []
         assert [r.referral_id for r in await tx.due_referrals(T0 + timedelta(days=7))] == ["R-A"]
         assert [r.referral_id for r in await tx.due_referrals(T0 + timedelta(days=8))] == ["R-A", "R-B"]
+
+
+async def test_unassigned_photos_round_trip_by_gp_and_by_due_time(store):
+    def photo(pid, who, minutes):
+        return UnassignedPhoto(photo_id=pid, referrer=who, received_at=T0 + timedelta(minutes=minutes),
+                               destroy_at=T0 + timedelta(minutes=minutes + 10), media_type="image/jpeg",
+                               extension="jpg", upload_ref=f"!dm/{pid}", candidates=("R-A", "R-B"), faces=1,
+                               width=640, height=480, removed_metadata=("GPS",))
+    a, b, c = photo("I-2", "@gp:example.org", 1), photo("I-1", "@gp:example.org", 0), photo("I-3", "@gp2:example.org", 5)
+    async with store.transaction() as tx:
+        for p in (a, b, c):
+            await tx.save_unassigned_photo(p)
+    async with store.transaction() as tx:
+        assert await tx.unassigned_photos("@gp:example.org") == [b, a]  # oldest first, whole objects
+        assert await tx.unassigned_photos("@nobody:example.org") == []
+        assert await tx.due_unassigned_photos(T0 + timedelta(minutes=9)) == []
+        assert [p.photo_id for p in await tx.due_unassigned_photos(T0 + timedelta(minutes=11))] == ["I-1", "I-2"]
+        await tx.save_unassigned_photo(dataclasses.replace(a, destroy_at=T0 + timedelta(hours=1)))  # upsert
+        await tx.delete_unassigned_photo("I-1")
+        await tx.delete_unassigned_photo("I-unknown")  # ignored
+    async with store.transaction() as tx:
+        assert [p.photo_id for p in await tx.due_unassigned_photos(T0 + timedelta(minutes=30))] == ["I-3"]
+        assert [p.destroy_at for p in await tx.unassigned_photos("@gp:example.org")] == [T0 + timedelta(hours=1)]
+    with pytest.raises(RuntimeError):  # rolled back with the rest of the transaction
+        async with store.transaction() as tx:
+            await tx.delete_unassigned_photo("I-3")
+            raise RuntimeError("boom")
+    async with store.transaction() as tx:
+        assert [p.photo_id for p in await tx.unassigned_photos("@gp2:example.org")] == ["I-3"]
 
 
 async def test_vault_semantics(store):

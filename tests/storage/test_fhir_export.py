@@ -237,6 +237,16 @@ def test_cli_export_bad_input(deployment, tmp_path, capsys):
     assert vault["img-1"] == JPEG  # nothing was shredded by the failed attempts
 
 
+def test_addenda_follow_the_opinion_in_the_report():
+    from handlers.model import Addendum
+
+    r = dataclasses.replace(_full_referral(), addenda=(
+        Addendum(by="@derm2:example.org", at=T0 + timedelta(hours=5), text="Dermoscopy would confirm; not urgent."),))
+    result = export_bundle(consent(), r, [ExportImage(r.images[0], JPEG)], at=T0 + timedelta(days=1))
+    Bundle.model_validate_json(result.json())
+    report = _resources(result.bundle)["DiagnosticReport"][0]
+    assert report["conclusion"].startswith(OPINION + "\n\nAddendum (@derm2:example.org, ")
+    assert report["conclusion"].endswith("Dermoscopy would confirm; not urgent.")
 def test_a_deceased_patients_statement_is_filed_as_known_wishes():
     """Issue 12: for a patient who has died the statement is their known wishes / the views
     of those close to them; the record must not call it a best-interests statement."""
