@@ -14,7 +14,7 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("bot.cli_demo", "run the whole story on a local Synapse (the embedded default)"),
-    "sanitize": ("bot.cli_sanitize", "strip every bit of metadata from image files"),
+    "sanitize": ("bot.cli_sanitize", "strip metadata (location, device, time, thumbnails) from image files"),
     "init": ("bot.cli_init", "write a commented example config and a fresh key file"),
     "run": ("bot.cli_run", "run the bot with a config file"),
     "telegram": ("bot.telegram.cli", "run the Telegram transport with its own config file"),

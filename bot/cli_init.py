@@ -41,6 +41,7 @@ retention_days = 90           # vault copy kept (when !consent gives no retentio
 adult_age = 16                # a parent's consent stops covering new sharing at this age
 time_zone = "Europe/London"   # times shown to people (storage is UTC)
 unassigned_photo_minutes = 10 # a photo whose referral the GP has not named is destroyed then
+held_photo_hours = 24        # a photo held for a face or text (preview sent) waits this long for !blur / !discard
 photo_window_minutes = 10     # a referral keeps taking photos without naming this long after one
 more_photos_extension_hours = 48  # !morephotos keeps the referral open this much longer
 consent_window_days = 30      # one episode: referrals may be opened this long after !consent

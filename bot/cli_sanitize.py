@@ -1,4 +1,4 @@
-"""`referral-bot sanitize`: strip every bit of metadata from image files.
+"""`referral-bot sanitize`: strip metadata (location, device, time, thumbnails) from image files.
 
     referral-bot sanitize INPUT -o OUTPUT
     referral-bot sanitize INPUT... --out-dir DIR

@@ -7,7 +7,8 @@ for a production one)::
     [storage]      backend, sqlite_path / dsn, key_file, deployment_secret
     [policy]       grace period, max lifetime, reminder, retention, adult age, consent window,
                    [[policy.patient_references]] (hospital numbers, CHI: name + pattern),
-                   time zone, unassigned photos, photo window, !morephotos extension
+                   time zone, unassigned photos, held photos (preview), photo window,
+                   !morephotos extension
     [directory]    allowed_users / allowed_servers + [[directory.clinicians]]
     [specialties.<key>]  room, title, aliases, roster
     [telegram]     (parsed by the Telegram transport itself from ``Config.raw``)
@@ -271,6 +272,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
                          ("default_retention", "default_retention"),
                          ("max_retention", "max_retention"),
                          ("unassigned_photo", "unassigned_photo_ttl"),
+                         ("held_photo", "held_photo_ttl"),
                          ("photo_window", "photo_window"),
                          ("more_photos_extension", "more_photos_extension"),
                          ("consent_window", "consent_window"),
@@ -296,6 +298,9 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
     if policy_values.get("unassigned_photo_ttl") is not None and not policy_values["unassigned_photo_ttl"]:
         raise ConfigError("[policy] unassigned_photo must be more than 0: the GP needs time to say "
                           "which referral a photo is for.")
+    if policy_values.get("held_photo_ttl") is not None and not policy_values["held_photo_ttl"]:
+        raise ConfigError("[policy] held_photo must be more than 0: the GP needs time to look at the "
+                          "preview and decide.")
     schemes = _patient_reference_schemes(p.get("patient_references", []))
     if schemes:
         policy_values["patient_ref_schemes"] = schemes

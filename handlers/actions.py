@@ -32,6 +32,8 @@ __all__ = [
     "PostThreadRoot",
     "PostImage",
     "PostedImageRef",
+    "SendPreview",
+    "RemovePreview",
     "RedactOriginalUpload",
     "RemoveImages",
     "ExportReferral",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 
-_FREE_TEXT = frozenset({"text", "placeholder"})
+_FREE_TEXT = frozenset({"text", "placeholder", "text_without_image"})
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -146,6 +148,43 @@ class PostImage(Action):
     height: int = 0
 
 
+@dataclass(frozen=True, kw_only=True, repr=False)
+class SendPreview(Action):
+    """Show the GP (``user_id``), in their direct chat, the held image ``image_id`` exactly
+    as ``!blur`` would post it: the same vault item, so the same bytes. ``text`` is the
+    caption (it starts with "PREVIEW": what was found and blurred, how to confirm).
+    A transport that must not carry the picture (one without end-to-end encryption whose
+    operator has not allowed previews there) sends ``text_without_image`` instead.
+    Feedback: ``PreviewSent(referral_id, image_id, preview_ref, media_uri)``."""
+
+    feedback: ClassVar[str | None] = "PreviewSent"
+    user_id: str
+    referral_id: str
+    image_id: str
+    filename: str
+    media_type: str
+    width: int = 0
+    height: int = 0
+    text: str
+    text_without_image: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class RemovePreview(Action):
+    """Take a preview out of the GP's direct chat: redact ``preview_ref`` (when the
+    preview was sent) and delete every upload the transport made for the preview of
+    ``image_id`` (also one whose message never got sent). Feedback:
+    ``PreviewRemoved(referral_id, image_id, media_deleted)``."""
+
+    feedback: ClassVar[str | None] = "PreviewRemoved"
+    user_id: str
+    referral_id: str
+    image_id: str
+    preview_ref: str = ""
+    media_uri: str = ""
+    reason: str = "Preview no longer needed"
+
+
 @dataclass(frozen=True, kw_only=True)
 class PostedImageRef:
     """Where a posted image lives in the chat."""
@@ -225,7 +264,7 @@ class PurgeFiledCopies(Action):
 ACTION_TYPES: dict[str, type[Action]] = {
     cls.__name__: cls
     for cls in (Reply, Notify, Acknowledge, PostThreadRoot, PostImage, RedactOriginalUpload, RemoveImages, ExportReferral,
-                FileRecord, PurgeFiledCopies)
+                FileRecord, PurgeFiledCopies, SendPreview, RemovePreview)
 }
 
 

@@ -129,7 +129,7 @@ class ExportCmd:
 
 @dataclass(frozen=True)
 class BlurCmd:
-    """Send the held image(s) of a referral with the faces and text found blurred."""
+    """Post the held image(s) of a referral exactly as previewed: the faces and text found, blurred."""
 
     referral_id: str
 
@@ -624,8 +624,8 @@ HELP_TOPICS: dict[str, str] = {
     "status": "!status lists your referrals; !status R-… shows one.",
     "cancel": "!cancel R-… — closes the referral and removes its images from the specialty room.",
     "export": "!export R-… — exports the record (FHIR) for the patient's notes; the vault copy is then destroyed.",
-    "blur": "!blur R-… — sends the held image(s) with the faces and text I found blurred (when the consent does not cover identifiable images).",
-    "discard": "!discard R-… — drops the held image(s) without sending them; !discard alone drops the photos I am holding because I did not know their referral.",
+    "blur": "!blur R-… — posts the held image(s) exactly as the PREVIEW I sent you shows them: the faces and text I found, blurred (when the consent does not cover identifiable images). Look first: the check can miss some.",
+    "discard": "!discard R-… — destroys the held image(s) and their preview without sending anything; !discard alone drops the photos I am holding because I did not know their referral.",
     "photo": "!photo R-… — the photo(s) I am holding are for this referral (when I could not tell which of your referrals they belong to).",
     "reply": "!reply R-… <text> — GP: your answer goes into the referral's thread (or just reply to the specialist's message). In a thread, specialists can simply write; !reply <text> works too.",
     "morephotos": "!morephotos <what is needed> — specialist, in the thread: asks the GP for another photo and keeps the referral open longer.",

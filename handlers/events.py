@@ -5,8 +5,9 @@ Two kinds:
 * **Inputs from people** (``CommandReceived``, ``ImageReceived``, ``ThreadActivity``),
   built by a transport from a chat event after resolving the sender to an ``Actor``.
 * **Feedback from the transport** after it executed an outbox action
-  (``ThreadRootPosted``, ``ImagePosted``, ``ImagesRemoved``, ``ExportCompleted``,
-  ``MessageSent``, ``ActionFailed``), plus the timer ``Tick``.
+  (``ThreadRootPosted``, ``ImagePosted``, ``ImagesRemoved``, ``PreviewSent``,
+  ``PreviewRemoved``, ``ExportCompleted``, ``MessageSent``, ``ActionFailed``), plus the
+  timer ``Tick``.
 
 ``in_reply_to`` on a person's message is the transport event id it answers (a Matrix
 reply's ``m.in_reply_to``); the workflow uses it to tell which referral a photo or an
@@ -42,6 +43,8 @@ __all__ = [
     "ThreadRootPosted",
     "ImagePosted",
     "ImagesRemoved",
+    "PreviewSent",
+    "PreviewRemoved",
     "ExportCompleted",
     "MessageSent",
     "ActionFailed",
@@ -178,6 +181,33 @@ class ImagesRemoved:
 
 
 @dataclass(frozen=True)
+class PreviewSent:
+    """Feedback for ``SendPreview``: the preview is in the GP's direct chat.
+    ``preview_ref``: the transport's reference to that message, for ``RemovePreview``
+    (Matrix ``"!room/$event"``); ``media_uri``: its upload ("" when the transport sent
+    the words only)."""
+
+    event_id: str
+    at: datetime
+    referral_id: str
+    image_id: str
+    preview_ref: str
+    media_uri: str = ""
+
+
+@dataclass(frozen=True)
+class PreviewRemoved:
+    """Feedback for ``RemovePreview``: the preview left the chat (and its media was
+    deleted from the server where the transport can: ``media_deleted``)."""
+
+    event_id: str
+    at: datetime
+    referral_id: str
+    image_id: str
+    media_deleted: bool = True
+
+
+@dataclass(frozen=True)
 class ExportCompleted:
     """Feedback for ``ExportReferral``: the record was exported; vault copies may go."""
 
@@ -262,6 +292,8 @@ Event = Union[
     ThreadRootPosted,
     ImagePosted,
     ImagesRemoved,
+    PreviewSent,
+    PreviewRemoved,
     ExportCompleted,
     MessageSent,
     ActionFailed,

@@ -28,10 +28,17 @@ The conversation around a referral (relaying the specialists' messages to the GP
 the GP's answers into the thread, ``!morephotos``, ``!addendum``) is decided here too:
 who may do it is checked by the workflow, when it may happen is the ``ALLOWED`` table.
 
-Per-image states (``ImageState``): held (faces, consent not identifiable) ->
+Per-image states (``ImageState``): held (faces or text, consent not identifiable) ->
 waiting (no thread root yet) -> posting (PostImage enqueued) -> posted ->
 removing (RemoveImages enqueued) -> removed; or discarded (never shown). No
 ``PostImage`` is produced unless ``handlers.consent.check_cover`` passes at that moment.
+
+A held image shows the GP a preview (``SendPreview``: the same blurred vault copy that
+``!blur`` posts) and waits ``Policy.held_photo_ttl`` for the GP's decision. The preview
+lives only while its image is held or on its way to the thread: whatever moves the image
+on (posted, discarded, the held time over, the referral closed, consent withdrawn) also
+takes the preview out of the chat (``RemovePreview``; ``_settle_previews`` is the one
+rule, called by every transition that can move an image).
 """
 from __future__ import annotations
 
@@ -50,7 +57,9 @@ from handlers.actions import (
     PostThreadRoot,
     PurgeFiledCopies,
     RemoveImages,
+    RemovePreview,
     Reply,
+    SendPreview,
 )
 from handlers.consent import check_cover
 from handlers.events import DirectChat, Place, SpecialtyThread
@@ -63,6 +72,7 @@ from handlers.model import (
     ConsentRecord,
     ImageItem,
     ImageState,
+    PreviewState,
     Referral,
     ReferralState,
 )
@@ -79,6 +89,10 @@ __all__ = [
     "add_image",
     "release_held",
     "discard_held",
+    "preview_sent",
+    "preview_failed",
+    "preview_removed",
+    "found_words",
     "root_posted",
     "image_posted",
     "discussed",
@@ -126,6 +140,7 @@ class Input(str, enum.Enum):
     ADDENDUM = "addendum"  # a specialist added to the opinion
     FILE = "file"  # file the record: on closing, !export, withdrawal, an addendum
     FILED = "filed"  # feedback from the sinks (RecordFiled)
+    PREVIEW = "preview"  # feedback about a held image's preview (sent, failed, removed)
 
 
 _OPEN = tuple(s for s in S if s in OPEN_STATES)  # in lifecycle order
@@ -157,6 +172,7 @@ ALLOWED: dict[Input, tuple[ReferralState, ...]] = {
     Input.ADDENDUM: (S.OPINION_GIVEN, S.IMAGES_EXPIRED, S.CLOSED),
     Input.FILE: _ALL,  # a referral is filed whatever its chat state; withdrawal re-files the notice
     Input.FILED: _ALL,
+    Input.PREVIEW: _ALL,  # feedback may arrive late; a preview outliving its image is removed
 }
 
 
@@ -367,10 +383,15 @@ def add_image(
     _require(ref, Input.ADD_IMAGE)
     eff = Effects()
     if item.state is ImageState.HELD:
+        # the GP sees what would be sent before deciding; undecided, it does not linger
+        ttl = (policy or Policy()).held_photo_ttl
+        item = dataclasses.replace(item, held_until=at + ttl, preview=PreviewState.REQUESTED)
         ref = ref.with_image(item)
         eff.audit.append(
-            _audit(actor, "image.held", at, ref, image_id=item.image_id, faces=item.faces, routed_by=routed_by)
+            _audit(actor, "image.held", at, ref, image_id=item.image_id, faces=item.faces,
+                   regions=item.text_regions, routed_by=routed_by)
         )
+        eff.actions.append(_send_preview(ref, item))
         return ref, eff
     eff.audit.append(
         _audit(
@@ -404,6 +425,7 @@ def release_held(
         ref = _schedule_post(ref, dataclasses.replace(item, state=ImageState.WAITING), consent, at, eff, policy)
     if ref.state is S.OPENED and any(i.state in (ImageState.WAITING, ImageState.POSTING) for i in ref.images):
         ref = dataclasses.replace(ref, state=S.IMAGES_RECEIVED)
+    ref = _settle_previews(ref, eff, at)  # kept until posted; gone at once if refused
     return ref, eff
 
 
@@ -419,6 +441,121 @@ def discard_held(ref: Referral, *, at: datetime, actor: str) -> tuple[Referral, 
         if not item.shredded:
             eff.shred.append(item.image_id)
         eff.audit.append(_audit(actor, "image.discarded", at, ref, image_id=item.image_id, rule="gp"))
+    ref = _settle_previews(ref, eff, at)
+    return ref, eff
+
+
+# ------------------------------------------------------------------ previews
+def found_words(faces: int, text_regions: int) -> str:
+    """'1 face', '2 faces and 1 text area', '3 text areas': what the check found."""
+    bits = []
+    if faces:
+        bits.append(f"{faces} face{'' if faces == 1 else 's'}")
+    if text_regions:
+        bits.append(f"{text_regions} text area{'' if text_regions == 1 else 's'}")
+    return " and ".join(bits)
+
+
+def _send_preview(ref: Referral, item: ImageItem) -> SendPreview:
+    """The preview of a held image: its blurred vault copy, with words that say what was
+    looked for, what was found and blurred, and how to confirm. Never that nothing else
+    identifies the patient: the check finds most faces and text, not all."""
+    rid = ref.referral_id
+    found = found_words(item.faces, item.text_regions) or "what I found"
+    head = f"{item.filename}, checked for faces and text: {found} blurred."
+    tail = "The check can miss some, so look before you send."
+    return SendPreview(
+        user_id=ref.referrer,
+        referral_id=rid,
+        image_id=item.image_id,
+        filename=item.filename,
+        media_type=item.media_type,
+        width=item.width,
+        height=item.height,
+        text=(f"PREVIEW, not sent: {head} !blur {rid} posts exactly this image to {ref.specialty}; "
+              f"!discard {rid} destroys it. {tail}"),
+        text_without_image=(
+            f"PREVIEW, not sent (no picture: this chat is not end-to-end encrypted): {head} "
+            f"!blur {rid} posts it to {ref.specialty} with those blurred; !discard {rid} destroys it. "
+            f"{tail}"),
+    )
+
+
+#: image states in which a preview still has a purpose (the image is held, or on its way)
+_PREVIEW_USEFUL = (ImageState.HELD, ImageState.WAITING, ImageState.POSTING)
+
+
+def _settle_previews(ref: Referral, eff: Effects, at: datetime) -> Referral:
+    """THE preview rule: a preview in the chat whose image is no longer held or on its
+    way (posted, discarded, expired, withdrawn) is taken out (``RemovePreview``). One still
+    being sent is taken out when its ``PreviewSent`` arrives (``preview_sent``)."""
+    for item in ref.images:
+        if item.preview is not PreviewState.SHOWN or item.state in _PREVIEW_USEFUL:
+            continue
+        posted = item.state in (ImageState.POSTED, ImageState.REMOVING, ImageState.REMOVED)
+        ref = ref.with_image(dataclasses.replace(item, preview=PreviewState.REMOVING))
+        eff.actions.append(RemovePreview(
+            user_id=ref.referrer, referral_id=ref.referral_id, image_id=item.image_id,
+            preview_ref=item.preview_ref or "", media_uri=item.preview_media_uri or "",
+            reason="Posted to the specialists" if posted else "Held photo destroyed",
+        ))
+        eff.audit.append(_audit(BOT_ACTOR, "image.preview_removal_requested", at, ref, image_id=item.image_id,
+                                reason="posted" if posted else "destroyed"))
+    return ref
+
+
+def preview_sent(ref: Referral, *, image_id: str, preview_ref: str, media_uri: str, at: datetime) -> tuple[Referral, Effects]:
+    """Feedback: the preview is in the GP's direct chat (audited: a copy of the image,
+    blurred, went to the referrer). If its image moved on meanwhile, it is removed at once."""
+    _require(ref, Input.PREVIEW)
+    eff = Effects()
+    item = ref.image(image_id)
+    if item is None or item.preview is not PreviewState.REQUESTED:
+        return ref, eff  # duplicate feedback
+    item = dataclasses.replace(item, preview=PreviewState.SHOWN, preview_ref=preview_ref,
+                               preview_media_uri=media_uri or None)
+    ref = ref.with_image(item)
+    # who could see it (the GP alone, in their direct chat), and whether it was the picture
+    eff.audit.append(_audit(BOT_ACTOR, "image.preview_sent", at, ref, image_id=image_id, members=[ref.referrer],
+                            kind="image" if media_uri else "words"))
+    return _settle_previews(ref, eff, at), eff
+
+
+def preview_failed(ref: Referral, *, image_id: str, reason: str, at: datetime) -> tuple[Referral, Effects]:
+    """Feedback: the preview could not be sent (the transport gave up). Whatever it
+    uploaded is deleted; the GP is told the photo is still held and what to do."""
+    _require(ref, Input.PREVIEW)
+    eff = Effects()
+    item = ref.image(image_id)
+    if item is None or item.preview is not PreviewState.REQUESTED:
+        return ref, eff
+    ref = ref.with_image(dataclasses.replace(item, preview=PreviewState.REMOVING))
+    eff.actions.append(RemovePreview(user_id=ref.referrer, referral_id=ref.referral_id, image_id=image_id,
+                                     reason="Preview not sent"))
+    eff.audit.append(_audit(BOT_ACTOR, "image.preview_failed", at, ref, image_id=image_id))
+    if item.state is ImageState.HELD and ref.is_open:
+        rid = ref.referral_id
+        found = found_words(item.faces, item.text_regions) or "what I found"
+        eff.actions.append(Notify(
+            user_id=ref.referrer,
+            text=(f"I could not show you the preview of {item.filename}: {reason} It is still held (not sent): "
+                  f"!blur {rid} posts it with {found} blurred, !discard {rid} destroys it."),
+            mentions=(ref.referrer,),
+            referral_id=rid,
+        ))
+    return ref, eff
+
+
+def preview_removed(ref: Referral, *, image_id: str, media_deleted: bool, at: datetime) -> tuple[Referral, Effects]:
+    """Feedback: the preview left the GP's chat (and the server, where ``media_deleted``)."""
+    _require(ref, Input.PREVIEW)
+    eff = Effects()
+    item = ref.image(image_id)
+    if item is None or item.preview is not PreviewState.REMOVING:
+        return ref, eff
+    ref = ref.with_image(dataclasses.replace(item, preview=PreviewState.REMOVED))
+    eff.audit.append(_audit(BOT_ACTOR, "image.preview_removed", at, ref, image_id=image_id,
+                            media_deleted=media_deleted))
     return ref, eff
 
 
@@ -438,6 +575,7 @@ def root_posted(
             ref = _schedule_post(ref, item, consent, at, eff)
         else:
             ref = ref.with_image(dataclasses.replace(item, state=ImageState.DISCARDED))
+    ref = _settle_previews(ref, eff, at)
     return ref, eff
 
 
@@ -498,7 +636,7 @@ def image_posted(
         eff.audit.append(_audit(BOT_ACTOR, "image.removal_requested", at, ref, count=1, reason="late_post"))
         if ref.state is S.CLOSED:
             ref = dataclasses.replace(ref, state=S.IMAGES_EXPIRED, closed_at=None)
-        return ref, eff
+        return _settle_previews(ref, eff, at), eff
     if item.state is not ImageState.POSTING:
         return ref, eff  # duplicate or out-of-order feedback
     item = dataclasses.replace(item, state=ImageState.POSTED, room_event_id=room_event_id, media_uri=media_uri)
@@ -513,6 +651,7 @@ def image_posted(
         eff.audit.append(_audit(BOT_ACTOR, "image.removal_requested", at, ref, count=1, reason=reason.value))
     elif ref.state in (S.OPENED, S.IMAGES_RECEIVED):
         ref = dataclasses.replace(ref, state=S.POSTED)
+    ref = _settle_previews(ref, eff, at)  # the GP's preview has done its job
     return ref, eff
 
 
@@ -564,6 +703,7 @@ def give_opinion(
         )
     )
     eff.audit.append(_audit(by, "opinion.given", at, ref))
+    ref = _settle_previews(ref, eff, at)
     ref = _file(ref, at=at, policy=policy, reason="closed", eff=eff)
     return ref, eff
 
@@ -592,6 +732,7 @@ def _start_removal(ref: Referral, *, at: datetime, reason: CloseReason, actor: s
     else:
         ref = dataclasses.replace(ref, state=S.CLOSED, closed_at=at)
         eff.audit.append(_audit(actor, "referral.closed", at, ref, reason=reason.value))
+    ref = _settle_previews(ref, eff, at)
     return ref, eff
 
 
@@ -689,6 +830,7 @@ def post_failed(
     if ref.state is S.IMAGES_EXPIRED and not any(i.state.in_chat for i in ref.images):
         ref = dataclasses.replace(ref, state=S.CLOSED, closed_at=at)
         eff.audit.append(_audit(BOT_ACTOR, "referral.closed", at, ref, reason=(ref.close_reason or CloseReason.CANCELLED).value))
+    ref = _settle_previews(ref, eff, at)
     return ref, eff
 
 
@@ -862,9 +1004,37 @@ def _filing_timers(ref: Referral, *, at: datetime, policy: Policy, eff: Effects)
 
 
 # ------------------------------------------------------------------ timers
+def _held_expiry(ref: Referral, *, at: datetime, policy: Policy, eff: Effects) -> Referral:
+    """Held photos the GP did not decide on in ``policy.held_photo_ttl``: destroyed (vault
+    copy and preview) and the GP told. Nothing was sent; the referral stays open."""
+    due = [i for i in ref.images if i.state is ImageState.HELD and i.held_until is not None and at >= i.held_until]
+    if not due:
+        return ref
+    for item in due:
+        ref = ref.with_image(dataclasses.replace(item, state=ImageState.DISCARDED, shredded=True))
+        if not item.shredded:
+            eff.shred.append(item.image_id)
+        eff.audit.append(_audit(BOT_ACTOR, "image.discarded", at, ref, image_id=item.image_id, rule="held_expired"))
+    rid = ref.referral_id
+    what = f"the held photo {due[0].filename}" if len(due) == 1 else f"{len(due)} held photos"
+    it = "it" if len(due) == 1 else "them"
+    previewed = any(i.preview in (PreviewState.REQUESTED, PreviewState.SHOWN) for i in due)
+    preview = f" and {'its' if len(due) == 1 else 'their'} preview" if previewed else ""
+    eff.actions.append(Notify(
+        user_id=ref.referrer,
+        text=(f"I destroyed {what} of {rid} ({ref.specialty}: {gist(ref.question)}){preview}: you did not send {it} with !blur {rid} or drop {it} with !discard {rid} by "
+              f"{fmt_time(due[0].held_until, policy.time_zone)}, so nothing was sent. {rid} is still open: "
+              f"send a new photo if the specialists need one."),
+        mentions=(ref.referrer,),
+        referral_id=rid,
+    ))
+    return _settle_previews(ref, eff, at)
+
+
 def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effects]:
     """Everything due at *at*: reminder, max-lifetime expiry, grace-period removal,
-    vault retention. Idempotent: a second tick at the same time does nothing."""
+    held photos nobody decided on, vault retention. Idempotent: a second tick at the
+    same time does nothing."""
     eff = Effects()
     if ref.is_open and at >= ref.expires_at:
         ref, e = _start_removal(ref, at=at, reason=CloseReason.EXPIRED, actor=BOT_ACTOR)
@@ -906,6 +1076,8 @@ def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effe
     if ref.state is S.OPINION_GIVEN and ref.remove_images_at is not None and at >= ref.remove_images_at:
         ref, e = _start_removal(ref, at=at, reason=CloseReason.OPINION, actor=BOT_ACTOR)
         eff.extend(e)
+    if ref.is_open:
+        ref = _held_expiry(ref, at=at, policy=policy, eff=eff)
     ref = _filing_timers(ref, at=at, policy=policy, eff=eff)
     if ref.awaiting_filing:
         return ref, eff  # nothing is destroyed unfiled (only withdrawal does that)

@@ -37,6 +37,7 @@ __all__ = [
     "CloseReason",
     "ImageState",
     "ImageItem",
+    "PreviewState",
     "Referral",
     "Addendum",
     "UnassignedPhoto",
@@ -238,9 +239,27 @@ class ImageState(str, enum.Enum):
         return self in (ImageState.POSTING, ImageState.POSTED, ImageState.REMOVING)
 
 
+class PreviewState(str, enum.Enum):
+    """The blurred preview a held image shows the GP in their direct chat (issue 11).
+    A preview lives only while its image is held or on its way to the thread: once the
+    image is posted, discarded, expired or withdrawn, the preview is removed too."""
+
+    NONE = "none"  # no preview (the image was never held, or was held before previews)
+    REQUESTED = "requested"  # SendPreview is in the outbox
+    SHOWN = "shown"  # in the GP's direct chat (``ImageItem.preview_ref``)
+    REMOVING = "removing"  # RemovePreview is in the outbox
+    REMOVED = "removed"  # redacted, its media deleted where the transport can
+
+
 @dataclass(frozen=True)
 class ImageItem:
-    """One clean image of a referral. The bytes live in the vault under ``image_id``."""
+    """One clean image of a referral. The bytes live in the vault under ``image_id``.
+
+    A held image (``HELD``: faces or text found, consent not covering identifiable
+    images) is the blurred copy; ``held_until`` is when it is destroyed if the GP neither
+    sends it (``!blur``) nor drops it (``!discard``). ``preview*``: the copy of it shown to
+    the GP (``PreviewState``); ``preview_ref`` is the transport's reference to that message
+    (Matrix ``"!room/$event"``, Telegram ``"chat:message"``)."""
 
     image_id: str
     referral_id: str
@@ -258,6 +277,11 @@ class ImageItem:
     room_event_id: str | None = None
     media_uri: str | None = None
     shredded: bool = False  # the vault copy is destroyed
+    text_regions: int = 0  # text areas the check found (blurred when the image is held)
+    held_until: datetime | None = None
+    preview: PreviewState = PreviewState.NONE
+    preview_ref: str | None = None
+    preview_media_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -382,6 +406,8 @@ class Referral:
             if not self.reminder_sent:
                 candidates.append(self.reminder_at)
             candidates.append(self.expires_at)
+            candidates.extend(i.held_until for i in self.images
+                              if i.state is ImageState.HELD and i.held_until is not None)
         if self.state is ReferralState.OPINION_GIVEN and self.remove_images_at is not None:
             candidates.append(self.remove_images_at)
         if self.awaiting_filing:

@@ -50,6 +50,10 @@ class Policy:
     # a photo the bot could not place is kept (clean, in the vault, never posted) this long
     # for the GP to say which referral it is for; then it is destroyed and the GP is told
     unassigned_photo_ttl: timedelta = timedelta(minutes=10)
+    # a photo held because the check found a face or text (consent not covering identifiable
+    # images) waits this long for the GP's !blur or !discard; then it and its preview are
+    # destroyed and the GP is told (nothing undecided lingers in the vault or the chat)
+    held_photo_ttl: timedelta = timedelta(hours=24)
     # a referral still counts as "waiting for photos" this long after its last photo, so a
     # burst of photos of one patient is not split by a referral opened meanwhile
     photo_window: timedelta = timedelta(minutes=10)

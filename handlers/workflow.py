@@ -29,6 +29,10 @@ Decisions (also in docs/commands.md):
 * Faces or text found and the consent does not cover identifiable images: the image is
   blurred at once (faces and text boxes) and only the blurred copy is kept, HELD until the
   GP types ``!blur R-…`` (send it blurred) or ``!discard R-…``. Nothing unblurred is posted.
+  The GP first sees that blurred copy in the direct chat, marked PREVIEW (``SendPreview``);
+  ``!blur`` posts the same vault item, so the same bytes. The preview goes when the image
+  is posted or destroyed; an undecided held photo is destroyed after
+  ``Policy.held_photo_ttl`` (handlers/lifecycle.py, "previews").
   When the consent covers identifiable images the check is not run at all (nothing depends
   on it; audited as ``image.faces_not_checked``). Replies say what was checked and what was
   found, never that something cannot be there.
@@ -89,6 +93,8 @@ from handlers.events import (
     ImagesRemoved,
     MessageSent,
     Place,
+    PreviewRemoved,
+    PreviewSent,
     RecordFiled,
     SpecialtyThread,
     ThreadActivity,
@@ -207,11 +213,8 @@ def _plural(n: int, word: str) -> str:
 
 
 def _found_words(result: Any) -> str:
-    """'1 face', 'text', '2 faces and text in 3 places': what the identifiability check found."""
-    bits = [_plural(result.faces, "face")] if result.faces else []
-    if result.text_regions:
-        bits.append("text" if result.text_regions == 1 else f"text in {result.text_regions} places")
-    return " and ".join(bits)
+    """'1 face', '2 faces and 1 text area': what the identifiability check found."""
+    return lc.found_words(result.faces, result.text_regions)
 
 
 class Workflow:
@@ -312,6 +315,16 @@ class Workflow:
                 await ctx.apply(
                     *lc.images_removed(ref, image_ids=tuple(event.image_ids), at=event.at, media_deleted=event.media_deleted)
                 )
+        elif isinstance(event, PreviewSent):
+            ref = await ctx.tx.get_referral(event.referral_id)
+            if ref is not None:
+                await ctx.apply(*lc.preview_sent(ref, image_id=event.image_id, preview_ref=event.preview_ref,
+                                                 media_uri=event.media_uri, at=event.at))
+        elif isinstance(event, PreviewRemoved):
+            ref = await ctx.tx.get_referral(event.referral_id)
+            if ref is not None:
+                await ctx.apply(*lc.preview_removed(ref, image_id=event.image_id, media_deleted=event.media_deleted,
+                                                    at=event.at))
         elif isinstance(event, ExportCompleted):
             ref = await ctx.tx.get_referral(event.referral_id)
             if ref is not None:
@@ -471,15 +484,18 @@ class Workflow:
             self._in_direct_chat(ev, "!blur / !discard")
             assert cmd.referral_id is not None
             ref = await self._own_referral(tx, cmd.referral_id, actor)
+            held = [i for i in ref.images if i.state is ImageState.HELD]
+            photos = "the held photo" if len(held) == 1 else f"the {len(held)} held photos"
             if isinstance(cmd, DiscardCmd):
                 ref = await ctx.apply(*lc.discard_held(ref, at=ev.at, actor=actor.user_id))
-                return f"Held image(s) of {ref.referral_id} discarded and destroyed; nothing was sent."
+                return (f"Destroyed {photos} of {ref.referral_id} and removed the preview; nothing was sent.")
             consent = await self._consent_of(tx, ref)
             refusal = check_cover(consent, actor=actor, at=ev.at, policy=self.policy)
             if refusal is not None:
                 raise _Refuse(refusal.message)
             ref = await ctx.apply(*lc.release_held(ref, consent=consent, at=ev.at, actor=actor.user_id, policy=self.policy))
-            return f"Sending the held image(s) of {ref.referral_id} with the faces and text I found blurred."
+            return (f"Posting {photos} of {ref.referral_id} to {ref.specialty} exactly as previewed, with what I "
+                    f"found blurred; the preview leaves this chat once it is posted.")
         raise _Refuse("Type !help for the list of commands.")
 
     # ---- !consent
@@ -819,7 +835,7 @@ class Workflow:
         if posted:
             bits.append(f"{posted} in the thread")
         if held:
-            bits.append(f"{held} held (type !blur {ref.referral_id} or !discard {ref.referral_id})")
+            bits.append(f"{held} held with a preview sent to the GP (!blur {ref.referral_id} or !discard {ref.referral_id})")
         zone = self.policy.time_zone
         if ref.more_photos_requested and ref.is_open:
             bits.append("another photo asked for")
@@ -1039,6 +1055,7 @@ class Workflow:
             width=keep.width,
             height=keep.height,
             removed_metadata=tuple(labels),
+            text_regions=keep.text_regions if checked else 0,
         )
         ref2, effects = lc.add_image(
             ref, item, consent=consent, at=at, actor=actor.user_id, routed_by=routed_by, policy=self.policy
@@ -1057,10 +1074,13 @@ class Workflow:
         await ctx.apply(ref2, effects)
         summary = ("Removed: " + ", ".join(labels) + ".") if labels else "No hidden data found."
         if held:
+            rid = ref.referral_id
+            until = lc.fmt_time(final.held_until, self.policy.time_zone) if final is not None and final.held_until else ""
             return (
-                f"{summary} I found {_found_words(keep)} in {filename} and consent {consent.consent_id} "
-                f"does not cover identifiable images, so I am holding it (not sent). "
-                f"Type !blur {ref.referral_id} to send it with those blurred, or !discard {ref.referral_id} to drop it."
+                f"{summary} I checked {filename} for faces and text and found {_found_words(keep)}; consent "
+                f"{consent.consent_id} does not cover identifiable images, so I blurred what I found and am holding it "
+                f"(not sent). Look at the PREVIEW I sent you, then type !blur {rid} to post it as shown, "
+                f"or !discard {rid} to destroy it." + (f" If you do neither, I destroy it at {until}." if until else "")
             )
         if final is not None and final.state is ImageState.DISCARDED:
             return f"{summary} But {filename} was not sent: the consent no longer covers sharing."
@@ -1195,7 +1215,7 @@ class Workflow:
     async def _discard_unassigned(self, ctx: _Ctx, ev: CommandReceived) -> str:
         photos = await ctx.tx.unassigned_photos(ev.actor.user_id)
         if not photos:
-            return "I am not holding any photo for you. To drop a photo held for faces, type !discard R-…."
+            return "I am not holding any photo for you. To drop a photo held for a face or text, type !discard R-…."
         for photo in photos:
             await ctx.tx.vault_shred(photo.photo_id)
             await ctx.tx.delete_unassigned_photo(photo.photo_id)
@@ -1244,7 +1264,9 @@ class Workflow:
         ref = await tx.get_referral(ev.referral_id)
         if ref is None:
             return
-        if ev.action_type in ("PostThreadRoot", "PostImage"):
+        if ev.action_type == "SendPreview" and ev.image_id is not None:
+            await ctx.apply(*lc.preview_failed(ref, image_id=ev.image_id, reason=ev.reason, at=ev.at))
+        elif ev.action_type in ("PostThreadRoot", "PostImage"):
             ref2, eff = lc.post_failed(
                 ref, at=ev.at, root=ev.action_type == "PostThreadRoot", image_id=ev.image_id, action_key=ev.action_key
             )

@@ -84,6 +84,8 @@ ALLOWED_DETAIL_KEYS = frozenset(
         # members when an image was posted; the names of the filing sinks (config keys)
         "members",
         "sinks",
+        # issue 11: how many text areas the identifiability check found (a count; never the text)
+        "regions",
     }
 )
 # Only used to give a sharper message for keys that are refused anyway.

@@ -207,9 +207,12 @@ class Thumbnail:
 
 def image_content(upload: UploadedFile, body: str, size: int, width: int | None = None,
                   height: int | None = None, thread_root: str | None = None,
-                  in_reply_to: str | None = None, thumbnail: Thumbnail | None = None) -> dict:
+                  in_reply_to: str | None = None, thumbnail: Thumbnail | None = None,
+                  caption: str | None = None) -> dict:
     """An m.image content for an encrypted room, with an encrypted thumbnail when given
-    (``info.thumbnail_file`` + ``info.thumbnail_info``); never a blurhash."""
+    (``info.thumbnail_file`` + ``info.thumbnail_info``); never a blurhash. ``body`` is the
+    file name; ``caption``, when given, becomes the ``body`` shown under the image (a media
+    caption, Matrix spec 1.10: ``filename`` set and ``body`` different from it)."""
     info: dict[str, Any] = {"mimetype": upload.file_info["mimetype"], "size": size}
     if width and height:
         info["w"], info["h"] = width, height
@@ -218,7 +221,7 @@ def image_content(upload: UploadedFile, body: str, size: int, width: int | None 
         info["thumbnail_info"] = {"mimetype": thumbnail.upload.file_info["mimetype"],
                                   "size": thumbnail.size, "w": thumbnail.width,
                                   "h": thumbnail.height}
-    content: dict[str, Any] = {"msgtype": "m.image", "body": body, "filename": body,
+    content: dict[str, Any] = {"msgtype": "m.image", "body": caption or body, "filename": body,
                                "file": upload.file_info, "info": info}
     if thread_root:
         content["m.relates_to"] = thread_relation(thread_root, in_reply_to)

@@ -14,7 +14,10 @@ Guarantees:
   member (joined or invited) outside the clinician directory, and says so there;
 - trust policy: devices are not interactively verified; room keys are shared with
   every device of the room's members (all of whom are checked against the directory
-  before anything clinical is posted).
+  before anything clinical is posted);
+- a held image's preview goes only to the GP's encrypted direct chat, encrypted like a
+  post, and every upload made for it is in the media ledger (``preview.<image id>``), so
+  RemovePreview deletes it from the server (docs/matrix.md, "Previews").
 """
 from __future__ import annotations
 
@@ -73,6 +76,11 @@ class TransportSettings:
 def _pre_ref(image_id: str) -> str:
     """Media-ledger reference of an image uploaded ahead of its PostImage."""
     return f"pre.{image_id}"
+
+
+def _preview_ref(image_id: str) -> str:
+    """Media-ledger reference of the uploads (image, thumbnail) of a held image's preview."""
+    return f"preview.{image_id}"
 
 
 def _txn(key: str, suffix: str = "") -> str:
@@ -525,6 +533,10 @@ class MatrixTransport(OutboxLoop):
                                       referral_id=action.referral_id, room_event_id=event_id)
         if isinstance(action, A.PostImage):
             return await self._post_image(action, at)
+        if isinstance(action, A.SendPreview):
+            return await self._send_preview(action, at)
+        if isinstance(action, A.RemovePreview):
+            return await self._remove_preview(action, at)
         if isinstance(action, A.RedactOriginalUpload):
             await self._redact_upload(action.upload_ref, action.reason)
             return None
@@ -549,7 +561,7 @@ class MatrixTransport(OutboxLoop):
 
     def _failed(self, action: A.Action, reason: str, referral_id: str | None) -> E.ActionFailed:
         extra = {}
-        if isinstance(action, A.PostImage):
+        if isinstance(action, (A.PostImage, A.SendPreview)):
             extra["image_id"] = action.image_id
         return E.ActionFailed(event_id=f"done:{action.key}", at=self.clock(),
                               action_key=action.key, action_type=type(action).__name__,
@@ -767,6 +779,56 @@ class MatrixTransport(OutboxLoop):
                              image_id=action.image_id, room_event_id=event_id, media_uri=up.mxc,
                              members=members)
 
+    # ------------------------------------------------------------ previews
+    async def _send_preview(self, action: A.SendPreview, at: datetime) -> Any:
+        """A held image's blurred copy, in the GP's encrypted direct chat, captioned
+        PREVIEW: the vault item ``!blur`` posts, uploaded encrypted with an encrypted
+        thumbnail like a post, and alerting the GP (they must decide). Every upload is in
+        the media ledger under ``preview.<image id>`` before the message is sent, so it is
+        deleted even if the message never goes out."""
+        data = await self.store.vault_get(action.image_id)
+        if data is None:  # discarded or destroyed before its preview went out
+            return self._failed(action, "The photo is no longer held.", action.referral_id)
+        room_id = await self._dm_room_for(action.user_id)
+        ref = _preview_ref(action.image_id)
+        thumb_task = asyncio.ensure_future(self._thumbnail(data, action.filename, ref))
+        try:
+            up = await nioclient.upload_encrypted(self.client, data, action.filename, action.media_type)
+        finally:
+            thumb = await thumb_task
+        self.state.record_media(up.mxc, "posted", ref)
+        content = nioclient.image_content(up, action.filename, len(data), action.width, action.height,
+                                          thumbnail=thumb, caption=action.text)
+        content["m.mentions"] = {"user_ids": [action.user_id]}
+        del data
+        try:
+            event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(action.key))
+        except nioclient.MatrixCallError as exc:
+            raise TransientError(str(exc)) from None
+        except LocalProtocolError:  # nio does not know a just-created chat yet
+            await nioclient.sync_once(self.client)
+            event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(action.key))
+        for mxc in self.state.media_for_ref(ref):
+            self.state.record_media(mxc, "posted", ref, event_id)
+        return E.PreviewSent(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
+                             image_id=action.image_id, preview_ref=f"{room_id}/{event_id}",
+                             media_uri=up.mxc)
+
+    async def _remove_preview(self, action: A.RemovePreview, at: datetime) -> Any:
+        """Redact the preview from the GP's chat and delete every upload made for it
+        (also uploads of a preview whose message was never sent)."""
+        room_id, _, event_id = action.preview_ref.partition("/")
+        if room_id and event_id:
+            await self._redact(room_id, event_id, action.reason, key=f"{action.key}.redact")
+        mxcs = set(self.state.media_for_ref(_preview_ref(action.image_id)))
+        if action.media_uri:
+            mxcs.add(action.media_uri)
+        deleted = True
+        for mxc in sorted(mxcs):
+            deleted = await self._delete_media(mxc) and deleted
+        return E.PreviewRemoved(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
+                                image_id=action.image_id, media_deleted=deleted)
+
     def _on_image_cleared(self, image: Any) -> None:
         """The workflow cleared an image for posting (its transaction is still open):
         encrypt and upload it now, so the upload overlaps the vault write and the
@@ -868,17 +930,19 @@ class MatrixTransport(OutboxLoop):
         """At start: pre-uploads are only held in memory, so one the ledger shows without
         an event is from before a crash or stop. It is deleted unless its image still has
         a PostImage in the outbox: the crash may have come after that post was sent and
-        before its event was recorded, and the re-run then ties it to the event."""
-        posting = {entry.action.image_id for entry in await self.store.pending_actions(limit=100_000)
-                   if isinstance(entry.action, A.PostImage)}
-        prefix = _pre_ref("")
-        for mxc, ref in self.state.unposted_media(prefix):
-            if ref[len(prefix):] in posting:
-                continue
-            try:
-                await self._delete_media(mxc)
-            except TransientError:
-                log.warning("could not delete a pre-upload left from the last run")
+        before its event was recorded, and the re-run then ties it to the event. The same
+        for a preview's uploads without an event and without a SendPreview to finish."""
+        pending = [entry.action for entry in await self.store.pending_actions(limit=100_000)]
+        posting = {a.image_id for a in pending if isinstance(a, A.PostImage)}
+        previewing = {a.image_id for a in pending if isinstance(a, A.SendPreview)}
+        for prefix, busy in ((_pre_ref(""), posting), (_preview_ref(""), previewing)):
+            for mxc, ref in self.state.unposted_media(prefix):
+                if ref[len(prefix):] in busy:
+                    continue
+                try:
+                    await self._delete_media(mxc)
+                except TransientError:
+                    log.warning("could not delete an upload left from the last run")
 
     async def _redact(self, room_id: str, event_id: str, reason: str, key: str) -> None:
         resp = await self.client.room_redact(room_id, event_id, reason=reason, tx_id=_txn(key))

@@ -5,6 +5,7 @@
     [telegram]
     token_file = "/run/secrets/telegram_token"   # or token_env = "VAR", or REFERRAL_BOT_TELEGRAM_TOKEN
     allow_images = false        # the explicit opt-in: patient data (images, consent, questions) over Telegram
+    preview_images = false      # show the GP a held photo's blurred preview as a photo (needs allow_images)
     lifetimes = "shorten"       # or "refuse": what to do when the policy outlives Telegram's 48 h delete window
     poll_timeout_seconds = 20
     tick_seconds = 1.0
@@ -57,6 +58,10 @@ class _Secret(str):
 class TelegramConfig:
     token: str = field(repr=False)
     allow_images: bool = False
+    # A held photo's preview is the one image whose de-identification nobody has confirmed
+    # yet (the check can miss a face). Sent as a photo only with this second opt-in;
+    # otherwise the GP gets its description in words (docs/telegram.md, "Previews").
+    preview_images: bool = False
     users: dict[int, str] = field(default_factory=dict)  # telegram user id -> directory user id
     specialty_chats: dict[str, int] = field(default_factory=dict)  # specialty -> supergroup chat id
     lifetimes: str = "shorten"
@@ -133,6 +138,12 @@ def parse_telegram_config(raw: dict[str, Any] | None, base: Path | None = None,
     allow = t.get("allow_images", False)
     if not isinstance(allow, bool):
         raise TelegramConfigError("[telegram] allow_images must be true or false.")
+    previews = t.get("preview_images", False)
+    if not isinstance(previews, bool):
+        raise TelegramConfigError("[telegram] preview_images must be true or false.")
+    if previews and not allow:
+        raise TelegramConfigError("[telegram] preview_images = true needs allow_images = true: without it no "
+                                  "photo is taken on Telegram, so there is nothing to preview.")
     lifetimes = str(t.get("lifetimes", "shorten"))
     if lifetimes not in ("shorten", "refuse"):
         raise TelegramConfigError('[telegram] lifetimes must be "shorten" or "refuse".')
@@ -165,6 +176,7 @@ def parse_telegram_config(raw: dict[str, Any] | None, base: Path | None = None,
     return TelegramConfig(
         token=token,
         allow_images=allow,
+        preview_images=previews,
         users=users,
         specialty_chats=chats,
         lifetimes=lifetimes,

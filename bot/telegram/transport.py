@@ -20,6 +20,11 @@ carrying patient data is accepted here: photos and files are deleted from the pr
 and refused, and ``!consent`` / ``!refer`` (which carry a patient reference or a clinical
 question) are refused too, pointing to the encrypted channel. What remains is ``!help``,
 ``!status`` and data-free notifications (see :mod:`bot.telegram.notifier`).
+
+A held photo's preview (``SendPreview``) goes to the GP's private chat as a photo only when
+the operator also set ``preview_images = true``; otherwise as words (what was found and
+blurred, how to confirm), since the preview is exactly the image nobody has yet confirmed
+to be de-identified. ``RemovePreview`` deletes that message.
 """
 from __future__ import annotations
 
@@ -288,7 +293,8 @@ class TelegramTransport(OutboxLoop):
         self._refuse(f"action_{type(action).__name__}")
         return E.ActionFailed(event_id=f"done:{action.key}", at=self.clock(), action_key=action.key,
                               action_type=type(action).__name__, reason=reason,
-                              referral_id=referral_id, permanent=True)
+                              referral_id=referral_id, permanent=True,
+                              image_id=getattr(action, "image_id", None))
 
     def _title(self, specialty: str) -> str:
         return self.s.specialty_titles.get(specialty) or specialty.capitalize()
@@ -316,6 +322,10 @@ class TelegramTransport(OutboxLoop):
                 return None
             if isinstance(action, A.RemoveImages):
                 return await self._remove_images(action, at)
+            if isinstance(action, A.SendPreview):
+                return await self._send_preview(action, at)
+            if isinstance(action, A.RemovePreview):
+                return await self._remove_preview(action, at)
             if isinstance(action, A.ExportReferral):
                 return await self._export(action, at)
         except (BadRequest, Forbidden) as exc:
@@ -422,6 +432,41 @@ class TelegramTransport(OutboxLoop):
         return E.ImagePosted(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
                              image_id=action.image_id, room_event_id=f"{chat_id}:{sent.message_id}",
                              media_uri=f"tg-file:{media}")
+
+    async def _send_preview(self, action: A.SendPreview, at: datetime) -> Any:
+        """The held photo's preview in the GP's private chat: the blurred vault copy as a
+        photo when the operator allowed previews here, else the words only."""
+        chat_id = self.cfg.telegram_id_for(action.user_id)
+        if chat_id is None:
+            return self._failed(action, "you have no Telegram chat with me.", action.referral_id)
+        media = ""
+        if self.cfg.preview_images:
+            data = await self.store.vault_get(action.image_id)
+            if data is None:
+                return self._failed(action, "The photo is no longer held.", action.referral_id)
+            try:
+                sent = await self.bot.send_photo(chat_id, InputFile(data, filename=action.filename),
+                                                 caption=action.text)
+                media = sent.photo[-1].file_unique_id if sent.photo else ""
+            except BadRequest:  # too large or unusual dimensions for a Telegram photo
+                sent = await self.bot.send_document(chat_id, InputFile(data, filename=action.filename),
+                                                    caption=action.text)
+                media = sent.document.file_unique_id if sent.document else ""
+            media = f"tg-file:{media}"
+        else:
+            sent = await self.bot.send_message(chat_id, action.text_without_image)
+        return E.PreviewSent(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
+                             image_id=action.image_id, preview_ref=f"{chat_id}:{sent.message_id}",
+                             media_uri=media)
+
+    async def _remove_preview(self, action: A.RemovePreview, at: datetime) -> Any:
+        """Delete the preview message. Telegram has no way to delete the file from its
+        servers, so ``media_deleted`` is False (audited as such)."""
+        if action.preview_ref:
+            chat_id, message_id = _split_ref(action.preview_ref)
+            await self._delete(chat_id, message_id)
+        return E.PreviewRemoved(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
+                                image_id=action.image_id, media_deleted=False)
 
     async def _delete(self, chat_id: int, message_id: int) -> bool:
         """Delete a message. True if it is gone (deleted now or already), False if Telegram

@@ -99,6 +99,8 @@ class Harness:
         self.fail_filing: str | None = None  # reason: make every filing sink refuse
         self.filed: list[A.FileRecord] = []  # what the scripted sinks took
         self.room_members: tuple[str, ...] = ()  # reported with each ImagePosted
+        self.previews: dict[str, A.SendPreview] = {}  # preview ref -> the preview in the GP's chat
+        self.fail_previews: str | None = None  # reason: make sending previews fail for good
 
     def eid(self, tag: str = "ev") -> str:
         self.counter += 1
@@ -193,6 +195,21 @@ class Harness:
             return E.ImagesRemoved(done_id, self.now, action.referral_id, tuple(r.image_id for r in action.images))
         if isinstance(action, A.ExportReferral):
             return E.ExportCompleted(done_id, self.now, action.referral_id)
+        if isinstance(action, A.SendPreview):
+            vault_ids = getattr(self.store, "vault_ids", None)
+            if vault_ids is not None and action.image_id not in vault_ids():  # as a real transport finds it
+                return E.ActionFailed(done_id, self.now, action.key, "SendPreview", "The photo is no longer held.",
+                                      action.referral_id, image_id=action.image_id)
+            if self.fail_previews:
+                return E.ActionFailed(done_id, self.now, action.key, "SendPreview", self.fail_previews,
+                                      action.referral_id, image_id=action.image_id)
+            ref = f"!dm:example.org/$preview-{action.image_id}"
+            self.previews[ref] = action
+            return E.PreviewSent(done_id, self.now, action.referral_id, action.image_id, ref,
+                                 f"mxc://hs/preview-{action.image_id}")
+        if isinstance(action, A.RemovePreview):
+            self.previews.pop(action.preview_ref, None)
+            return E.PreviewRemoved(done_id, self.now, action.referral_id, action.image_id)
         if isinstance(action, (A.Reply, A.Notify)):
             in_dm = isinstance(action, A.Notify) or isinstance(action.to, E.DirectChat)
             if in_dm:

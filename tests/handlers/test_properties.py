@@ -16,7 +16,10 @@ and replayed events. Invariants:
   replies to, the !photo answer) or, unnamed, in the only referral waiting for photos;
   never anywhere else (issue 10);
 * words from someone off the roster never reach a GP; held photos never outlive their
-  time (they are destroyed, with the vault copy).
+  time (they are destroyed, with the vault copy);
+* previews (issue 11): only a held image is previewed; what ``!blur`` posts is byte for
+  byte what was previewed; a preview whose image is no longer held or on its way has its
+  removal in the outbox, and none is left once every deadline has passed.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from handlers import actions as A
 from handlers import events as E
 from handlers.consent import check_cover
-from handlers.model import ReferralState
+from handlers.model import ImageState, ReferralState
 
 from .helpers import DERM, GP, GP2, NOT_ROSTER, Harness, jpeg_with_metadata, small_face_jpeg
 
@@ -67,6 +70,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         # upload ref -> where the photo may go: ("named", rid), ("refused", None) or
         # ("only", rid-or-None) for an unnamed photo (the only waiting referral then, if any)
         self.intent: dict[str, tuple[str, str | None]] = {}
+        self.previewed: dict[str, bytes] = {}  # image id -> the bytes its preview showed
 
     def teardown(self) -> None:
         self.loop.close()
@@ -101,6 +105,10 @@ class WorkflowMachine(RuleBasedStateMachine):
                 assert check_cover(consent, actor=None, at=self.h.now) is None, "post without valid consent"
                 item = ref.image(a.image_id)
                 assert item.faces == 0 or consent.identifiable or item.faces_blurred, "unblurred face posted"
+            if isinstance(a, A.SendPreview):
+                item = self.h.store.referral(a.referral_id).image(a.image_id)
+                assert item is not None and item.state is ImageState.HELD, "a preview of an image not held"
+                assert a.text.startswith("PREVIEW") and a.user_id == self.h.store.referral(a.referral_id).referrer
             if isinstance(a, A.RemoveImages):
                 for r in a.images:
                     assert r.image_id not in self.removed_images, "image removed twice"
@@ -257,6 +265,11 @@ class WorkflowMachine(RuleBasedStateMachine):
             elif isinstance(a, A.PostImage) and await h.store.vault_get(a.image_id) is None:
                 fb = E.ActionFailed(f"done:{a.key}", h.now, a.key, "PostImage", "Image gone.", a.referral_id, image_id=a.image_id)
             else:
+                data = await h.store.vault_get(a.image_id) if isinstance(a, (A.SendPreview, A.PostImage)) else None
+                if isinstance(a, A.SendPreview) and data is not None:
+                    self.previewed[a.image_id] = data
+                if isinstance(a, A.PostImage) and a.image_id in self.previewed:
+                    assert data == self.previewed[a.image_id], "posted bytes differ from the preview"
                 fb = h._execute(a)
             if fb is not None:
                 await self._handle(fb)
@@ -292,6 +305,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         for ref in self.h.store.referrals():
             assert ref.state is ReferralState.CLOSED, (ref.referral_id, ref.state)
         assert self.h.store.unassigned() == [], "a held photo outlived its time"
+        assert self.h.previews == {}, "a preview outlived its photo"
 
     async def _settle(self):
         await self._handle(E.Tick(at=self.h.now))
@@ -309,6 +323,15 @@ class WorkflowMachine(RuleBasedStateMachine):
             owner = [r for r in self.h.store.referrals() if r.image(image_id)]
             assert owner, room_event
             assert owner[0].image(image_id).state.in_chat or owner[0].image(image_id).state.name == "DISCARDED"
+
+    @invariant()
+    def a_preview_lives_only_while_its_photo_is_held_or_on_its_way(self):
+        removing = {e.action.image_id for e in self.run(self.h.store.pending_actions())
+                    if isinstance(e.action, A.RemovePreview)}
+        for preview in self.h.previews.values():
+            item = self.h.store.referral(preview.referral_id).image(preview.image_id)
+            if item.state not in (ImageState.HELD, ImageState.WAITING, ImageState.POSTING):
+                assert item.image_id in removing, f"preview of a {item.state.value} image left in the chat"
 
     @invariant()
     def withdrawn_consent_leaves_no_vault_copy(self):

@@ -197,7 +197,7 @@ async def test_face_held_then_discarded_is_shredded():
     await h.send_image(GP, face_jpeg())
     (item,) = h.store.referral(rid).images
     assert item.image_id in h.store.image_vault_ids()
-    assert "discarded" in reply_text(await h.say(GP, f"!discard {rid}"))
+    assert "Destroyed the held photo" in reply_text(await h.say(GP, f"!discard {rid}"))
     assert item.image_id not in h.store.image_vault_ids()
     await h.drain()
     assert h.chat == {} and h.store.referral(rid).images[0].state is ImageState.DISCARDED

@@ -196,3 +196,14 @@ def test_consent_window_and_patient_reference_schemes(tmp_path):
         with pytest.raises(ConfigError, match=says):
             parse_config({"policy": {"patient_references": bad}}, need_matrix=False)
 
+
+
+def test_held_photo_time_is_configurable_and_must_be_positive():
+    """How long a photo held for a face or text (preview sent) waits for !blur / !discard."""
+    from bot.config import parse_config as parse
+
+    assert parse({}, need_matrix=False).policy().held_photo_ttl == timedelta(hours=24)
+    pol = parse({"policy": {"held_photo_hours": 4}}, need_matrix=False).policy()
+    assert pol.held_photo_ttl == timedelta(hours=4)
+    with pytest.raises(ConfigError, match="held_photo must be more than 0"):
+        parse({"policy": {"held_photo_minutes": 0}}, need_matrix=False)
