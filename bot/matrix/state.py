@@ -103,6 +103,10 @@ class TransportState:
                    "ON CONFLICT(mxc) DO UPDATE SET room_event=COALESCE(excluded.room_event, "
                    "media.room_event)", (mxc, kind, ref, room_event, time.time()))
 
+    def retag_media(self, mxc: str, ref: str) -> None:
+        """File an upload under another reference (an early upload taken by its image)."""
+        self._exec("UPDATE media SET ref=? WHERE mxc=?", (ref, mxc))
+
     def media_for_ref(self, ref: str, include_deleted: bool = False) -> list[str]:
         sql = "SELECT mxc FROM media WHERE ref=?"
         if not include_deleted:

@@ -27,12 +27,15 @@ def sanitize(
     detect_faces: bool = True,
     detect_text: bool = False,
     blur_text: bool = False,
+    thumbnail: bool = False,
 ) -> SanitizedImage:
     """Strip everything but the pixels from an image.
 
     ``detect_faces`` / ``detect_text`` run the identifiability check (faces; text regions:
     labels, wristbands, writing), ``blur_faces`` / ``blur_text`` also blur what was found
-    (and imply the check). Raises ImageRefused (one plain sentence, ``.reason`` a short
+    (and imply the check). ``thumbnail``: also return ``result.thumbnail`` (800x600 at most)
+    when the check's own decode gives it for free (a JPEG in which nothing was blurred);
+    otherwise it stays None and the caller makes one from the bytes. Raises ImageRefused (one plain sentence, ``.reason`` a short
     code) for anything we will not pass on. Never raises anything else for bad input, but
     raises ``DetectorUnavailable`` if a check was asked for and its model cannot be loaded.
     """
@@ -53,7 +56,7 @@ def sanitize(
         if kind == "jpeg":
             from ._jpeg_path import sanitize_jpeg_image
 
-            result = sanitize_jpeg_image(data, limits, want)
+            result = sanitize_jpeg_image(data, limits, want, thumbnail=thumbnail)
         else:
             from ._reencode import sanitize_other
 

@@ -320,11 +320,18 @@ def _text_pool():
         return _pool
 
 
-def check(rgb: np.ndarray, *, want_faces: bool, want_text: bool) -> tuple[list[Box], list[Box]]:
+def check(rgb: np.ndarray, *, want_faces: bool, want_text: bool, then=None) -> tuple[list[Box], list[Box]]:
     """The identifiability check on one upright RGB picture: (face boxes, text boxes).
-    Both checks release the GIL, so the text detector runs beside the face passes."""
+    Both checks release the GIL, so the text detector runs beside the face passes, which
+    take less time; ``then`` (no arguments) is other work for this thread in that gap."""
     rgb = fit(np.ascontiguousarray(rgb))
     if want_faces and want_text:
         pending = _text_pool().submit(text, rgb)
-        return faces(rgb), pending.result()
-    return (faces(rgb) if want_faces else []), (text(rgb) if want_text else [])
+        found = faces(rgb)
+        if then is not None:
+            then()
+        return found, pending.result()
+    found = (faces(rgb) if want_faces else []), (text(rgb) if want_text else [])
+    if then is not None:
+        then()
+    return found
