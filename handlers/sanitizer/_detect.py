@@ -49,7 +49,17 @@ SHORT_SIDE = 128  # short-range model (its native input): close-ups
 # Scores, chosen on the evaluation set (docs/sanitizer.md; a second, held-out set checks
 # them). Highest score on any skin photo is in the docs.
 FACE_SCORE = 0.7  # short-range, upright whole picture (MediaPipe's default 0.5 fired on lesions)
-FULL_FACE_SCORE = 0.4  # full-range, upright whole picture at 512 px: small faces score low (0.45 missed a 9% face)
+# full-range, upright whole picture at 512 px: small faces score low, and so do face-like
+# blobs of texture (0.38-0.49 on street scenes and generated scenes, against 0.39-0.60 for real
+# faces 4-9% of the frame). So a score from FULL_CANDIDATE up to FULL_FACE_SCORE is only a
+# candidate: it counts when the short-range model, shown that spot from the sharper decode
+# (1008 px), cropped to 3x the box and scaled to its 128 px, scores it >= VERIFY_SCORE (faces
+# 0.74-0.97 on both sets; blobs 0.07-0.63; docs/sanitizer.md).
+FULL_FACE_SCORE = 0.6
+FULL_CANDIDATE = 0.35
+VERIFY_SCORE = 0.7
+VERIFY_GROW = 3.0
+VERIFY_MAX = 8  # candidates looked at again, best first (each look is ~2 ms)
 TURNED_FACE_SCORE = 0.7  # full-range, whole picture turned: 0.6 fired on skin
 NMS_IOU = 0.3
 TURNED_PASSES = True  # look at the picture turned 90/180/270 degrees when nothing is found upright
@@ -200,16 +210,45 @@ def _unturn(rows: np.ndarray, k: int) -> np.ndarray:
     return rows
 
 
-def faces(rgb: np.ndarray, *, rotations: bool | None = None) -> list[Box]:
+def _confirmed(rows: np.ndarray, big: np.ndarray) -> np.ndarray:
+    """The candidate rows the short-range model confirms on a sharper crop of ``big``."""
+    H, W = big.shape[:2]
+    keep = []
+    for row in rows[np.argsort(-rows[:, 4])][:VERIFY_MAX]:
+        x, y, w, h = (float(v) for v in row[:4])
+        side = int(max(w * W, h * H) * VERIFY_GROW)
+        if side < 8:
+            continue
+        x0, y0 = int((x + w / 2) * W - side / 2), int((y + h / 2) * H - side / 2)
+        crop = big[max(0, y0):max(0, y0 + side), max(0, x0):max(0, x0 + side)]
+        pad = (max(0, -y0), max(0, y0 + side - H), max(0, -x0), max(0, x0 + side - W))
+        if any(pad):
+            crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        small = cv2.resize(crop, (SHORT_SIDE, SHORT_SIDE),
+                           interpolation=cv2.INTER_AREA if side > SHORT_SIDE else cv2.INTER_LINEAR)
+        found = _blazeface(_SHORT, np.ascontiguousarray(small), VERIFY_SCORE)
+        centred = (np.abs(found[:, 0] + found[:, 2] / 2 - 0.5) < 0.2) & (np.abs(found[:, 1] + found[:, 3] / 2 - 0.5) < 0.2)
+        if centred.any():
+            keep.append(row)
+    return np.array(keep, np.float32).reshape(-1, 5)
+
+
+def faces(rgb: np.ndarray, *, rotations: bool | None = None, big: np.ndarray | None = None) -> list[Box]:
     """Faces in an upright RGB picture (uint8 HxWx3, at most ~WORK_SIDE on its long side).
 
     Upright: the short-range model on the whole picture (faces from ~15% of the frame height
-    up to close-ups) and the full-range model on the whole picture at 512 px (down to ~4%).
+    up to close-ups) and the full-range model on the whole picture at 512 px (down to ~4%);
+    its low scores are confirmed on ``big`` (the same picture, sharper; default ``rgb``).
     When they find nothing, the full-range model on the picture turned 90, 180 and 270
     degrees (it is the model that finds a face lying on its side).
     """
     rgb = fit(rgb)
-    found = np.concatenate([_short(rgb), _whole(rgb, _FULL, FULL_SIDE, FULL_FACE_SCORE)])
+    full = _whole(rgb, _FULL, FULL_SIDE, FULL_CANDIDATE)
+    sure = full[full[:, 4] >= FULL_FACE_SCORE]
+    maybe = full[full[:, 4] < FULL_FACE_SCORE]
+    if len(maybe):
+        maybe = _confirmed(maybe, rgb if big is None else np.ascontiguousarray(big))
+    found = np.concatenate([_short(rgb), sure, maybe])
     if not len(found) and (TURNED_PASSES if rotations is None else rotations):
         found = np.concatenate([_unturn(_whole(np.ascontiguousarray(np.rot90(rgb, k)), _FULL, TURNED_SIDE,
                                                TURNED_FACE_SCORE), k) for k in (1, 2, 3)])
@@ -321,17 +360,20 @@ def _text_pool():
 
 
 def check(rgb: np.ndarray, *, want_faces: bool, want_text: bool, then=None) -> tuple[list[Box], list[Box]]:
-    """The identifiability check on one upright RGB picture: (face boxes, text boxes).
-    Both checks release the GIL, so the text detector runs beside the face passes, which
-    take less time; ``then`` (no arguments) is other work for this thread in that gap."""
-    rgb = fit(np.ascontiguousarray(rgb))
+    """The identifiability check on one upright RGB picture (the decode, ~1000 px): (face
+    boxes, text boxes). Both detectors look at a WORK_SIDE copy; the face check confirms
+    its doubtful finds on the decode itself. Both release the GIL, so the text detector
+    runs beside the face passes, which take less time; ``then`` (no arguments) is other
+    work for this thread in that gap."""
+    big = np.ascontiguousarray(rgb)
+    small = fit(big)
     if want_faces and want_text:
-        pending = _text_pool().submit(text, rgb)
-        found = faces(rgb)
+        pending = _text_pool().submit(text, small)
+        found = faces(small, big=big)
         if then is not None:
             then()
         return found, pending.result()
-    found = (faces(rgb) if want_faces else []), (text(rgb) if want_text else [])
+    found = (faces(small, big=big) if want_faces else []), (text(small) if want_text else [])
     if then is not None:
         then()
     return found
