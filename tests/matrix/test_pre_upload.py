@@ -177,9 +177,11 @@ async def test_the_early_upload_of_a_photo_the_check_holds_is_deleted(make_world
     early_mxc = await _early_mxc(w, up)
     await flow.bot_reply(w, up.mark, "holding it")
     assert keys == [f"early.{up.event_id}"], keys
-    await flow.nothing_left_on_server(w)  # the early upload among them: deleted, 404
-    assert early_mxc in w.app.transport.state.all_media()
-    assert await nioclient.download_bytes(w.gp.client, early_mxc) is None
+    # the blurred PREVIEW in the GP's chat stays until the GP decides; the early upload goes
+    await flow.media_gone(w, [early_mxc])
+    state = w.app.transport.state
+    assert early_mxc in state.all_media() and early_mxc not in {m for m, _k, _r in state.live_media()}
+    assert all(ref.startswith("preview.") for _m, _k, ref in state.live_media()), state.live_media()
     assert flow.bot_images_in_room(w) == []
 
 
