@@ -152,6 +152,7 @@ class MatrixTransport(OutboxLoop):
         # by the GP's upload event id, until a cleared image with the same bytes takes
         # them (see _on_image_stripped)
         self._early_bytes: dict[str, bytes] = {}
+        self._early_at: dict[str, float] = {}  # when it was handed over (debug timings only)
         if hasattr(workflow, "on_image_stripped"):
             workflow.on_image_stripped = self._on_image_stripped
 
@@ -422,11 +423,13 @@ class MatrixTransport(OutboxLoop):
         filename = content.get("filename")
         body = str(content.get("body") or "")
         caption = body if filename and body and body != filename else ""
+        t0 = time.perf_counter()
         await self._handle(E.ImageReceived(
             event_id=event_id, actor=actor, at=at, data=data,
             filename=str(filename or body or "upload"),
             declared_mimetype=str(info.get("mimetype") or (file_info or {}).get("mimetype") or ""),
             upload_ref=upload_ref, place=place, caption=caption, in_reply_to=answered))
+        log.debug("intake (cleaning and transaction) took %.1f ms", (time.perf_counter() - t0) * 1000)
 
     def _ledger_upload(self, room_id: str, event_id: str, content: dict) -> str:
         """Remember an upload's media (and thumbnail) at once, so it is deleted even
@@ -507,6 +510,7 @@ class MatrixTransport(OutboxLoop):
             for image_id in [i for i, task in self._unsettled.items() if task is me]:
                 del self._unsettled[image_id]
                 self._early_bytes.pop(image_id, None)  # not taken by now: never will be
+                self._early_at.pop(image_id, None)
 
     def _next_batch(self, pending: list) -> list:
         """Posting to the specialists goes first: redacting the GP's upload or replying to
@@ -853,6 +857,10 @@ class MatrixTransport(OutboxLoop):
         if asyncio.current_task() in self._handling:
             self._unsettled[image.image_id] = asyncio.current_task()
         early = _early_key(getattr(image, "event_id", ""))
+        since = self._early_at.pop(early, None)
+        if since is not None:
+            log.debug("image cleared %.1f ms after its stripped bytes were handed over",
+                      (time.perf_counter() - since) * 1000)
         if self._early_bytes.get(early) == image.data and early in self._pre_uploads:
             # uploaded before the transaction (and the check), and the bytes are the same
             del self._early_bytes[early]
@@ -879,6 +887,7 @@ class MatrixTransport(OutboxLoop):
         if asyncio.current_task() in self._handling:
             self._unsettled[key] = asyncio.current_task()
         self._early_bytes[key] = image.data
+        self._early_at[key] = time.perf_counter()
         self._pre_uploads[key] = asyncio.create_task(
             self._pre_upload(key, image.data, "image", image.media_type,
                              thumbnail=None if image.checking else image.data),
