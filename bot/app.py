@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -24,14 +22,18 @@ def utcnow() -> datetime:
 
 
 def directory_actors(config: Config) -> dict:
+    """The clinician directory as the workflow's Actors; ``role`` decides who may refer
+    (``referrer`` or ``both``; a ``specialist`` may not record consent or refer)."""
     from handlers.model import Actor
 
-    return {c.user_id: Actor(user_id=c.user_id, practice=c.practice, display_name=c.name)
+    return {c.user_id: Actor(user_id=c.user_id, practice=c.practice, display_name=c.name,
+                             may_refer=c.may_refer)
             for c in config.clinicians.values()}
 
 
-async def open_store(config: Config):
-    """The workflow's store and the deployment keys, as configured."""
+async def open_store(config: Config, *, exclusive: bool = False):
+    """The workflow's store and the deployment keys, as configured. ``exclusive``: this
+    process is the bot (one per database; a second one is refused with one plain line)."""
     from storage.keys import load_keys
 
     keys = load_keys(config.storage.key_file if config.storage.key_file.exists() else None)
@@ -39,13 +41,15 @@ async def open_store(config: Config):
         from storage.sqlite_store import SQLiteStore
 
         config.storage.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        store = await SQLiteStore.open(config.storage.sqlite_path, keys)
+        store = await SQLiteStore.open(config.storage.sqlite_path, keys,
+                                       anchor_path=config.storage.anchor_file, exclusive=exclusive)
     else:
         try:
             from storage.postgres_store import PostgresStore  # type: ignore
         except ImportError:
             raise ConfigError("[storage] backend \"postgres\" is not available in this build.") from None
-        store = await PostgresStore.open(config.storage.dsn, keys)
+        store = await PostgresStore.open(config.storage.dsn, keys,
+                                         anchor_path=str(config.storage.anchor_file), exclusive=exclusive)
     return store, keys
 
 
@@ -87,11 +91,32 @@ def make_filer(config: Config, store: Any, keys: Any, clock: Callable[[], dateti
 
 
 def pickle_key_for(config: Config, keys: Any) -> str:
-    """The nio store's pickle key: configured, or derived from the deployment key."""
+    """The nio store's pickle key: configured, or derived from the deployment key under its
+    own label (bot/matrix/pickle_key.py; not from the records key, as before issue 9)."""
     if config.matrix and config.matrix.pickle_key:
         return str(config.matrix.pickle_key)
-    return hmac.new(keys.records_key, b"referral-bot matrix pickle key v1",
-                    hashlib.sha256).hexdigest()
+    from bot.matrix.pickle_key import derived_pickle_key
+
+    return derived_pickle_key(keys)
+
+
+def prepare_crypto_store(config: Config, keys: Any) -> str:
+    """The pickle key, after moving an existing store pickled under the old derivation
+    onto it (once). A configured pickle_key is used as is."""
+    from bot.matrix.nioclient import load_credentials
+    from bot.matrix.pickle_key import PickleKeyProblem, ensure_pickle_key, legacy_pickle_key
+
+    m = config.matrix
+    key = pickle_key_for(config, keys)
+    if m.pickle_key:
+        return key
+    creds = load_credentials(m.store_dir) or {}
+    device_id = creds.get("device_id") if creds.get("user_id") == m.user_id else None
+    try:
+        ensure_pickle_key(m.store_dir, m.user_id, device_id or m.device_id, key, [legacy_pickle_key(keys)])
+    except PickleKeyProblem as exc:
+        raise ConfigError(str(exc)) from None
+    return key
 
 
 class BotApp:
@@ -107,6 +132,7 @@ class BotApp:
         self.admin = None
         self.state = None
         self.metrics_server = None
+        self.store_dir_lock = None
         self.cross_signing = None   # bot.matrix.crosssign.CrossSigningStatus, once known
         self._cross_sign_retry = None
         self.filer = None
@@ -131,13 +157,19 @@ class BotApp:
         from bot.matrix.state import TransportState
         from bot.matrix.transport import MatrixTransport, TransportSettings
 
+        from storage.instance import InstanceLock
+
         cfg, m = self.config, self.config.matrix
+        # one bot per Matrix crypto store (this lock) and per database (the store's lock),
+        # taken before anything is opened, so a refused second bot touches nothing
+        m.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir_lock = InstanceLock.acquire(m.store_dir / "bot.lock", f"the Matrix store {m.store_dir}")
+        self.store, keys = await open_store(cfg, exclusive=True)
         self.pool = sanitizer_pool(cfg)
         warming = asyncio.create_task(asyncio.to_thread(self.pool.start))  # loads the models meanwhile
-        self.store, keys = await open_store(cfg)
         self.workflow = make_workflow(self.store, cfg, keys, self.clock, sanitize=self.pool)
         self.client = await nioclient.login_persistent(
-            m.homeserver, m.user_id, m.store_dir, pickle_key_for(cfg, keys),
+            m.homeserver, m.user_id, m.store_dir, prepare_crypto_store(cfg, keys),
             password=m.password, access_token=m.access_token, device_id=m.device_id,
             device_name=m.device_name)
         admin_token = m.admin_token or (self.client.access_token if m.admin_is_bot else None)
@@ -149,6 +181,7 @@ class BotApp:
             specialty_titles={k: (s.title or k.capitalize()) for k, s in cfg.specialties.items()},
             directory=directory_actors(cfg),
             is_allowed=cfg.is_allowed,
+            rosters={k: cfg.roster(k) for k in cfg.specialties},
             decrypt_grace_seconds=m.decrypt_grace_seconds,
             tick_seconds=m.tick_seconds,
             sync_timeout_ms=m.sync_timeout_ms,
@@ -237,4 +270,7 @@ class BotApp:
                 await close()
         if self.pool is not None:
             await asyncio.to_thread(self.pool.close)
+        if self.store_dir_lock is not None:
+            self.store_dir_lock.release()
         self.transport = self.client = self.admin = self.state = self.store = self.pool = None
+        self.store_dir_lock = None

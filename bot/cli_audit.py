@@ -1,29 +1,49 @@
-"""`referral-bot audit verify --db PATH`: check the hash-chained audit trail.
+"""`referral-bot audit verify`: check the signed audit chain and the store's signed state.
 `referral-bot audit show R-… --db PATH`: a referral's audit trail, for a person to read
 (who opened it, who was in the room at each image post, who discussed, who gave the
 opinion, when it was filed and where, when the media were deleted).
 `referral-bot audit show --patient REF --db PATH --key-file KEY`: a subject access
 request: every referral under that patient's consents, and what was filed where.
 
-Exit 0 and "audit chain intact: N entries" when every link holds; exit 1 and
-"audit chain broken at entry N: ..." naming the first broken entry; exit 2 for
-bad input (no such database, not a referral-bot database).
+    referral-bot audit verify --db PATH [--key-file PATH] [--anchor PATH | --no-anchor] [--expect-head HASH]
+    referral-bot audit verify --config FILE
+
+The chain is an HMAC chain, so checking it needs the deployment key (``--key-file``, or
+``REFERRAL_BOT_KEK``; with ``--config`` the configured key file). It checks every link,
+then that the signed state in the database names the chain's last entry and matches the
+consent and referral rows, then that the anchor file outside the database (default
+``<db>.anchor``) is this state or an earlier one whose head is still in the chain.
+
+Exit 0 and "audit chain intact: N entries" when all of that holds; exit 1 and one line
+naming the first problem ("audit chain broken at entry N: ..." for the chain, entries cut
+off the end included); exit 2 for bad input (no such database, no key, wrong key).
+Reads only: it never writes to the database or the anchor file.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="audit_command", metavar="ACTION")
     verify = sub.add_parser("verify", help="prove the audit chain is intact, or name the first broken entry")
-    verify.add_argument("--db", required=True, metavar="PATH", help="the bot's SQLite database")
+    where = verify.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", metavar="PATH", help="the bot's SQLite database")
+    where.add_argument("--config", "-c", metavar="FILE", help="the bot's config file (SQLite or PostgreSQL)")
+    verify.add_argument("--key-file", metavar="PATH",
+                        help="the deployment key (default: REFERRAL_BOT_KEK, or the config's key_file)")
+    anchor = verify.add_mutually_exclusive_group()
+    anchor.add_argument("--anchor", metavar="PATH",
+                        help="the anchor file (default: <db>.anchor, or the config's anchor_file)")
+    anchor.add_argument("--no-anchor", action="store_true",
+                        help="skip the anchor file (a restored backup is older than it by design)")
     verify.add_argument(
         "--expect-head",
         metavar="HASH",
-        help="also require the last entry's hash to equal HASH (recorded earlier, e.g. from a previous run), "
-        "which detects entries cut off the end",
+        help="also require the last entry's hash to equal HASH (hex as printed here, or the operator "
+        "log's head=... form)",
     )
     show = sub.add_parser("show", help="print a referral's audit trail, or every referral of a patient")
     show.add_argument("referral_id", nargs="?", metavar="R-ID", help="the referral, e.g. R-7K3QX9")
@@ -45,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if command != "verify":
         print("usage: referral-bot audit (verify | show) --db PATH ...", file=sys.stderr)
         return 2
-    return asyncio.run(_verify(args.db, args.expect_head))
+    return asyncio.run(_verify(args))
 
 
 _WORDS = {
@@ -181,39 +201,96 @@ async def _subject_access(args) -> int:
     return 0
 
 
-async def _verify(path: str, expect_head: str | None) -> int:
-    from storage import audit
+def _fail(message: str) -> int:
+    print(f"referral-bot audit: {message}", file=sys.stderr)
+    return 2
+
+
+async def _verify(args: argparse.Namespace) -> int:
     from storage.db import Database, StorageError
+    from storage.keys import KeyProblem, load_keys
+    from storage.seal import head_for_log, head_from_text
+
+    dsn = None
+    if args.config:
+        from bot.config import ConfigError, load_config
+
+        try:
+            config = load_config(args.config, need_matrix=False)
+        except ConfigError as exc:
+            return _fail(str(exc))
+        key_file = args.key_file or (config.storage.key_file if config.storage.key_file.exists() else None)
+        anchor = args.anchor or config.storage.anchor_file
+        if config.storage.backend == "postgres":
+            dsn, path = config.storage.dsn, None
+        else:
+            path = config.storage.sqlite_path
+    else:
+        path, key_file = Path(args.db), args.key_file
+        anchor = args.anchor or Path(str(path) + ".anchor")
+    try:
+        keys = load_keys(key_file)
+    except KeyProblem as exc:
+        return _fail(f"the audit chain is signed, so checking it needs the deployment key: {exc}")
 
     try:
-        db = await Database.open(path, create=False, migrate=False)
+        if dsn is not None:
+            from storage.postgres_store import PgDatabase
+
+            db = await PgDatabase.open(dsn, migrate=False)
+        else:
+            db = await Database.open(path, create=False, migrate=False)
     except StorageError as exc:
-        print(f"referral-bot audit: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     try:
-        try:
-            if await db.schema_version() < 1:
-                print(f"referral-bot audit: {path} has no audit trail (not a referral-bot database?)", file=sys.stderr)
-                return 2
-            async with db.read() as tx:
-                result = await audit.verify(tx)
-        except StorageError as exc:
-            print(f"referral-bot audit: {exc}", file=sys.stderr)
-            return 2
-        except Exception as exc:  # sqlite3.DatabaseError and friends: unreadable file
-            print(f"referral-bot audit: cannot read {path}: {exc}", file=sys.stderr)
-            return 2
+        report = await _check(db, keys, None if args.no_anchor else anchor, str(path or "the database"))
+    except StorageError as exc:
+        return _fail(str(exc))
+    except Exception as exc:  # sqlite3.DatabaseError and friends: an unreadable file
+        return _fail(f"cannot read {path or 'the database'}: {exc}")
     finally:
         await db.close()
-    if not result.intact:
-        print(f"audit chain broken at entry {result.first_broken}: {result.problem}")
+    if isinstance(report, int):
+        return report
+    if args.no_anchor and report.ok:
+        report.notes.append("anchor file not checked (--no-anchor): entries cut off after the last signed "
+                            "state was saved cannot be detected")
+    if not report.ok:
+        print(report.problem)
         return 1
-    if expect_head is not None and expect_head.strip().lower() != result.head_hash:
+    result = report.chain
+    if args.expect_head is not None and head_from_text(args.expect_head) != result.head_hash:
         print(
             f"audit chain broken at entry {result.entries + 1}: the chain ends at entry {result.entries} "
             f"whose hash is not the expected head (entries were removed from the end?)"
         )
         return 1
-    print(f"audit chain intact: {result.entries} entries")
-    print(f"head hash: {result.head_hash}")
+    legacy = f" ({result.legacy_entries} from before signing, re-anchored)" if result.legacy_entries else ""
+    print(f"audit chain intact: {result.entries} entries{legacy}")
+    print(f"head hash: {result.head_hash} (in the operator log: head={head_for_log(result.head_hash)})")
+    for note in report.notes or []:
+        print(note)
     return 0
+
+
+#: the schema version from which the store keeps a signed state (migration 006)
+SIGNED_SINCE = 6
+
+
+async def _check(db, keys, anchor, where: str):
+    from storage import queries as Q
+    from storage.seal import UPGRADE_ROW, AnchorFile, read_anchor, verify_store
+
+    if await db.schema_version() < 1:
+        return _fail(f"{where} has no audit trail (not a referral-bot database?)")
+    signed = await db.schema_version() >= SIGNED_SINCE
+    anchor_file = AnchorFile(anchor) if anchor else None
+    anchored = read_anchor(anchor_file, keys.seal_key)  # before the snapshot (see read_anchor)
+    async with db.read() as tx:
+        stored = await tx.scalar(Q.VAULT_META_GET, ("kek_fingerprint",))
+        if stored is not None and stored != keys.fingerprint:
+            return _fail(f"the key from {keys.source} (fingerprint {keys.fingerprint}) is not this database's key "
+                         f"(fingerprint {stored})")
+        if signed and await tx.scalar(Q.GET_META, (UPGRADE_ROW,)) is not None:
+            signed = False
+        return await verify_store(tx, keys.audit_key, keys.seal_key, anchor_file, anchored, signed=signed)

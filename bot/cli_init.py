@@ -18,7 +18,8 @@ device_name = "referral-bot"
 # The E2EE device (Olm account, Megolm sessions) lives here; keep it and back it up.
 # A new device cannot read messages sent before it existed.
 store_dir = "{store_dir}"
-# Optional: pickle key protecting the store (default: derived from the key file).
+# Optional: pickle key protecting the store (default: derived from the key file, under
+# its own label; a store made before that is re-keyed once at start).
 # pickle_key_env = "REFERRAL_BOT_PICKLE_KEY"
 # Media deletion needs a Synapse server-admin token (redaction alone leaves the file
 # on the server). Either the bot account is an admin...
@@ -32,6 +33,9 @@ backend = "sqlite"
 sqlite_path = "{db_path}"
 key_file = "{key_file}"       # the master key (0600); NOT in the database or its backups
 export_dir = "var/exports"    # where !export writes FHIR R4 bundles (files are 0600)
+# The signed audit head, outside the database (default: next to it, <sqlite_path>.anchor).
+# Better on another volume; `referral-bot audit verify` checks the database against it.
+# anchor_file = "/srv/audit/referral-bot.anchor"
 
 [policy]
 grace_period_minutes = 60     # after the opinion, images stay this long, then are removed
@@ -46,6 +50,15 @@ photo_window_minutes = 10     # a referral keeps taking photos without naming th
 more_photos_extension_hours = 48  # !morephotos keeps the referral open this much longer
 consent_window_days = 30      # one episode: referrals may be opened this long after !consent
 max_consent_window_days = 365 # the longest valid-for= a GP may give
+# The clock as a safety net (docs/commands.md "The clock"). Escalation and every urgent
+# timer count working time: these hours (local) on these days, minus the dates listed.
+working_days = ["mon", "tue", "wed", "thu", "fri"]
+working_hours = "09:00-17:00"
+non_working_dates = []             # your bank holidays, e.g. ["2026-12-25", "2026-12-28"]
+escalate_after_working_hours = 16  # no opinion this long after the photos: the lead is mentioned, the GP told
+urgent_escalate_after_working_hours = 4
+urgent_max_lifetime_working_hours = 16    # urgent=urgent|2ww: answer window (never longer than max_lifetime)
+urgent_reminder_before_working_hours = 4  # urgent: the GP is warned this long before it expires
 # Patient references accepted besides NHS numbers (10 digits, modulus 11), e.g.:
 # [[policy.patient_references]]
 # name = "hospital no."
@@ -68,10 +81,13 @@ retention_warning_days = 7    # warn the GP and the operator before an unfiled r
 # url = "https://pacs.example.nhs.uk/dicom-web"   # a bearer token, if any: token_file = "..."
 
 [directory]
-# Who may invite and talk to the bot: clinicians below, plus these users / servers.
+# Who may invite and talk to the bot (!help, !status): clinicians below, plus these users /
+# servers. Only the clinicians below may send photos.
 allowed_users = []
 allowed_servers = ["example.org"]
 
+# role: "referrer" (default) may !consent and !refer; "specialist" may not, and is on the
+# roster of its specialties (may be in that room, may give !opinion); "both" is both.
 [[directory.clinicians]]
 user_id = "@dr.gp:example.org"
 role = "referrer"             # referrer | specialist | both
@@ -81,14 +97,17 @@ name = "Dr A. GP"
 [[directory.clinicians]]
 user_id = "@dr.derm:example.org"
 role = "specialist"
-specialties = ["dermatology"] # on this specialty's roster: may give !opinion
+specialties = ["dermatology"] # on this specialty's roster: may be in its room, may give !opinion
 name = "Dr B. Dermatologist"
 
-# One end-to-end-encrypted room per specialty; every member must be in the directory.
+# One end-to-end-encrypted room per specialty; every member must be on its roster (the
+# specialists above with this specialty, plus an optional roster = [...] here): a GP in
+# the room makes it unsafe, and the bot then posts nothing there.
 [specialties.dermatology]
 room = "!replace-with-room-id:example.org"
 title = "Dermatology advice"
 aliases = ["derm", "skin"]
+# lead = "@dr.derm:example.org"  # mentioned when a referral waits too long (on the roster; else the whole roster)
 '''
 
 

@@ -1,7 +1,10 @@
-"""`referral-bot status --config FILE`: live images, next expiry, overdue items.
+"""`referral-bot status --config FILE`: live images, next expiry, overdue items, and what
+the bot gave up on: actions set aside for good (the dead-letter list: the bot was removed
+from a room, the server refused, too many retries) and referrals the timers skip because
+their row cannot be read.
 
 Reads the store (and the Matrix transport's media ledger when present); prints no
-patient data: referral ids, states, counts and times only.
+patient data: referral ids, states, counts, times and the plain reasons only.
 """
 from __future__ import annotations
 
@@ -38,8 +41,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             reader = getattr(store, "read", store.transaction)
             async with reader() as tx:
-                refs = await tx.all_referrals()
-            pending = await store.pending_actions()
+                refs, unreadable = await tx.readable_referrals()
+            pending = await store.pending_actions(limit=100_000)
+            dead = await store.dead_letters(limit=20)
+            dead_total = await store.dead_letter_count()
+            set_aside = await store.set_aside_referrals()
         finally:
             await store.close()
         now = datetime.now(timezone.utc)
@@ -79,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
             "overdue": overdue,
             "outbox_pending": len(pending),
             "media_on_server_not_yet_deleted": ledger,
+            "dead_letters_total": dead_total,
+            "dead_letters": [{"at": _fmt(d.at), "action": d.kind, "referral": d.referral_id,
+                              "reason": d.reason, "attempts": d.attempts} for d in dead],
+            "referrals_set_aside": [{"referral": a.referral_id, "at": _fmt(a.at), "reason": a.reason}
+                                    for a in set_aside],
+            "referrals_unreadable": unreadable,
         }
 
     try:
@@ -111,4 +123,15 @@ def run(args: argparse.Namespace) -> int:
     if info["media_on_server_not_yet_deleted"] is not None:
         print(f"Media the bot still has to delete from the homeserver: "
               f"{info['media_on_server_not_yet_deleted']}")
+    print(f"Actions the bot gave up on (dead letters): {info['dead_letters_total']}"
+          + (" (newest first)" if info["dead_letters"] else ""))
+    for d in info["dead_letters"]:
+        print(f"  {d['at']}  {d['action']}  {d['referral'] or '-'}  after {d['attempts']} attempt(s): "
+              f"{d['reason']}")
+    print(f"Referrals set aside (their row cannot be read; timers stopped): "
+          f"{len(info['referrals_set_aside'])}")
+    for a in info["referrals_set_aside"]:
+        print(f"  {a['referral']}  since {a['at']}: {a['reason']}")
+    if info["referrals_unreadable"]:
+        print(f"Referral rows that cannot be read: {', '.join(info['referrals_unreadable'])}")
     return 0

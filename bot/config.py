@@ -8,9 +8,10 @@ for a production one)::
     [policy]       grace period, max lifetime, reminder, retention, adult age, consent window,
                    [[policy.patient_references]] (hospital numbers, CHI: name + pattern),
                    time zone, unassigned photos, held photos (preview), photo window,
-                   !morephotos extension
+                   !morephotos extension, the clock's working time and timers (escalation,
+                   urgent referrals)
     [directory]    allowed_users / allowed_servers + [[directory.clinicians]]
-    [specialties.<key>]  room, title, aliases, roster
+    [specialties.<key>]  room, title, aliases, roster, lead (escalations mention them)
     [telegram]     (parsed by the Telegram transport itself from ``Config.raw``)
 
 A secret named ``X`` (``password``, ``access_token``, ``admin_token``, ``pickle_key``,
@@ -21,7 +22,9 @@ inline (discouraged; allowed for the throwaway demo). Secrets never appear in
 ``repr()`` or in error messages.
 
 Durations are given with their unit in the key name: ``grace_period_seconds``,
-``grace_period_minutes``, ``..._hours`` or ``..._days``.
+``grace_period_minutes``, ``..._hours`` or ``..._days``. Working time (the clock's
+escalation and urgent timers, handlers/clock.py) is given in ``..._working_hours``,
+``..._working_minutes`` or ``..._working_seconds``: a "working day" has no fixed length.
 """
 from __future__ import annotations
 
@@ -49,11 +52,20 @@ class Secret(str):
 
 @dataclass(frozen=True)
 class Clinician:
+    """One ``[[directory.clinicians]]`` entry. ``role`` (default ``"referrer"``, so
+    configs written before roles were enforced keep working for GPs): ``referrer`` may
+    record consent and refer; ``specialist`` may not, and with ``specialties`` is on
+    those rosters (may be in the room, may give the opinion); ``both`` is both."""
+
     user_id: str
     role: str = "referrer"  # referrer | specialist | both
     practice: str | None = None
     name: str = ""
     specialties: tuple[str, ...] = ()
+
+    @property
+    def may_refer(self) -> bool:
+        return self.role in ("referrer", "both")
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,8 @@ class StorageConfig:
     key_file: Path = Path("var/referral-bot.key")
     export_dir: Path = Path("var/exports")  # where !export writes FHIR bundles (0600)
     deployment_secret: Secret | None = field(default=None, repr=False)
+    # the signed audit head outside the database (storage/seal.py); best on another volume
+    anchor_file: Path = Path("var/referral-bot.sqlite3.anchor")
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,7 @@ class SpecialtyConfig:
     title: str = ""
     aliases: tuple[str, ...] = ()
     roster: tuple[str, ...] = ()
+    lead: str | None = None  # escalations mention them (else the whole roster); must be on the roster
 
 
 @dataclass(frozen=True)
@@ -127,7 +142,7 @@ class Config:
 
         specs = {
             key: Specialty(key=key, title=s.title or key.capitalize(), roster=self.roster(key),
-                           aliases=frozenset(a.lower() for a in s.aliases))
+                           aliases=frozenset(a.lower() for a in s.aliases), lead=s.lead)
             for key, s in self.specialties.items()
         }
         practices = {c.user_id: c.practice for c in self.clinicians.values() if c.practice}
@@ -182,6 +197,73 @@ def _duration(section: dict, name: str) -> timedelta | None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"[policy] {name}_{unit} must be a number of {unit} (0 or more).")
     return timedelta(seconds=float(value) * _UNITS[unit])
+
+
+_WORKING_UNITS = {"working_seconds": 1, "working_minutes": 60, "working_hours": 3600}
+_WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
+
+
+def _working_duration(section: dict, name: str) -> timedelta | None:
+    """``<name>_working_hours`` / ``_working_minutes`` / ``_working_seconds``: working time."""
+    found = [(unit, section[f"{name}_{unit}"]) for unit in _WORKING_UNITS if f"{name}_{unit}" in section]
+    if f"{name}_working_days" in section or f"{name}_days" in section:
+        raise ConfigError(f"[policy] {name} is working time: give it in _working_hours, _working_minutes "
+                          "or _working_seconds (a working day has no fixed length).")
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ConfigError(f"[policy] {name} is given more than once; keep one unit.")
+    unit, value = found[0]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"[policy] {name}_{unit} must be a number (0 or more).")
+    return timedelta(seconds=float(value) * _WORKING_UNITS[unit])
+
+
+def _clock_of_day(text: str) -> timedelta:
+    hours, sep, minutes = text.strip().partition(":")
+    if not sep or not hours.isdigit() or not minutes.isdigit() or len(minutes) != 2:
+        raise ValueError(text)
+    value = timedelta(hours=int(hours), minutes=int(minutes))
+    if int(minutes) > 59 or value > timedelta(hours=24):
+        raise ValueError(text)
+    return value
+
+
+def _working_calendar(p: dict) -> dict[str, Any]:
+    """working_days = ["mon", …], working_hours = "09:00-17:00", non_working_dates = [dates]."""
+    from datetime import date
+
+    out: dict[str, Any] = {}
+    if "working_days" in p:
+        days = p["working_days"]
+        if not isinstance(days, list) or not days:
+            raise ConfigError('[policy] working_days must be a list such as ["mon", "tue", "wed", "thu", "fri"].')
+        try:
+            out["working_days"] = frozenset(_WEEKDAYS[str(d).strip().lower()[:3]] for d in days)
+        except KeyError:
+            raise ConfigError('[policy] working_days: use mon, tue, wed, thu, fri, sat, sun.') from None
+    if "working_hours" in p:
+        start, sep, end = str(p["working_hours"]).partition("-")
+        try:
+            if not sep:
+                raise ValueError
+            hours = (_clock_of_day(start), _clock_of_day(end))
+        except ValueError:
+            raise ConfigError('[policy] working_hours must look like "09:00-17:00" (local time; "24:00" is '
+                              'midnight).') from None
+        if hours[1] <= hours[0]:
+            raise ConfigError("[policy] working_hours must end after they start.")
+        out["working_hours"] = hours
+    if "non_working_dates" in p:
+        dates = p["non_working_dates"]
+        if not isinstance(dates, list):
+            raise ConfigError('[policy] non_working_dates must be a list of dates such as ["2026-12-25"].')
+        try:
+            out["non_working_dates"] = frozenset(
+                d if isinstance(d, date) else date.fromisoformat(str(d)) for d in dates)
+        except ValueError:
+            raise ConfigError('[policy] non_working_dates must be dates such as "2026-12-25".') from None
+    return out
 
 
 def _patient_reference_schemes(entries: Any) -> tuple:
@@ -255,9 +337,12 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
     backend = str(s.get("backend", "sqlite"))
     if backend not in ("sqlite", "postgres"):
         raise ConfigError("[storage] backend must be \"sqlite\" or \"postgres\".")
+    sqlite_path = _path(s.get("sqlite_path"), base, "var/referral-bot.sqlite3")
+    default_anchor = str(sqlite_path) + ".anchor" if backend == "sqlite" else "var/referral-bot.anchor"
     storage = StorageConfig(
         backend=backend,
-        sqlite_path=_path(s.get("sqlite_path"), base, "var/referral-bot.sqlite3"),
+        anchor_file=_path(s.get("anchor_file"), base, default_anchor),
+        sqlite_path=sqlite_path,
         dsn=s.get("dsn"),
         key_file=_path(s.get("key_file"), base, "var/referral-bot.key"),
         export_dir=_path(s.get("export_dir"), base, "var/exports"),
@@ -295,6 +380,17 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
             raise ConfigError(f"[policy] time_zone {str(zone_name)!r} is not a time zone name like "
                               "\"Europe/London\".") from None
         policy_values["time_zone"] = str(zone_name)
+    policy_values.update(_working_calendar(p))
+    for ours, theirs in (("escalate_after", "escalate_after"),
+                         ("urgent_escalate_after", "urgent_escalate_after"),
+                         ("urgent_max_lifetime", "urgent_max_lifetime"),
+                         ("urgent_reminder_before", "urgent_reminder_lead")):
+        d = _working_duration(p, ours)
+        if d is not None:
+            policy_values[theirs] = d
+    if policy_values.get("urgent_max_lifetime") is not None and not policy_values["urgent_max_lifetime"]:
+        raise ConfigError("[policy] urgent_max_lifetime must be more than 0: an urgent referral needs time "
+                          "to be answered.")
     if policy_values.get("unassigned_photo_ttl") is not None and not policy_values["unassigned_photo_ttl"]:
         raise ConfigError("[policy] unassigned_photo must be more than 0: the GP needs time to say "
                           "which referral a photo is for.")
@@ -324,17 +420,24 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
             raise ConfigError(f"[specialties.{key}] must be a table.")
         if matrix is not None and not spec.get("room"):  # Telegram-only configs use forum groups
             raise ConfigError(f"[specialties.{key}] needs room (the room id of an encrypted room).")
+        lead = spec.get("lead")
         specialties[key.lower()] = SpecialtyConfig(
             key=key.lower(), room=str(spec.get("room", "")), title=str(spec.get("title", "")),
-            aliases=tuple(spec.get("aliases", [])), roster=tuple(spec.get("roster", [])))
+            aliases=tuple(spec.get("aliases", [])), roster=tuple(spec.get("roster", [])),
+            lead=str(lead) if lead else None)
 
-    return Config(
+    config = Config(
         path=path, matrix=matrix, storage=storage, policy_values=policy_values,
         clinicians=clinicians,
         allowed_users=frozenset(d.get("allowed_users", []) or []),
         allowed_servers=frozenset(s.lstrip(":") for s in (d.get("allowed_servers", []) or [])),
         specialties=specialties, raw=raw,
     )
+    for key, spec in specialties.items():
+        if spec.lead and spec.lead not in config.roster(key):
+            raise ConfigError(f"[specialties.{key}] lead {spec.lead} is not on its roster; add them to roster "
+                              f"(or as a specialist in {key} in [directory]).")
+    return config
 
 
 def load_config(path: str | os.PathLike, need_matrix: bool = True) -> Config:

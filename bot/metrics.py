@@ -17,6 +17,17 @@ scrape so they are right even after a restart:
                                            the audit trail (``*.refused`` entries by rule),
                                            ``source="<transport>"`` counted in-process
 ``referral_bot_chat_delete_failures_total{transport}``  deletions the chat server refused
+``referral_bot_outbox_dead_letters``       actions the bot gave up on for good (the
+                                           dead-letter list of ``referral-bot status``):
+                                           alert when it grows
+``referral_bot_referrals_set_aside``       referrals the timers skip because their row
+                                           cannot be read (alert when above 0)
+``referral_bot_store_errors_total{transport}``  times the store failed under a transport
+                                           (disk full, lock timeout); the event or action
+                                           was kept and retried, never dropped
+``referral_bot_events_rejected_total{transport}``  chat messages ignored because they were
+                                           not end-to-end encrypted in an encrypted room,
+                                           or their sender key was not the sender's
 ``referral_bot_scrape_errors_total``       refreshes that could not read the store
 ``referral_bot_filing_failed``             referrals whose filing into the record is failing (retrying)
 ``referral_bot_filing_pending``            referrals waiting to be filed (requested, not all sinks done)
@@ -233,6 +244,16 @@ class Metrics:
                                        "Message deletions the chat server refused", ["transport"], registry=r)
         self.scrape_errors = Counter("referral_bot_scrape_errors_total",
                                      "Metric refreshes that could not read the store", registry=r)
+        self.dead_letters = Gauge("referral_bot_outbox_dead_letters",
+                                  "Outbox actions the bot gave up on (see referral-bot status)", registry=r)
+        self.set_aside = Gauge("referral_bot_referrals_set_aside",
+                               "Referrals the timers skip because their row cannot be read", registry=r)
+        self.store_errors = Gauge("referral_bot_store_errors_total",
+                                  "Store failures (disk full, lock timeout) under each transport; retried",
+                                  ["transport"], registry=r)
+        self.events_rejected = Gauge("referral_bot_events_rejected_total",
+                                     "Messages ignored: not decrypted in an encrypted room, or a foreign "
+                                     "sender key", ["transport"], registry=r)
         self._transport_refusals: dict[tuple[str, str], int] = {}
         self.last_refresh_ok = False
         self.last_problems: list[str] = []
@@ -253,7 +274,8 @@ class Metrics:
     async def _referrals(self) -> list[Any]:
         if hasattr(self.store, "read"):
             async with self.store.read() as tx:
-                return await tx.all_referrals()
+                # one damaged row must not blind the metrics (it is counted as set aside)
+                return (await tx.readable_referrals())[0]
         if hasattr(self.store, "referrals"):
             return list(self.store.referrals())
         return []
@@ -283,6 +305,9 @@ class Metrics:
             referrals = await self._referrals()
             refusals = await self._audit_refusals()
             pending = await self.store.pending_actions(limit=100000)
+            dead = await self.store.dead_letter_count() if hasattr(self.store, "dead_letter_count") else 0
+            set_aside = (len(await self.store.set_aside_referrals())
+                         if hasattr(self.store, "set_aside_referrals") else 0)
         except Exception as exc:  # the store is down: say so, keep serving
             self.scrape_errors.inc()
             self.last_refresh_ok = False
@@ -311,6 +336,8 @@ class Metrics:
         self.overdue.set(overdue)
         self.next_due.set(next_due.timestamp() if next_due else 0)
         self.outbox.set(len(pending))
+        self.dead_letters.set(dead)
+        self.set_aside.set(set_aside)
         self.refusals.clear()
         for (source, reason), n in {**refusals, **self._transport_refusals}.items():
             self.refusals.labels(source=source, reason=reason).set(n)
@@ -318,6 +345,8 @@ class Metrics:
         for t in self.transports:
             name = getattr(t, "name", None) or type(t).__name__.replace("Transport", "").lower()
             last = getattr(t, "last_sync_at", None)
+            self.store_errors.labels(transport=name).set(getattr(t, "store_errors", 0))
+            self.events_rejected.labels(transport=name).set(getattr(t, "rejected_events", 0))
             lag = float("inf") if last is None else max(0.0, mono - last)
             self.sync_lag.labels(transport=name).set(lag if lag != float("inf") else -1)
             if lag > self.max_sync_lag:

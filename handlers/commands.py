@@ -8,6 +8,9 @@ Pure and forgiving:
   keys and values case-insensitive, with synonyms; values with spaces go in quotes;
 * ids are read forgivingly (``r7k3qx9`` == ``R-7K3QX9``, see handlers/ids.py).
 
+A refusal never repeats what was typed (it may be a patient identifier or clinical
+text, and replies are kept, sealed, until sent): it names the field instead.
+
 This module only checks syntax. Whether a consent is acceptable is decided by
 handlers/consent.py, whether a referral may change state by handlers/lifecycle.py.
 The full grammar for users is ``HELP_TEXT`` (sent by ``!help``) and docs/commands.md.
@@ -93,6 +96,7 @@ class ReferCmd:
     specialty: str
     consent_id: str
     question: str
+    urgency: str = "routine"  # routine | urgent | 2ww (urgency=; the clock's timers, handlers/clock.py)
 
     def __repr__(self) -> str:
         return f"ReferCmd(specialty={self.specialty!r}, consent_id={self.consent_id!r}, question=<redacted>)"
@@ -289,7 +293,7 @@ def _yes_no(key: str, value: str) -> bool:
         return True
     if v in _NO:
         return False
-    raise CommandError(f"{key}= takes yes or no (you typed {value!r}).")
+    raise CommandError(f"{key}= takes yes or no.")
 
 
 def _parse_date(key: str, value: str) -> date:
@@ -305,7 +309,7 @@ def _parse_date(key: str, value: str) -> date:
     try:
         return date(y, mo, d)
     except ValueError:
-        raise CommandError(f"{key}={v} is not a real date; use YYYY-MM-DD.") from None
+        raise CommandError(f"{key}= is not a real date; use YYYY-MM-DD.") from None
 
 
 def _parse_duration(value: str, key: str = "retention") -> timedelta:
@@ -387,7 +391,8 @@ def _parse_consent(rest: str) -> ConsentCmd | ConsentShowCmd:
         cut = eq if eq >= 0 else colon
         if cut <= 0:
             raise CommandError(
-                f"I expected key=value but got {tok[:20]!r}; e.g. patient=<ref> by=parent (see !help consent)."
+                "Each part of !consent must be key=value (put a value with spaces in \"double quotes\"), "
+                "e.g. patient=<ref> by=parent (see !help consent)."
             )
         key, value = _canon_word(tok[:cut]), tok[cut + 1 :].strip()
         if key not in _CONSENT_KEYS:
@@ -448,7 +453,7 @@ def _need_id(word: str | None, prefix: str, usage: str) -> str:
     ident = normalise_id(word, prefix)
     if ident is None:
         kind = "consent" if prefix == "C" else "referral"
-        raise CommandError(f"{word[:20]!r} is not a {kind} id ({prefix}-…); type {usage}.")
+        raise CommandError(f"That is not a {kind} id ({prefix}-…); type {usage}.")
     return ident
 
 
@@ -479,10 +484,31 @@ def _parse_refer(rest: str, specialty_words: frozenset[str] = frozenset()) -> Re
     consent_pos = ranked[0]
     consent_id = found[consent_pos][0]  # type: ignore[index]
     specialty = words[1] if consent_pos == 0 else words[0]
-    question = " ".join(words[2:]).strip()
+    urgency, rest_words = _take_urgency(words[2:])
+    question = " ".join(rest_words).strip()
     if len(question) < 3:
         raise CommandError(f"Add your clinical question after the consent id: {usage}.")
-    return ReferCmd(specialty=specialty.lower(), consent_id=consent_id, question=question)
+    return ReferCmd(specialty=specialty.lower(), consent_id=consent_id, question=question, urgency=urgency)
+
+
+_URGENCY_WORDS = {"routine": "routine", "urgent": "urgent", "2ww": "2ww", "2-ww": "2ww"}
+
+
+def _take_urgency(words: list[str]) -> tuple[str, list[str]]:
+    """``urgency=routine|urgent|2ww`` anywhere after the consent id (also ``urgency:``);
+    the rest is the question. Routine when absent."""
+    urgency = "routine"
+    rest = []
+    for word in words:
+        key, sep, value = word.replace(":", "=", 1).partition("=")
+        if sep and key.lower() == "urgency":
+            found = _URGENCY_WORDS.get(value.strip().lower())
+            if found is None:
+                raise CommandError("urgency= must be routine, urgent or 2ww.")
+            urgency = found
+            continue
+        rest.append(word)
+    return urgency, rest
 
 
 def _leading_referral(text: str) -> tuple[str | None, str]:
@@ -543,7 +569,7 @@ def parse_command(text: str, specialty_words: frozenset[str] = frozenset()) -> C
     word = word.split("@", 1)[0]  # Telegram: /status@referral_bot
     canon = _COMMAND_WORDS.get(_canon_word(word))
     if canon is None:
-        raise CommandError(f"I don't know !{word[:20]}. Type !help for the list of commands.")
+        raise CommandError("I don't know that command. Type !help for the list of commands.")
     rest = rest.strip()
     args = rest.split()
     if canon == "consent":
@@ -590,7 +616,7 @@ Referral bot — send a clinical photo to a specialist safely.
      age: dob=YYYY-MM-DD (needed for by=parent; by=patient needs dob= or adult=yes)
      optional: sex=female|male|other gillick=yes|no statement="..." valid-for=30d retention=90d expires=YYYY-MM-DD
    -> you get a consent id C-…; !consent show C-… reads it back
-2. !refer <specialty> <C-id> <clinical question>   -> referral R-…; then send the photo(s) here.
+2. !refer <specialty> <C-id> [urgency=urgent] <clinical question>   -> referral R-…; then send the photo(s) here.
    With more than one referral open, say which one a photo is for: R-… in its caption, or send it as a
    reply to my message about that referral, or answer my question with !photo R-….
 3. The specialists' questions arrive here: reply to the message, or type !reply R-… <answer>.
@@ -618,7 +644,9 @@ HELP_TOPICS: dict[str, str] = {
         "Someone deciding for the patient needs statement=\"...\" (why, and whose views were heard). "
         "The patient reference is stored only as a keyed hash; !consent show C-… reads a consent back."
     ),
-    "refer": "!refer <specialty> <C-id> <clinical question> — opens a referral R-…; then send the photo(s) in this chat.",
+    "refer": ("!refer <specialty> <C-id> [urgency=routine|urgent|2ww] <clinical question> — opens a referral R-…; "
+              "then send the photo(s) in this chat. Urgent: a shorter answer window and an earlier escalation. "
+              "Suspected cancer goes through the 2-week-wait pathway, not here."),
     "opinion": "!opinion <text> — in the referral's thread, by a specialist on that specialty's roster.",
     "withdraw": "!withdraw C-… — withdraws the consent now: every image shared under it is removed and destroyed.",
     "status": "!status lists your referrals; !status R-… shows one.",

@@ -28,6 +28,12 @@ The conversation around a referral (relaying the specialists' messages to the GP
 the GP's answers into the thread, ``!morephotos``, ``!addendum``) is decided here too:
 who may do it is checked by the workflow, when it may happen is the ``ALLOWED`` table.
 
+The clock as a safety net (issue 12 part 5) is decided here too, from the times in
+``handlers/clock.py``: the first photo in the thread starts the escalation clock and
+tells the GP, once, to delete the originals from the phone; ``tick`` escalates (once) and
+warns before expiry (once), only while the referral is open; ``pathway_reminder`` points
+a question that reads like suspected cancer to the 2-week-wait pathway.
+
 Per-image states (``ImageState``): held (faces or text, consent not identifiable) ->
 waiting (no thread root yet) -> posting (PostImage enqueued) -> posted ->
 removing (RemoveImages enqueued) -> removed; or discarded (never shown). No
@@ -61,6 +67,8 @@ from handlers.actions import (
     Reply,
     SendPreview,
 )
+from handlers import clock
+from handlers.cancerwords import suspected_cancer
 from handlers.consent import check_cover
 from handlers.events import DirectChat, Place, SpecialtyThread
 from handlers.model import (
@@ -110,6 +118,7 @@ __all__ = [
     "relay_to_thread",
     "request_more_photos",
     "add_addendum",
+    "pathway_reminder",
     "gist",
     "why_not",
     "fmt_time",
@@ -130,6 +139,7 @@ class Input(str, enum.Enum):
     WITHDRAW = "withdraw"
     EXPIRE = "expire"  # max lifetime reached (tick)
     REMIND = "remind"  # reminder before max lifetime (tick)
+    ESCALATE = "escalate"  # no opinion after the configured working time: the lead is asked (tick)
     GRACE_ELAPSED = "grace_elapsed"  # grace period after opinion (tick)
     IMAGES_REMOVED = "images_removed"
     EXPORTED = "exported"
@@ -159,6 +169,7 @@ ALLOWED: dict[Input, tuple[ReferralState, ...]] = {
     Input.WITHDRAW: _ALL,
     Input.EXPIRE: _OPEN,
     Input.REMIND: _OPEN,
+    Input.ESCALATE: _OPEN,  # the safety net stops when the referral closes
     Input.GRACE_ELAPSED: (S.OPINION_GIVEN,),
     Input.IMAGES_REMOVED: _ALL,
     Input.EXPORTED: _ALL,
@@ -268,17 +279,17 @@ def open_referral(
     at: datetime,
     policy: Policy,
     opened_seq: int = 0,
+    urgency: str = clock.ROUTINE,
 ) -> tuple[Referral, Effects]:
     """A new referral in state ``opened``, with its thread root requested at once.
     The caller has already checked the consent (``check_cover``) and that the
-    specialty exists.
+    specialty exists. ``urgency`` sets the answer window and the expiry warning
+    (handlers/clock.py: urgent ones run on working time and are shorter).
 
     The root (question, no patient identifiers) is posted when the referral opens,
     not when the first photo arrives: the specialists see the question straight
     away, the GP learns of an unsafe specialty room before sending a photo, and a
     photo then needs one post, not two in a row. Photos follow in the thread."""
-    expires_at = at + policy.max_lifetime
-    reminder_at = max(at, expires_at - policy.reminder_lead)
     ref = Referral(
         referral_id=referral_id,
         consent_id=consent.consent_id,
@@ -287,15 +298,22 @@ def open_referral(
         specialty=specialty,
         question=question,
         opened_at=at,
-        expires_at=expires_at,
-        reminder_at=reminder_at,
+        expires_at=at,  # set below, from the urgency as the referral holds it
+        reminder_at=at,
         opened_seq=opened_seq,
         root_requested=True,
+        urgency=urgency,
     )
-    eff = Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty)])
+    urgency = clock.urgency_of(ref)
+    expires_at = clock.answer_deadline(at, urgency, policy)
+    ref = dataclasses.replace(
+        ref, expires_at=expires_at, reminder_at=clock.warning_time(expires_at, urgency, policy, not_before=at)
+    )
+    eff = Effects(audit=[_audit(referrer, "referral.opened", at, ref, specialty=specialty, urgency=urgency)])
     eff.actions.append(
         PostThreadRoot(
-            referral_id=referral_id, specialty=specialty, text=_root_text(ref, consent), mentions=_roster(ref, policy)
+            referral_id=referral_id, specialty=specialty, text=_root_text(ref, consent, policy),
+            mentions=_roster(ref, policy)
         )
     )
     return ref, eff
@@ -347,17 +365,22 @@ def _schedule_post(
             PostThreadRoot(
                 referral_id=ref.referral_id,
                 specialty=ref.specialty,
-                text=_root_text(ref, consent),
+                text=_root_text(ref, consent, policy),
                 mentions=_roster(ref, policy),
             )
         )
     return ref
 
 
-def _root_text(ref: Referral, consent: ConsentRecord) -> str:
+def _root_text(ref: Referral, consent: ConsentRecord, policy: Policy | None = None) -> str:
     covers = "covered" if consent.identifiable else "NOT covered (photos checked for faces and text; what was found is blurred)"
+    urgent = ""
+    if clock.is_urgent(ref):  # first, so a phone's thread list shows it
+        zone = policy.time_zone if policy is not None else DEFAULT_ZONE
+        urgent = f"URGENT: please answer by {fmt_time(ref.expires_at, zone)}.\n"
     return (
-        f"Referral {ref.referral_id} from a GP at {ref.practice}.\n"
+        urgent
+        + f"Referral {ref.referral_id} from a GP at {ref.practice}.\n"
         f"Question: {ref.question}\n"
         f"Consent {consent.consent_id}: care / second opinion; identifiable images {covers}.\n"
         f"The photos follow in this thread. What you write here reaches the GP, who can answer here; "
@@ -618,10 +641,13 @@ def _members_audit(ref: Referral, image_id: str, members: tuple[str, ...], at: d
 
 
 def image_posted(
-    ref: Referral, *, image_id: str, room_event_id: str, media_uri: str, at: datetime, members: tuple[str, ...] = ()
+    ref: Referral, *, image_id: str, room_event_id: str, media_uri: str, at: datetime, members: tuple[str, ...] = (),
+    policy: Policy | None = None,
 ) -> tuple[Referral, Effects]:
     """Feedback: an image is in the thread (``members``: who was joined to the room at
-    that moment). If the referral is already closing, it is removed at once."""
+    that moment). If the referral is already closing, it is removed at once. The first
+    photo of an open referral starts the escalation clock and tells the GP to delete the
+    originals from the phone (``_safety_net_on_post``; needs *policy*)."""
     _require(ref, Input.IMAGE_POSTED)
     item = ref.image(image_id)
     if item is None:
@@ -652,7 +678,38 @@ def image_posted(
     elif ref.state in (S.OPENED, S.IMAGES_RECEIVED):
         ref = dataclasses.replace(ref, state=S.POSTED)
     ref = _settle_previews(ref, eff, at)  # the GP's preview has done its job
+    if ref.is_open and policy is not None:
+        ref = _safety_net_on_post(ref, at=at, policy=policy, eff=eff)
     return ref, eff
+
+
+def _safety_net_on_post(ref: Referral, *, at: datetime, policy: Policy, eff: Effects) -> Referral:
+    """A photo of an open referral reached the thread: the referral can now be answered,
+    so the escalation clock starts (once); and the GP is told, once per referral, to
+    delete the originals from the phone's gallery and any cloud backup (MDU 2014, "Doctors
+    sharing images of patients' conditions": clinical images should not stay on a personal
+    device once they are where they belong)."""
+    if ref.escalate_at is None and ref.escalated_at is None:
+        due = clock.escalation_time(at, clock.urgency_of(ref), policy)
+        if due is not None:
+            ref = dataclasses.replace(ref, escalate_at=due)
+    if not ref.originals_reminder_sent:
+        ref = dataclasses.replace(ref, originals_reminder_sent=True)
+        eff.actions.append(
+            Notify(
+                user_id=ref.referrer,
+                text=(
+                    f"{ref.referral_id}: the {ref.specialty} specialists have your photo. Now delete the original (and "
+                    f"any other photo of this patient) from your phone or tablet: the gallery, its \"recently "
+                    f"deleted\" album, and any cloud backup "
+                    f"(iCloud, Google Photos, OneDrive). MDU advice is not to keep patients' images on a personal "
+                    f"device; the clean copy stays with the referral."
+                ),
+                referral_id=ref.referral_id,
+            )
+        )
+        eff.audit.append(_audit(BOT_ACTOR, "referral.originals_reminder", at, ref))
+    return ref
 
 
 def discussed(ref: Referral, *, at: datetime, actor: str) -> tuple[Referral, Effects]:
@@ -1004,6 +1061,121 @@ def _filing_timers(ref: Referral, *, at: datetime, policy: Policy, eff: Effects)
 
 
 # ------------------------------------------------------------------ timers
+def _urgent_word(ref: Referral) -> str:
+    return " (urgent)" if clock.is_urgent(ref) else ""
+
+
+def _escalate(ref: Referral, *, at: datetime, policy: Policy, eff: Effects) -> Referral:
+    """No opinion after the configured working time since the first photo was posted:
+    once per referral, the specialty's lead (the whole roster when it has none) is
+    mentioned in the thread, and the GP is told that no opinion has come and what to do
+    if it cannot wait."""
+    if (ref.state not in ALLOWED[Input.ESCALATE] or ref.escalate_at is None or ref.escalated_at is not None
+            or at < ref.escalate_at):
+        return ref
+    ref = dataclasses.replace(ref, escalated_at=at)
+    spec = policy.specialties.get(ref.specialty)
+    lead = spec.lead if spec is not None and spec.lead else None
+    to = (lead,) if lead else _roster(ref, policy)
+    rid, zone = ref.referral_id, policy.time_zone
+    waited = clock.fmt_working(clock.escalate_after(clock.urgency_of(ref), policy))
+    discussed_note = (" It has been discussed here, but no opinion has been given."
+                      if ref.thread_participants else "")
+    if ref.thread_root_event_id is not None:
+        eff.actions.append(
+            Reply(
+                to=_thread(ref),
+                text=(
+                    f"{rid}{_urgent_word(ref)} has had no opinion for {waited} since its photos were posted."
+                    f"{discussed_note} Please make sure someone on the rota answers it (!opinion <text>) or asks "
+                    f"the GP for what is missing, before {fmt_time(ref.expires_at, zone)} when it expires."
+                ),
+                mentions=to,
+            )
+        )
+    who = f"the {ref.specialty} lead" if lead else f"the {ref.specialty} team"
+    eff.actions.append(
+        Notify(
+            user_id=ref.referrer,
+            text=(
+                f"No opinion yet on {rid}{_urgent_word(ref)} ({ref.specialty}: {gist(ref.question)}) after {waited}. "
+                f"I have asked {who} to make sure someone answers. If this is urgent, phone the on-call "
+                f"{ref.specialty} team rather than wait. {rid} stays open until {fmt_time(ref.expires_at, zone)}."
+            ),
+            mentions=(ref.referrer,),
+            referral_id=rid,
+        )
+    )
+    eff.audit.append(_audit(BOT_ACTOR, "referral.escalated", at, ref, role="lead" if lead else "roster",
+                            urgency=clock.urgency_of(ref)))
+    return ref
+
+
+def _warn_expiry(ref: Referral, *, at: datetime, policy: Policy, eff: Effects) -> Referral:
+    """Once, a configured time before a referral would expire unanswered: the GP learns
+    the local time of expiry and what happens then; the roster is reminded in the thread."""
+    if ref.state not in ALLOWED[Input.REMIND] or ref.reminder_sent or at < ref.reminder_at:
+        return ref
+    ref = dataclasses.replace(ref, reminder_sent=True)
+    eff.audit.append(_audit(BOT_ACTOR, "referral.reminder", at, ref, urgency=clock.urgency_of(ref)))
+    zone = policy.time_zone
+    rid, when = ref.referral_id, fmt_time(ref.expires_at, zone)
+    if any(i.state.in_chat for i in ref.images):
+        then = "its photos are removed from the specialists' room"
+    else:
+        then = "it closes (no photo of it has been shared)"
+    if policy.filing_enabled:
+        then += " and its record (question, photos, consent) is filed"
+    eff.actions.append(
+        Notify(
+            user_id=ref.referrer,
+            text=(
+                f"{rid}{_urgent_word(ref)} ({ref.specialty}: {gist(ref.question)}) has no opinion yet. "
+                f"It expires at {when}: then {then}. If you still need advice after that, open a new referral "
+                f"with !refer; if it is urgent, phone the on-call {ref.specialty} team."
+            ),
+            mentions=(ref.referrer,),
+            referral_id=rid,
+        )
+    )
+    if ref.thread_root_event_id is not None:
+        eff.actions.append(
+            Reply(
+                to=_thread(ref),
+                text=f"Reminder: {rid}{_urgent_word(ref)} needs an opinion (!opinion <text>) before {when}.",
+                mentions=_roster(ref, policy),
+            )
+        )
+    return ref
+
+
+def pathway_reminder(ref: Referral, *, at: datetime) -> tuple[Referral, Effects]:
+    """Right after ``!refer``: a question that reads like suspected cancer
+    (handlers/cancerwords.py), or ``urgency=2ww``, gets one line reminding the GP that
+    suspected cancer goes through the urgent suspected-cancer referral pathway (NICE NG12),
+    which advice and guidance is not. The referral stays open; the audit keeps only
+    what triggered the reminder, never the words."""
+    by_urgency = clock.urgency_of(ref) == clock.TWO_WEEK_WAIT
+    by_wording = suspected_cancer(ref.question)
+    eff = Effects()
+    if not (by_urgency or by_wording):
+        return ref, eff
+    eff.actions.append(
+        Reply(
+            to=DirectChat(ref.referrer),
+            text=(
+                f"Reminder: suspected cancer goes through the urgent suspected-cancer referral pathway "
+                f"(NICE NG12, the 2-week wait), not advice and guidance; if you suspect cancer, refer on that "
+                f"pathway as well. {ref.referral_id} stays open for advice."
+            ),
+            referral_id=ref.referral_id,
+        )
+    )
+    trigger = "urgency+wording" if by_urgency and by_wording else ("urgency" if by_urgency else "wording")
+    eff.audit.append(_audit(ref.referrer, "referral.cancer_pathway_reminder", at, ref, reason=trigger))
+    return ref, eff
+
+
 def _held_expiry(ref: Referral, *, at: datetime, policy: Policy, eff: Effects) -> Referral:
     """Held photos the GP did not decide on in ``policy.held_photo_ttl``: destroyed (vault
     copy and preview) and the GP told. Nothing was sent; the referral stays open."""
@@ -1032,9 +1204,10 @@ def _held_expiry(ref: Referral, *, at: datetime, policy: Policy, eff: Effects) -
 
 
 def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effects]:
-    """Everything due at *at*: reminder, max-lifetime expiry, grace-period removal,
-    held photos nobody decided on, vault retention. Idempotent: a second tick at the
-    same time does nothing."""
+    """Everything due at *at*: escalation, expiry warning, max-lifetime expiry,
+    grace-period removal, held photos nobody decided on, filing retries, vault retention.
+    Idempotent: a second tick at the same time does nothing (each one-off is flagged on
+    the referral it saves)."""
     eff = Effects()
     if ref.is_open and at >= ref.expires_at:
         ref, e = _start_removal(ref, at=at, reason=CloseReason.EXPIRED, actor=BOT_ACTOR)
@@ -1053,26 +1226,9 @@ def tick(ref: Referral, *, at: datetime, policy: Policy) -> tuple[Referral, Effe
             e.actions.append(Reply(to=_thread(ref), text=f"{ref.referral_id} expired without an opinion; {outcome}."))
         ref = _file(ref, at=at, policy=policy, reason="closed", eff=e)
         eff.extend(e)
-    elif ref.is_open and not ref.reminder_sent and at >= ref.reminder_at:
-        ref = dataclasses.replace(ref, reminder_sent=True)
-        eff.audit.append(_audit(BOT_ACTOR, "referral.reminder", at, ref))
-        zone = policy.time_zone
-        eff.actions.append(
-            Notify(
-                user_id=ref.referrer,
-                text=f"{ref.referral_id} ({ref.specialty}: {gist(ref.question)}) has no opinion yet; it expires at {fmt_time(ref.expires_at, zone)}.",
-                mentions=(ref.referrer,),
-                referral_id=ref.referral_id,
-            )
-        )
-        if ref.thread_root_event_id is not None:
-            eff.actions.append(
-                Reply(
-                    to=_thread(ref),
-                    text=f"Reminder: {ref.referral_id} needs an opinion (!opinion <text>) before {fmt_time(ref.expires_at, zone)}.",
-                    mentions=_roster(ref, policy),
-                )
-            )
+    else:
+        ref = _escalate(ref, at=at, policy=policy, eff=eff)
+        ref = _warn_expiry(ref, at=at, policy=policy, eff=eff)
     if ref.state is S.OPINION_GIVEN and ref.remove_images_at is not None and at >= ref.remove_images_at:
         ref, e = _start_removal(ref, at=at, reason=CloseReason.OPINION, actor=BOT_ACTOR)
         eff.extend(e)
@@ -1156,7 +1312,7 @@ def request_more_photos(
     the only one waiting), and its deadline moves by ``policy.more_photos_extension``."""
     _require(ref, Input.MORE_PHOTOS)
     expires_at = ref.expires_at + policy.more_photos_extension
-    reminder_at = max(at, expires_at - policy.reminder_lead)
+    reminder_at = clock.warning_time(expires_at, clock.urgency_of(ref), policy, not_before=at)
     ref = dataclasses.replace(
         ref,
         more_photos_requested=True,

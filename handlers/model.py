@@ -58,11 +58,16 @@ class Actor:
     ``practice``: the practice / organisation the clinician belongs to (None if
     the directory lists none; such a user cannot record consent or refer).
     ``display_name``: for replies only, never required.
+    ``may_refer``: the directory lists them as a referrer (``role = "referrer"`` or
+    ``"both"``): only then may they record consent or open a referral. A specialist
+    who is not also a referrer may not, even with a practice (security review, issue 9).
+    Transports set it False for anyone outside the directory.
     """
 
     user_id: str
     practice: str | None = None
     display_name: str = ""
+    may_refer: bool = True
 
 
 class Purpose(str, enum.Enum):
@@ -340,6 +345,12 @@ class Referral:
     filing_failures: int = 0  # consecutive failed attempts at filing_version
     filing_retry_at: datetime | None = None  # when the next attempt is due (None = none scheduled)
     retention_warning_at: datetime | None = None  # warn the GP and the operator: retention near, still unfiled
+    # the clock as a safety net (issue 12 part 5; handlers/clock.py). ``urgency`` is read only
+    # through ``handlers.clock.urgency_of``: routine | urgent | 2ww (from !refer urgency=)
+    urgency: str = "routine"
+    escalate_at: datetime | None = None  # the specialty lead is asked then (set when the first photo is posted)
+    escalated_at: datetime | None = None  # the escalation went out (once per referral)
+    originals_reminder_sent: bool = False  # the GP was told to delete the phone's originals (once)
 
     def __repr__(self) -> str:  # safe for logs: no question, no opinion
         return (
@@ -405,6 +416,8 @@ class Referral:
         if self.is_open:
             if not self.reminder_sent:
                 candidates.append(self.reminder_at)
+            if self.escalate_at is not None and self.escalated_at is None:
+                candidates.append(self.escalate_at)
             candidates.append(self.expires_at)
             candidates.extend(i.held_until for i in self.images
                               if i.state is ImageState.HELD and i.held_until is not None)

@@ -12,11 +12,15 @@ practice for users whose ``Actor.practice`` the transport could not fill in
 when the GP gives no ``valid-for=`` (one episode; issue 12), ``max_consent_window``
 the longest ``valid-for=`` allowed. ``patient_ref_schemes`` are the deployment's
 own patient-reference schemes accepted besides NHS numbers (handlers/patientref.py).
+
+The clock (issue 12 part 5, handlers/clock.py): ``working_days`` / ``working_hours`` /
+``non_working_dates`` define working time in ``time_zone``; ``escalate_after`` and the
+``urgent_*`` timers are working time; ``Specialty.lead`` is who an escalation mentions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 
 from handlers.patientref import PatientRefScheme
 
@@ -29,6 +33,8 @@ class Specialty:
     title: str = ""  # "Dermatology advice"
     roster: frozenset[str] = frozenset()  # user ids who may give the opinion
     aliases: frozenset[str] = frozenset()  # other words GPs may type (lower case)
+    # the roster member mentioned when a referral waits too long (None: the whole roster)
+    lead: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,16 @@ class Policy:
     filing_retry_first: timedelta = timedelta(minutes=1)  # doubles after each failed attempt
     filing_retry_max: timedelta = timedelta(hours=6)
     retention_warning: timedelta = timedelta(days=7)  # warn this long before an unfiled referral's retention ends
+    # the clock as a safety net (issue 12 part 5; handlers/clock.py, docs/commands.md "The clock").
+    # Working time: these hours (local wall clock, offsets from midnight; 24 h = midnight)
+    # on these weekdays (Monday = 0), minus the deployment's bank holidays.
+    working_days: frozenset[int] = frozenset({0, 1, 2, 3, 4})
+    working_hours: tuple[timedelta, timedelta] = (timedelta(hours=9), timedelta(hours=17))
+    non_working_dates: frozenset[date] = frozenset()
+    escalate_after: timedelta = timedelta(hours=16)  # working time from the first photo posted; 0 = off
+    urgent_escalate_after: timedelta = timedelta(hours=4)  # the same for urgent / 2ww referrals
+    urgent_max_lifetime: timedelta = timedelta(hours=16)  # working time: an urgent referral's answer window
+    urgent_reminder_lead: timedelta = timedelta(hours=4)  # working time: the urgent expiry warning's lead
 
     def find_specialty(self, word: str) -> Specialty | None:
         """Specialty by key, alias, or title (case-insensitive); None if unknown."""

@@ -26,6 +26,8 @@ Decisions (also in docs/commands.md):
   (tagged with the referral and the specialist's name); the GP's answer (a reply to
   that message, or ``!reply R-…``) is posted in the thread as "the referring GP
   (practice)". Only roster members are relayed; relays are audited, never their text.
+* Lists of a GP's referrals are in the store's opening sequence, never judged by the
+  wall clock, which can step back (issue 9, finding 10).
 * Faces or text found and the consent does not cover identifiable images: the image is
   blurred at once (faces and text boxes) and only the blurred copy is kept, HELD until the
   GP types ``!blur R-…`` (send it blurred) or ``!discard R-…``. Nothing unblurred is posted.
@@ -65,6 +67,7 @@ import logging
 from datetime import datetime
 from typing import Any, Awaitable, Callable
 
+from handlers import clock
 from handlers import lifecycle as lc
 from handlers.actions import Action, Notify, RedactOriginalUpload, RemoveImages, Reply
 from handlers.commands import (
@@ -126,7 +129,7 @@ from handlers.model import (
 from handlers.patientref import PATIENT_REF_MEDIA_TYPE, PatientRefHasher, normalise_patient_ref, patient_ref_vault_id
 from handlers.policy import Policy
 from handlers.timefmt import fmt_clock, fmt_date, local_date
-from storage.interfaces import Store, Transaction
+from storage.interfaces import RecordUnreadable, Store, StoreError, Transaction
 
 __all__ = ["ClearedImage", "StrippedImage", "Workflow"]
 
@@ -191,6 +194,11 @@ class _Kept:
     faces_blurred: bool = False
     text_blurred: bool = False
     removed: tuple[str, ...] = ()
+
+
+class _RulesFailed(Exception):
+    """The lifecycle rules raised for one referral in a tick (a bug for its data): that
+    referral is set aside; a store or machine failure is not this and stops the tick."""
 
 
 class _Refuse(Exception):
@@ -275,7 +283,10 @@ class Workflow:
     # ------------------------------------------------------------------ entry point
     async def handle(self, event: Any) -> list[Action]:
         if isinstance(event, Tick):
-            return await self._tick(event.at)
+            try:
+                return await self._tick(event.at)
+            finally:
+                await self.store.housekeeping()  # e.g. a WAL truncation a reader blocked
         user_event = isinstance(event, (CommandReceived, ImageReceived))
         try:
             prepared = await self._prepare_image(event) if isinstance(event, ImageReceived) else None
@@ -286,7 +297,15 @@ class Workflow:
                 ctx.prepared = prepared
                 await self._dispatch(ctx, event)
                 return await ctx.flush()
-        except Exception as exc:  # a bug or a store failure: nothing was changed
+        except StoreError as exc:
+            if not isinstance(exc, RecordUnreadable):
+                # the store itself failed (disk full, lock timeout): nothing was changed and
+                # nothing is marked handled; the transport retries the event later
+                raise
+            log.error("handling a %s failed: a record cannot be read", type(event).__name__)
+            if not user_event:
+                raise
+        except Exception as exc:  # a bug: nothing was changed
             log.error("handling a %s failed: %s", type(event).__name__, type(exc).__name__)
             if not user_event:
                 raise
@@ -330,7 +349,7 @@ class Workflow:
                 await ctx.apply(
                     *lc.image_posted(
                         ref, image_id=event.image_id, room_event_id=event.room_event_id, media_uri=event.media_uri,
-                        at=event.at, members=tuple(event.members),
+                        at=event.at, members=tuple(event.members), policy=self.policy,
                     )
                 )
         elif isinstance(event, ImagesRemoved):
@@ -377,19 +396,55 @@ class Workflow:
 
     # ------------------------------------------------------------------ timers
     async def _tick(self, at: datetime) -> list[Action]:
+        """Each due referral in its own transaction: one that cannot be read (or trips a
+        bug) is set aside and alerted on, and never stops the others' expiries. A store
+        failure (disk full, lock timeout) stops the tick; the next one retries."""
+        reader = getattr(self.store, "read", self.store.transaction)  # no write lock just to look
+        async with reader() as tx:
+            due = await tx.due_referral_ids(at)
+        out: list[Action] = []
+        for rid in due:
+            try:
+                async with self.store.transaction() as tx:
+                    ref = await tx.get_referral(rid)
+                    if ref is None or ref.next_due_at() is None or ref.next_due_at() > at:
+                        continue  # changed since the list was read
+                    try:
+                        ref2, effects = lc.tick(ref, at=at, policy=self.policy)
+                    except Exception as exc:  # a bug in the rules, for this referral's data
+                        raise _RulesFailed(exc) from exc
+                    ctx = _Ctx(tx, f"tick:{at.isoformat()}:{rid}")
+                    await ctx.apply(ref2, effects)
+                    out.extend(await ctx.flush())
+            except RecordUnreadable:
+                await self._set_aside(rid, "unreadable", at)
+            except _RulesFailed as failed:
+                log.error("the timer failed on referral %s", rid, exc_info=failed.__cause__)
+                await self._set_aside(rid, f"error ({type(failed.__cause__).__name__})", at)
+            # anything else (disk full, lock timeout, I/O) is the store's or the machine's,
+            # not this referral's: it rolls back and stops the tick; the next tick retries
         async with self.store.transaction() as tx:
-            out: list[Action] = []
-            for ref in await tx.due_referrals(at):
-                ctx = _Ctx(tx, f"tick:{at.isoformat()}:{ref.referral_id}")
-                await ctx.apply(*lc.tick(ref, at=at, policy=self.policy))
-                out.extend(await ctx.flush())
-            told = await self._destroy_due_photos(tx, at)
-            if told:
-                ctx = _Ctx(tx, f"tick:{at.isoformat()}:unassigned")
-                ctx.add(*told)
-                out.extend(await ctx.flush())
             await self._tick_patient_refs(tx, at)
-            return out
+        try:
+            async with self.store.transaction() as tx:
+                told = await self._destroy_due_photos(tx, at)
+                if told:
+                    ctx = _Ctx(tx, f"tick:{at.isoformat()}:unassigned")
+                    ctx.add(*told)
+                    out.extend(await ctx.flush())
+        except RecordUnreadable as exc:
+            # a held photo's row cannot be read: it is in the vault, never in a chat; the
+            # referrals' removals above are already done, and the next tick tries again
+            log.error("held photos not destroyed this tick: %s", exc)
+        return out
+
+    async def _set_aside(self, referral_id: str, reason: str, at: datetime) -> None:
+        log.error("referral %s set aside: %s; its timers stop until an operator repairs it "
+                  "(referral-bot status lists it)", referral_id, reason)
+        async with self.store.transaction() as tx:
+            await tx.set_aside_referral(referral_id, reason, at)
+            await tx.append_audit(AuditEntry(BOT_ACTOR, "referral.set_aside", at, referral_id=referral_id,
+                                             details={"reason": reason}))
 
     # ------------------------------------------------------------------ patient references
     async def _shred_patient_ref(self, tx: Transaction, consent_id: str, at: datetime, reason: str) -> None:
@@ -402,7 +457,14 @@ class Workflow:
         """At the end of the record's retention the patient reference goes, unless a
         referral under the consent still needs it (open, unfiled, or images still kept)."""
         for consent_id in await tx.due_patient_refs(at):
-            busy = [r for r in await tx.referrals_by_consent(consent_id)
+            try:
+                referrals = await tx.referrals_by_consent(consent_id)
+            except RecordUnreadable:  # one of them cannot be read: keep the reference for now
+                log.error("a referral under consent %s cannot be read; its patient reference is kept",
+                          consent_id)
+                await tx.patient_ref_keep(consent_id, at + self.policy.filing_retry_first)
+                continue
+            busy = [r for r in referrals
                     if r.is_open or r.awaiting_filing or any(not i.shredded for i in r.images)]
             if busy:
                 later = min((r.next_due_at() for r in busy if r.next_due_at() is not None), default=None)
@@ -434,6 +496,16 @@ class Workflow:
     def _practice(self, actor: Actor) -> str | None:
         return actor.practice or self.policy.practices.get(actor.user_id)
 
+    def _require_referrer(self, ev: CommandReceived, kind: str, what: str) -> None:
+        """Roles are enforced: only directory clinicians listed as referrers record
+        consent or refer (a specialist on a roster is not one unless also listed so)."""
+        if not ev.actor.may_refer:
+            raise _Refuse(
+                f"Only clinicians listed as referrers in this bot's directory can {what}; "
+                f"ask your administrator to set your role to \"referrer\" or \"both\".",
+                audit=AuditEntry(ev.actor.user_id, f"{kind}.refused", ev.at, details={"rule": "role"}),
+            )
+
     def _in_direct_chat(self, ev: CommandReceived, what: str) -> None:
         if not isinstance(ev.place, DirectChat):
             raise _Refuse(f"Use {what} in your direct chat with me, not in a specialty room.")
@@ -447,7 +519,7 @@ class Workflow:
                 return ref
             if allow_specialists and self._on_roster(ref, actor):
                 return ref
-        raise _Refuse(f"{rid} is not one of your referrals; check the id with !status.")
+        raise _Refuse("That is not one of your referrals; check the id with !status.")
 
     def _on_roster(self, ref: Referral, actor: Actor) -> bool:
         spec = self.policy.specialties.get(ref.specialty)
@@ -471,12 +543,14 @@ class Workflow:
             return await self._addendum(ctx, ev, cmd)
         if isinstance(cmd, ConsentCmd):
             self._in_direct_chat(ev, "!consent")
+            self._require_referrer(ev, "consent", "record consent")
             return await self._consent(ctx, ev, cmd)
         if isinstance(cmd, ConsentShowCmd):
             self._in_direct_chat(ev, "!consent show")
             return await self._consent_show(ctx, ev, cmd)
         if isinstance(cmd, ReferCmd):
             self._in_direct_chat(ev, "!refer")
+            self._require_referrer(ev, "referral", "open referrals")
             return await self._refer(ctx, ev, cmd)
         if isinstance(cmd, OpinionCmd):
             return await self._opinion(ctx, ev, cmd)
@@ -568,10 +642,10 @@ class Workflow:
         """Read a consent back to a clinician of the practice that recorded it (audited)."""
         consent = await ctx.tx.get_consent(cmd.consent_id)
         if consent is None:
-            raise _Refuse(f"There is no consent {cmd.consent_id}; check the id.")
+            raise _Refuse("There is no consent with that id; check it.")
         if self._practice(ev.actor) != consent.practice:
             raise _Refuse(
-                f"Consent {cmd.consent_id} was recorded by another practice; only that practice can read it.",
+                "That consent was recorded by another practice; only that practice can read it.",
                 audit=AuditEntry(ev.actor.user_id, "consent.show_refused", ev.at, consent_id=consent.consent_id,
                                  details={"rule": "practice"}),
             )
@@ -586,10 +660,10 @@ class Workflow:
         spec = self.policy.find_specialty(cmd.specialty)
         if spec is None:
             names = ", ".join(self.policy.specialty_names()) or "none configured"
-            raise _Refuse(f"I don't know the specialty {cmd.specialty!r}; choose one of: {names}.")
+            raise _Refuse(f"I don't know that specialty; choose one of: {names}.")
         consent = await tx.get_consent(cmd.consent_id)
         if consent is None:
-            raise _Refuse(f"There is no consent {cmd.consent_id}; record one with !consent (see !help consent).")
+            raise _Refuse("There is no consent with that id; record one with !consent (see !help consent).")
         refusal = check_cover(consent, actor=ev.actor, at=ev.at, policy=self.policy, specialty=spec.key)
         if refusal is not None:
             raise _Refuse(
@@ -623,6 +697,7 @@ class Workflow:
             at=ev.at,
             policy=self.policy,
             opened_seq=len(await tx.referrals_by_referrer(ev.actor.user_id)),
+            urgency=cmd.urgency,
         )
         await ctx.apply(ref, eff)
         others = [r for r in await tx.open_referrals_by_referrer(ev.actor.user_id) if r.referral_id != rid]
@@ -631,11 +706,15 @@ class Workflow:
             f"Send the photo(s) here now. I strip hidden data, post them in that thread, and remove them after the opinion "
             f"(or at {lc.fmt_time(ref.expires_at, self.policy.time_zone)} if nobody answers)."
         )
+        if clock.is_urgent(ref):
+            text += " Marked urgent: the specialists see that first and are chased sooner."
         if others:
             # with several referrals open a photo must say which one it is for
             text += (f" You have {_plural(len(others) + 1, 'open referral')}: if a photo could be for another one, "
                      f"send it as a reply to this message, or put {rid} in its caption.")
         ctx.add(Reply(to=ev.place, text=text, referral_id=rid))
+        # suspected cancer: the 2-week-wait pathway, not advice and guidance (the referral still opens)
+        await ctx.apply(*lc.pathway_reminder(ref, at=ev.at))
         return None
 
     # ---- !opinion
@@ -656,7 +735,7 @@ class Workflow:
         if ref is None:
             raise _Refuse("Give the opinion as a reply in the referral's thread (not in the main room).")
         if cmd.referral_id and cmd.referral_id != ref.referral_id:
-            raise _Refuse(f"This thread is {ref.referral_id}, not {cmd.referral_id}; give the opinion in the right thread.")
+            raise _Refuse(f"This thread is {ref.referral_id}, not the referral you named; give the opinion in the right thread.")
         if ref.specialty != place.specialty:
             raise _Refuse(f"{ref.referral_id} belongs to {ref.specialty}.")
         spec = self.policy.specialties.get(ref.specialty)
@@ -687,7 +766,7 @@ class Workflow:
         if ref is None:
             raise _Refuse(f"Use {what} as a reply in the referral's thread (not in the main room).")
         if rid and rid != ref.referral_id:
-            raise _Refuse(f"This thread is {ref.referral_id}, not {rid}; use the right thread.")
+            raise _Refuse(f"This thread is {ref.referral_id}, not the referral you named; use the right thread.")
         if not self._on_roster(ref, ev.actor):
             raise _Refuse(
                 f"Only clinicians on the {ref.specialty} roster can use {what}.",
@@ -810,11 +889,11 @@ class Workflow:
         tx = ctx.tx
         consent = await tx.get_consent(cmd.consent_id)
         if consent is None:
-            raise _Refuse(f"There is no consent {cmd.consent_id}; check the id.")
+            raise _Refuse("There is no consent with that id; check it.")
         if self._practice(ev.actor) != consent.practice:
-            raise _Refuse(f"Consent {cmd.consent_id} was recorded by another practice; only that practice can withdraw it.")
+            raise _Refuse("That consent was recorded by another practice; only that practice can withdraw it.")
         if consent.withdrawn:
-            raise _Refuse(f"Consent {cmd.consent_id} was already withdrawn.")
+            raise _Refuse(f"Consent {consent.consent_id} was already withdrawn.")
         consent = dataclasses.replace(consent, withdrawn_at=ev.at, withdrawn_by=ev.actor.user_id)
         await tx.save_consent(consent)
         await tx.append_audit(AuditEntry(ev.actor.user_id, "consent.withdrawn", ev.at, consent_id=consent.consent_id))
@@ -852,7 +931,7 @@ class Workflow:
     def _describe(self, ref: Referral) -> str:
         posted = sum(1 for i in ref.images if i.state is ImageState.POSTED)
         held = sum(1 for i in ref.images if i.state is ImageState.HELD)
-        bits = [f"{ref.referral_id} {ref.specialty}: {_STATE_WORDS[ref.state]}"]
+        bits = [f"{ref.referral_id} {ref.specialty}{' (urgent)' if clock.is_urgent(ref) else ''}: {_STATE_WORDS[ref.state]}"]
         if ref.state is ReferralState.CLOSED and ref.close_reason is not None:
             bits[0] += f" ({ref.close_reason.value})"
         bits.append(_plural(len([i for i in ref.images if i.state is not ImageState.DISCARDED]), "image"))

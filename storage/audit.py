@@ -1,11 +1,23 @@
-"""The append-only, hash-chained audit trail.
+"""The append-only audit trail, chained with HMAC-SHA256 under its own key.
 
 Each entry is ``(seq, at, actor, action, referral_id, consent_id, details)``.
-Its hash is ``SHA-256(prev_hash || canonical_json(entry))`` in lowercase hex,
-where ``prev_hash`` is the previous entry's hash (64 zeros for entry 1) and
-``canonical_json`` is JSON with sorted keys, no insignificant whitespace,
-UTF-8. Changing, inserting or deleting any entry breaks the chain at that
-entry (or, if the attacker recomputed that entry's own hash, at the next one).
+Its hash is ``HMAC-SHA256(audit_key, prev_hash || canonical_json(entry))`` in
+lowercase hex, where ``prev_hash`` is the previous entry's hash (64 zeros for
+entry 1) and ``canonical_json`` is JSON with sorted keys, no insignificant
+whitespace, UTF-8. ``audit_key`` is derived from the deployment secret under its
+own label (:mod:`storage.keys`), so someone who can write to the database but
+does not hold the key can neither re-hash a rewritten entry nor forge a new one:
+changing, inserting or deleting any entry breaks the chain at that entry.
+Entries cut off the *end* leave a valid shorter chain; the signed state
+(:mod:`storage.seal`: in the database, and in the anchor file outside it) names
+the head, which catches that.
+
+Databases from before schema version 6 carry a plain SHA-256 chain. When the
+store first opens such a database with the key it calls :func:`reanchor`: the
+old chain is checked, then one ``audit.reanchored`` entry (``count`` = the
+number of old entries) is appended whose HMAC covers the old head, so from then
+on rewriting an old entry breaks the chain at the re-anchoring entry. The old
+entries keep their SHA-256 hashes: the trail is never rewritten.
 
 What may go in: who (a clinician's chat id or ``bot``), what (an action name),
 when, and which referral / consent id. ``details`` takes only whitelisted keys
@@ -16,6 +28,7 @@ clinical question, the opinion or image bytes. Anything else is refused with a
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 from dataclasses import dataclass, field
@@ -26,6 +39,9 @@ from storage import queries as Q
 from storage.db import StorageError, Tx, from_text, to_text
 
 GENESIS_HASH = "0" * 64
+#: the entry that puts an old (pre-version-6) SHA-256 chain under the HMAC chain
+REANCHOR_ACTION = "audit.reanchored"
+BOT_ACTOR = "@referral-bot"
 MAX_TEXT = 200
 MAX_LIST = 50
 
@@ -86,6 +102,8 @@ ALLOWED_DETAIL_KEYS = frozenset(
         "sinks",
         # issue 11: how many text areas the identifiability check found (a count; never the text)
         "regions",
+        # the clock as a safety net (issue 12 part 5): routine | urgent | 2ww
+        "urgency",
     }
 )
 # Only used to give a sharper message for keys that are refused anyway.
@@ -123,6 +141,8 @@ class VerifyResult:
     first_broken: int | None
     problem: str | None
     head_hash: str
+    #: entries from before schema 6 (plain SHA-256), covered by the re-anchoring entry
+    legacy_entries: int = 0
 
     @property
     def intact(self) -> bool:
@@ -148,7 +168,13 @@ def _body(seq: int, at_text: str, actor: str, action: str, referral_id: str | No
     }
 
 
-def entry_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
+def entry_hash(key: bytes, prev_hash: str, body: Mapping[str, Any]) -> str:
+    """The HMAC-SHA256 link of one entry (hex)."""
+    return hmac.new(key, prev_hash.encode("ascii") + canonical_json(body), hashlib.sha256).hexdigest()
+
+
+def legacy_entry_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
+    """The plain SHA-256 link of entries written before schema version 6."""
     return hashlib.sha256(prev_hash.encode("ascii") + canonical_json(body)).hexdigest()
 
 
@@ -207,6 +233,7 @@ def _check_field(name: str, value: str | None, required: bool) -> None:
 
 async def append(
     tx: Tx,
+    key: bytes,
     *,
     at: datetime,
     actor: str,
@@ -225,7 +252,7 @@ async def append(
     seq, prev = (1, GENESIS_HASH) if head is None else (int(head["seq"]) + 1, head["hash"])
     at_text = to_text(at)
     body = _body(seq, at_text, actor, action, referral_id, consent_id, clean)
-    digest = entry_hash(prev, body)
+    digest = entry_hash(key, prev, body)
     await tx.execute(
         Q.AUDIT_APPEND,
         (seq, at_text, actor, action, referral_id, consent_id, canonical_json(clean).decode("utf-8"), prev, digest),
@@ -252,30 +279,71 @@ async def entries(tx: Tx, referral_id: str | None = None) -> list[AuditEntry]:
     return [_row_entry(r) for r in rows]
 
 
-async def verify(tx: Tx) -> VerifyResult:
-    """Walk the whole chain; report the first entry whose link or hash does not hold."""
+async def verify(tx: Tx, key: bytes, *, allow_unsigned: bool = False) -> VerifyResult:
+    """Walk the whole chain; report the first entry whose link or HMAC does not hold.
+
+    Plain SHA-256 entries are accepted only as a prefix that an ``audit.reanchored``
+    entry covers (see the module docstring). A chain with no signed entry at all is
+    reported as broken unless ``allow_unsigned`` (a database not yet upgraded).
+    """
     prev = GENESIS_HASH
     expected_seq = 1
     count = 0
+    legacy = 0
+    signed = False
     for row in await tx.fetchall(Q.AUDIT_ALL):
         count += 1
         seq = row["seq"]
         if not isinstance(seq, int) or seq != expected_seq:
             if isinstance(seq, int) and seq > expected_seq:
-                return VerifyResult(count, expected_seq, f"entry {expected_seq} is missing", prev)
-            return VerifyResult(count, expected_seq, f"entry {expected_seq} has a wrong sequence number", prev)
+                return VerifyResult(count, expected_seq, f"entry {expected_seq} is missing", prev, legacy)
+            return VerifyResult(count, expected_seq, f"entry {expected_seq} has a wrong sequence number", prev, legacy)
         if row["prev_hash"] != prev:
-            return VerifyResult(count, seq, "its link to the previous entry does not match", prev)
+            return VerifyResult(count, seq, "its link to the previous entry does not match", prev, legacy)
         try:
             details = json.loads(row["details"])
             if not isinstance(details, dict):
                 raise ValueError
             body = _body(seq, row["at"], row["actor"], row["action"], row["referral_id"], row["consent_id"], details)
-            digest = entry_hash(prev, body)
+            keyed = hmac.compare_digest(entry_hash(key, prev, body), str(row["hash"]))
+            old = not signed and not keyed and legacy_entry_hash(prev, body) == row["hash"]
         except (ValueError, TypeError, AttributeError):
-            return VerifyResult(count, seq, "its stored fields cannot be read", prev)
-        if digest != row["hash"]:
-            return VerifyResult(count, seq, "its contents do not match its hash", prev)
-        prev = digest
+            return VerifyResult(count, seq, "its stored fields cannot be read", prev, legacy)
+        if keyed:
+            if not signed and seq > 1 and (row["action"] != REANCHOR_ACTION or details.get("count") != seq - 1):
+                return VerifyResult(count, seq, "it follows unsigned entries but is not the entry that re-anchored them",
+                                    prev, legacy)
+            signed = True
+        elif old:
+            legacy += 1
+        else:
+            return VerifyResult(count, seq, "its contents do not match its HMAC", prev, legacy)
+        prev = row["hash"]
         expected_seq += 1
-    return VerifyResult(count, None, None, prev)
+    if legacy and not signed and not allow_unsigned:
+        return VerifyResult(count, 1, f"entries 1-{legacy} are not signed with this deployment's audit key "
+                            "(plain SHA-256, and no re-anchoring entry covers them)", prev, legacy)
+    return VerifyResult(count, None, None, prev, legacy)
+
+
+async def head(tx: Tx) -> tuple[int, str]:
+    """(count, head hash) of the chain as stored: (0, genesis) when empty."""
+    row = await tx.fetchone(Q.AUDIT_HEAD)
+    return (0, GENESIS_HASH) if row is None else (int(row["seq"]), str(row["hash"]))
+
+
+async def reanchor(tx: Tx, key: bytes, at: datetime) -> int:
+    """Put an old plain SHA-256 chain under the HMAC chain (once, when upgrading).
+
+    Refuses (``AuditError``) if the old chain is already broken: a broken trail is
+    never signed as if it were whole. Returns how many old entries were anchored.
+    """
+    result = await verify(tx, key, allow_unsigned=True)
+    if not result.intact:
+        raise AuditError(
+            f"the audit chain is broken at entry {result.first_broken} ({result.problem}), so it was not "
+            "re-anchored under the signed chain; investigate with `referral-bot audit verify` before upgrading"
+        )
+    if result.legacy_entries and result.legacy_entries == result.entries:
+        await append(tx, key, at=at, actor=BOT_ACTOR, action=REANCHOR_ACTION, details={"count": result.legacy_entries})
+    return result.legacy_entries

@@ -16,20 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 import aiosqlite
 
 from storage import queries as Q
 
+log = logging.getLogger("referral_bot.storage")
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 DIALECT = "sqlite"
+BUSY_TIMEOUT_MS = 5000
 
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+?)(?:\.(sqlite|postgres))?\.sql$")
 
@@ -146,6 +150,8 @@ class Tx:
 
     def __init__(self, conn: aiosqlite.Connection):
         self.conn = conn
+        #: run (in order, still under the database's lock) once the transaction has committed
+        self.after_commit: list[Callable[[], None]] = []
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         cur = await self.conn.execute(render(sql), tuple(params))
@@ -218,7 +224,7 @@ class Database:
         # busy_timeout first: switching to WAL takes a lock, and a second process (the
         # `status` command next to the running bot) must wait for it, not fail at once
         for pragma in (
-            "PRAGMA busy_timeout = 5000",
+            f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
             "PRAGMA journal_mode = WAL",
             "PRAGMA foreign_keys = ON",
             "PRAGMA secure_delete = ON",
@@ -241,13 +247,23 @@ class Database:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; ``ROLLBACK`` if the block raises."""
         async with self._lock:
             await self.conn.execute("BEGIN IMMEDIATE")
+            work = Tx(self.conn)
             try:
-                yield Tx(self.conn)
+                yield work
             except BaseException:
-                await self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                    await self.conn.execute("ROLLBACK")
                 raise
             else:
-                await self.conn.execute("COMMIT")
+                try:
+                    await self.conn.execute("COMMIT")
+                except BaseException:
+                    # a COMMIT that fails (disk full, busy) leaves the transaction open:
+                    # close it, or every later BEGIN fails and the store never recovers
+                    if self.conn.in_transaction:
+                        await self.conn.execute("ROLLBACK")
+                    raise
+                run_after_commit(work)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
@@ -304,10 +320,55 @@ class Database:
             applied.append(migration.version)
         return applied
 
-    async def checkpoint(self) -> None:
-        """Copy the WAL into the main file and truncate it (used after shredding)."""
+    async def checkpoint(self) -> bool:
+        """Empty the WAL, without ever blocking another connection: True if the WAL is now
+        empty, False if it must be tried again later (``SQLiteStore.housekeeping``, on
+        every tick). Used after shredding and scrubbing, whose old page images (key
+        material included) would otherwise stay in the -wal file.
+
+        First a PASSIVE checkpoint: it copies what it can into the main file and never
+        takes the write lock or waits. Only if that left nothing to copy (no reader holds
+        an older snapshot, no writer is adding frames: the WAL is idle) comes the
+        TRUNCATE, which then holds the write lock just to cut the file, and with a busy
+        timeout of 0 gives up at once if anybody else reads or writes. A TRUNCATE on a
+        WAL with frames still to copy would hold the write lock for the whole copy and
+        its fsync, stalling every writer (the bot's next event, `export`)."""
         async with self._lock:
-            await self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, frames, copied = await self._wal_checkpoint("PASSIVE")
+            if busy or frames < 0 or copied < frames:
+                return False
+            busy, _, _ = await self._wal_checkpoint("TRUNCATE")
+            return busy == 0
+
+    async def checkpoint_at_close(self) -> bool:
+        """The last chance before the connection closes (shutdown): TRUNCATE at once,
+        never waiting for another connection. True if the WAL is now empty."""
+        async with self._lock:
+            busy, _, _ = await self._wal_checkpoint("TRUNCATE")
+            return busy == 0
+
+    async def _wal_checkpoint(self, mode: str) -> tuple[int, int, int]:
+        """(busy, frames in the WAL, frames copied); busy = 1 when it was blocked. The
+        busy timeout is 0 for it: a checkpoint never waits for another connection."""
+        await self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            async with self.conn.execute(f"PRAGMA wal_checkpoint({mode})") as cur:
+                row = await cur.fetchone()
+        finally:
+            await self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if row is None:
+            return 1, -1, -1
+        return int(row[0]), int(row[1]), int(row[2])
+
+
+def run_after_commit(tx: Any) -> None:
+    """Run a committed transaction's hooks; a failing hook is logged, never raised (the
+    transaction did commit, and the caller must not be told otherwise)."""
+    for hook in tx.after_commit:
+        try:
+            hook()
+        except Exception:
+            log.exception("an after-commit step failed")
 
 
 def _restrict_permissions(path: Path) -> None:

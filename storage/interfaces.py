@@ -42,7 +42,14 @@ the memory store; storage tests should run the same contract against SQLite):
   ``vault_shred`` destroys the data key so the item can never be decrypted again;
   ``vault_get`` returns None for a shredded or unknown id. Shredding an unknown or
   already-shredded id returns False, never raises.
-* Audit: append-only. The store adds the hash chain; the entry has no patient data.
+* Outbox: once ``complete_action`` ran, nothing of the action's content is kept (the
+  SQL stores seal payloads under the records key and drop them when done).
+* Audit: append-only. The store adds the HMAC chain; the entry has no patient data.
+* Order: every list of referrals is in the order they were first saved (a sequence the
+  store assigns), never by the wall-clock ``opened_at``, which can step back.
+* A record that cannot be read raises ``RecordUnreadable`` (a ``StoreError``); any
+  other ``StoreError`` means the store itself failed (disk full, lock timeout): the
+  transport retries the event later instead of dropping it.
 """
 from __future__ import annotations
 
@@ -53,11 +60,23 @@ from typing import AsyncContextManager, Protocol, Sequence, runtime_checkable
 from handlers.actions import Action
 from handlers.model import AuditEntry, ConsentRecord, Referral, UnassignedPhoto
 
-__all__ = ["OutboxEntry", "Transaction", "Store", "StoreError"]
+__all__ = ["DeadLetter", "OutboxEntry", "RecordUnreadable", "SetAside", "Transaction", "Store",
+           "StoreError"]
 
 
 class StoreError(Exception):
     """Raised by a store for a failure the workflow cannot fix (disk full, corrupt row...)."""
+
+
+class RecordUnreadable(StoreError):
+    """One stored record cannot be read (altered, truncated, sealed under another key).
+    Unlike other store errors this is about that row only, not the database: the
+    workflow sets the record aside and carries on with the others."""
+
+    def __init__(self, kind: str, ident: str, why: str = "wrong key, or the row was altered"):
+        super().__init__(f"cannot read {kind} {ident}: {why}")
+        self.kind = kind
+        self.ident = ident
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,28 @@ class OutboxEntry:
     outbox_id: int
     action: Action
     enqueued_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An outbox action the transport gave up on (a permanent failure, or too many
+    retries). ``reason`` is one plain sentence without patient data."""
+
+    outbox_id: int
+    at: datetime
+    kind: str
+    referral_id: str | None
+    reason: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A referral the timers skip because its row cannot be read (see RecordUnreadable)."""
+
+    referral_id: str
+    at: datetime
+    reason: str
 
 
 @runtime_checkable
@@ -136,6 +177,17 @@ class Transaction(Protocol):
         """Unassigned photos with ``destroy_at <= at``, earliest first."""
         ...
 
+    async def due_referral_ids(self, at: datetime) -> list[str]:
+        """The ids of the referrals ``due_referrals(at)`` would return, without reading
+        (decrypting) them, so one unreadable row cannot stop the others; referrals set
+        aside are left out."""
+        ...
+
+    async def set_aside_referral(self, referral_id: str, reason: str, at: datetime) -> None:
+        """Keep the timers away from this referral (its row cannot be read) until an
+        operator repairs it. ``reason``: a plain phrase, no patient data."""
+        ...
+
     # vault -----------------------------------------------------------------
     async def vault_put(self, image_id: str, data: bytes, media_type: str) -> None:
         """Encrypt and keep *data* under *image_id* (a new, unused id)."""
@@ -199,4 +251,26 @@ class Store(Protocol):
 
     async def vault_get(self, image_id: str) -> bytes | None:
         """Read a vault item outside a transaction (for ``PostImage``); None if shredded."""
+        ...
+
+    async def housekeeping(self) -> None:
+        """Store upkeep the workflow runs after every ``Tick`` (outside any transaction):
+        e.g. retry a WAL truncation a reader blocked after a shred. Never raises."""
+        ...
+
+    async def dead_letter(self, outbox_id: int, *, kind: str, referral_id: str | None,
+                          reason: str, attempts: int, at: datetime) -> None:
+        """Set an action aside for good: record it in the dead-letter list and complete
+        it (it leaves ``pending_actions``), atomically. Idempotent."""
+        ...
+
+    async def dead_letters(self, limit: int = 50) -> list[DeadLetter]:
+        """The dead-letter list, newest first."""
+        ...
+
+    async def dead_letter_count(self) -> int:
+        ...
+
+    async def set_aside_referrals(self) -> list[SetAside]:
+        """Referrals the timers skip because they cannot be read, oldest first."""
         ...

@@ -8,7 +8,13 @@ distinct labels, so no key is ever used for two purposes:
 * ``kek``              - wraps the per-image data keys of the vault (AES-256-GCM);
 * ``patient_ref_key``  - HMAC-SHA256 secret for pseudonymous patient references
                          (fed to ``handlers.patientref.PatientRefHasher``);
-* ``records_key``      - AES-256-GCM key for consent / referral rows at rest;
+* ``records_key``      - AES-256-GCM key for consent / referral rows and outbox
+                         action payloads at rest;
+* ``audit_key``        - HMAC-SHA256 key of the audit chain (``storage/audit.py``);
+* ``seal_key``         - HMAC-SHA256 key of the store's signed state and of the
+                         anchor file outside the database (``storage/seal.py``);
+* ``matrix_pickle_key``- the pickle key of matrix-nio's crypto store (its own label:
+                         whoever holds the records key cannot open the Olm account).
 * ``cross_signing_key``- AES-256-GCM key sealing the bot's Matrix cross-signing
                          private keys in its transport store (bot/matrix/crosssign.py).
 
@@ -35,6 +41,9 @@ _SALT = b"referral-bot/keys/v1"
 LABEL_KEK = b"referral-bot vault key-encryption key v1"
 LABEL_PATIENT_REF = b"referral-bot patient reference hmac v1"
 LABEL_RECORDS = b"referral-bot records at rest v1"
+LABEL_AUDIT = b"referral-bot audit chain hmac v1"
+LABEL_SEAL = b"referral-bot store state seal v1"
+LABEL_MATRIX_PICKLE = b"referral-bot nio crypto store pickle key v1"
 LABEL_FINGERPRINT = b"referral-bot key fingerprint v1"
 LABEL_CROSS_SIGNING = b"referral-bot matrix cross-signing keys v1"
 
@@ -54,6 +63,9 @@ class Keys:
     kek: bytes = field(repr=False)
     patient_ref_key: bytes = field(repr=False)
     records_key: bytes = field(repr=False)
+    audit_key: bytes = field(repr=False)
+    seal_key: bytes = field(repr=False)
+    matrix_pickle_key: bytes = field(repr=False)
     fingerprint: str
     source: str
     cross_signing_key: bytes = field(default=b"", repr=False)
@@ -66,6 +78,9 @@ class Keys:
             kek=_hkdf(master, LABEL_KEK),
             patient_ref_key=_hkdf(master, LABEL_PATIENT_REF),
             records_key=_hkdf(master, LABEL_RECORDS),
+            audit_key=_hkdf(master, LABEL_AUDIT),
+            seal_key=_hkdf(master, LABEL_SEAL),
+            matrix_pickle_key=_hkdf(master, LABEL_MATRIX_PICKLE),
             fingerprint=_hkdf(master, LABEL_FINGERPRINT, 8).hex(),
             source=source,
             cross_signing_key=_hkdf(master, LABEL_CROSS_SIGNING),

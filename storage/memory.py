@@ -17,7 +17,7 @@ from typing import AsyncIterator, Sequence
 from handlers.actions import Action
 from handlers.model import AuditEntry, ConsentRecord, Referral, UnassignedPhoto
 from storage.audit import check_details
-from storage.interfaces import OutboxEntry
+from storage.interfaces import DeadLetter, OutboxEntry, SetAside
 
 __all__ = ["MemoryStore"]
 
@@ -33,6 +33,8 @@ class _State:
     audit: list[AuditEntry] = field(default_factory=list)
     outbox: list[OutboxEntry] = field(default_factory=list)
     next_outbox_id: int = 1
+    seq: dict[str, int] = field(default_factory=dict)  # referral id -> order of first save
+    set_aside: dict[str, SetAside] = field(default_factory=dict)
     patient_refs: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
 
     def clone(self) -> "_State":
@@ -47,6 +49,8 @@ class _State:
             audit=list(self.audit),
             outbox=list(self.outbox),
             next_outbox_id=self.next_outbox_id,
+            seq=dict(self.seq),
+            set_aside=dict(self.set_aside),
             patient_refs=dict(self.patient_refs),
         )
 
@@ -72,9 +76,11 @@ class _MemoryTransaction:
 
     async def save_referral(self, referral: Referral) -> None:
         self._s.referrals[referral.referral_id] = referral
+        self._s.seq.setdefault(referral.referral_id, len(self._s.seq) + 1)
 
     def _sorted(self, items: list[Referral]) -> list[Referral]:
-        return sorted(items, key=lambda r: (r.opened_at, r.referral_id))
+        # the order of opening, never the wall clock (which can step back)
+        return sorted(items, key=lambda r: self._s.seq[r.referral_id])
 
     async def referrals_by_consent(self, consent_id: str) -> list[Referral]:
         return self._sorted([r for r in self._s.referrals.values() if r.consent_id == consent_id])
@@ -97,7 +103,7 @@ class _MemoryTransaction:
             nd = r.next_due_at()
             if nd is not None and nd <= at:
                 due.append((nd, r.referral_id, r))
-        due.sort(key=lambda t: (t[0], t[1]))
+        due.sort(key=lambda t: (t[0], self._s.seq[t[1]]))
         return [r for _, _, r in due]
 
     async def save_unassigned_photo(self, photo: UnassignedPhoto) -> None:
@@ -113,6 +119,12 @@ class _MemoryTransaction:
     async def due_unassigned_photos(self, at: datetime) -> list[UnassignedPhoto]:
         due = [p for p in self._s.unassigned.values() if p.destroy_at <= at]
         return sorted(due, key=lambda p: (p.destroy_at, p.photo_id))
+
+    async def due_referral_ids(self, at: datetime) -> list[str]:
+        return [r.referral_id for r in await self.due_referrals(at) if r.referral_id not in self._s.set_aside]
+
+    async def set_aside_referral(self, referral_id: str, reason: str, at: datetime) -> None:
+        self._s.set_aside.setdefault(referral_id, SetAside(referral_id, at, reason))
 
     async def vault_put(self, image_id: str, data: bytes, media_type: str) -> None:
         if image_id in self._s.vault or image_id in self._s.shredded:
@@ -173,6 +185,8 @@ class MemoryStore:
         self._lock = asyncio.Lock()
         # completion is store-level (not rolled back with a handler transaction)
         self._completed: set[int] = set()
+        self.housekeeping_runs = 0
+        self._dead: dict[int, DeadLetter] = {}
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
@@ -198,6 +212,24 @@ class MemoryStore:
     async def vault_get(self, image_id: str) -> bytes | None:
         item = self._state.vault.get(image_id)
         return item[0] if item else None
+
+    async def housekeeping(self) -> None:
+        """Nothing to tidy in memory (the SQLite store truncates its WAL here)."""
+        self.housekeeping_runs += 1
+
+    async def dead_letter(self, outbox_id: int, *, kind: str, referral_id: str | None,
+                          reason: str, attempts: int, at: datetime) -> None:
+        self._dead.setdefault(outbox_id, DeadLetter(outbox_id, at, kind, referral_id, reason, attempts))
+        self._completed.add(outbox_id)
+
+    async def dead_letters(self, limit: int = 50) -> list[DeadLetter]:
+        return sorted(self._dead.values(), key=lambda d: -d.outbox_id)[:limit]
+
+    async def dead_letter_count(self) -> int:
+        return len(self._dead)
+
+    async def set_aside_referrals(self) -> list[SetAside]:
+        return sorted(self._state.set_aside.values(), key=lambda s: (s.at, s.referral_id))
 
     # --- inspection helpers for tests and the demo (not part of the Protocol) ---
     @property

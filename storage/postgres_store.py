@@ -15,8 +15,9 @@ changes PostgreSQL needs: ``?`` placeholders become ``$1, $2 …`` and ``BLOB`` 
 picked by :func:`storage.db.discover_migrations` with ``dialect="postgres"``.
 
 Transactions are serialised like SQLite's ``BEGIN IMMEDIATE``: in-process by an asyncio
-lock, and across processes (several bot instances on one database) by a transaction-level
-advisory lock taken first thing in every write transaction. That keeps the store's
+lock, and across processes (the bot and an ``export`` next to it) by a transaction-level
+advisory lock taken first thing in every write transaction. A second *bot* on one database
+is refused at start: it holds a session advisory lock (``exclusive=True``). That keeps the store's
 "one transaction at a time" contract, which the outbox numbering relies on.
 """
 from __future__ import annotations
@@ -36,9 +37,12 @@ from storage.db import (
     StorageError,
     discover_migrations,
     render,
+    run_after_commit,
     to_text,
     utc_now,
 )
+from storage.instance import AlreadyRunning
+from storage.seal import AnchorFile
 from storage.interfaces import StoreError
 from storage.keys import Keys
 from storage.sqlite_store import SQLiteStore
@@ -48,6 +52,8 @@ __all__ = ["PgDatabase", "PgTx", "PostgresStore", "translate", "DIALECT"]
 DIALECT = "postgres"
 #: advisory lock key that serialises write transactions (any constant unique to this app)
 WRITE_LOCK_KEY = 0x5245_4642  # "REFB"
+#: session advisory lock held by the one bot process allowed on a database
+INSTANCE_LOCK_KEY = 0x5245_4649  # "REFI"
 
 _BLOB = re.compile(r"\bBLOB\b", re.IGNORECASE)
 _SQLITE_TABLE_EXISTS = re.compile(
@@ -69,6 +75,7 @@ class PgTx:
 
     def __init__(self, conn: asyncpg.Connection):
         self.conn = conn
+        self.after_commit: list = []  # run once the transaction has committed (storage.db.Tx)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         status = await self.conn.execute(translate(sql), *params)
@@ -137,19 +144,34 @@ class PgDatabase:
             async with self.pool.acquire() as conn:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK_KEY)
-                    yield PgTx(conn)
+                    work = PgTx(conn)
+                    yield work
+                run_after_commit(work)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[PgTx]:
-        """A read-only snapshot (REPEATABLE READ, never blocks writers)."""
-        async with self.pool.acquire() as conn:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                yield PgTx(conn)
+        """A read-only snapshot (REPEATABLE READ, never blocks writers). Serialised with
+        this process's write transactions, as on SQLite, so the store's view of its
+        signed state (storage/seal.py) always matches the snapshot it checks rows in."""
+        async with self._lock:
+            async with self.pool.acquire() as conn:
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    yield PgTx(conn)
 
-    async def checkpoint(self) -> None:
+    async def checkpoint(self) -> bool:
         """SQLite flushes its WAL after a shred; PostgreSQL needs no equivalent here
         (dead tuples are reclaimed by autovacuum; see docs/operations.md)."""
-        return None
+        return True
+
+    async def checkpoint_at_close(self) -> bool:
+        return True
+
+    async def vacuum_full(self, *tables: str) -> None:
+        """Rewrite tables so dead row versions (old outbox JSON) leave the table files."""
+        async with self._lock:
+            async with self.pool.acquire() as conn:
+                for table in tables:
+                    await conn.execute(f"VACUUM FULL {table}")
 
     async def schema_version(self) -> int:
         async with self.read() as tx:
@@ -164,9 +186,12 @@ class PgDatabase:
         target = latest if target_version is None else target_version
         if target > latest:
             raise StorageError(f"no migration {target:03d} (latest is {latest:03d})")
-        async with self.transaction() as tx:
-            await tx.execute(Q.CREATE_SCHEMA_VERSION)
+        # read first, as on SQLite: an up-to-date database (the usual case) takes no write,
+        # so a read-only one reaches the store's own, clearer, refusal
         current = await self.schema_version()
+        if current == 0:
+            async with self.transaction() as tx:
+                await tx.execute(Q.CREATE_SCHEMA_VERSION)
         if current > latest:
             raise SchemaTooNew(
                 f"database schema is version {current}, newer than this program knows ({latest}); upgrade referral-bot"
@@ -190,6 +215,11 @@ def translate_script(script: str) -> str:
     return _BLOB.sub("BYTEA", script)
 
 
+def _read_only(where: str) -> str:
+    return (f"{where} is read-only (a standby, or default_transaction_read_only is on), and the bot "
+            "must write to it: point it at the primary")
+
+
 def _safe_dsn(dsn: str) -> str:
     """The DSN without its password, for error messages."""
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
@@ -198,17 +228,63 @@ def _safe_dsn(dsn: str) -> str:
 class PostgresStore(SQLiteStore):
     """``storage.interfaces.Store`` on PostgreSQL: the SQLite store's logic on :class:`PgDatabase`."""
 
+    _instance_conn: asyncpg.Connection | None = None
+
     @classmethod
-    async def open(cls, dsn: str, keys: Keys, *, create: bool = True) -> "PostgresStore":  # type: ignore[override]
-        db = await PgDatabase.open(dsn)
-        store = cls(db, keys)  # type: ignore[arg-type]
+    async def open(  # type: ignore[override]
+        cls,
+        dsn: str,
+        keys: Keys,
+        *,
+        create: bool = True,
+        anchor_path: str | None = None,
+        exclusive: bool = False,
+    ) -> "PostgresStore":
+        """As :meth:`SQLiteStore.open`. ``anchor_path`` None: no anchor file (tests only;
+        the bot's config always names one). ``exclusive``: hold a session advisory lock
+        on a connection of its own, so a second bot on this database is refused."""
+        instance = None
+        if exclusive:
+            try:
+                instance = await asyncpg.connect(dsn, timeout=10.0)
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise StorageError(f"cannot connect to PostgreSQL ({_safe_dsn(dsn)}): {exc}") from None
+            if not await instance.fetchval("SELECT pg_try_advisory_lock($1)", INSTANCE_LOCK_KEY):
+                await instance.close()
+                raise AlreadyRunning(
+                    f"another referral-bot is already running on the PostgreSQL database {_safe_dsn(dsn)}; "
+                    "stop it first, or give this one its own database"
+                )
         try:
-            async with db.transaction() as tx:
-                await store._vault.check_key(tx)  # type: ignore[arg-type]
-        except BaseException:
-            await db.close()
+            db = await PgDatabase.open(dsn)
+        except BaseException as exc:
+            if instance is not None:
+                await instance.close()
+            if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):  # a migration could not write
+                raise StorageError(_read_only(f"the PostgreSQL database {_safe_dsn(dsn)}")) from None
             raise
+        store = cls(db, keys, AnchorFile(anchor_path) if anchor_path is not None else None)  # type: ignore[arg-type]
+        store._instance_conn = instance
+        await store._start(f"the PostgreSQL database {_safe_dsn(dsn)}", probe_write=exclusive)
         return store
+
+    def _is_read_only(self, exc: BaseException) -> bool:
+        return isinstance(exc, asyncpg.ReadOnlySQLTransactionError) or super()._is_read_only(exc)
+
+    @classmethod
+    def _read_only_message(cls, where: str) -> str:
+        return _read_only(where)
+
+    async def _after_upgrade(self) -> None:
+        await self.db.vacuum_full("outbox")  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            if self._instance_conn is not None:
+                await self._instance_conn.close()  # ends the session: the advisory lock goes
+                self._instance_conn = None
 
     @contextlib.asynccontextmanager
     async def transaction(self):  # type: ignore[override]

@@ -3,7 +3,9 @@
 Redacting an event does not delete its media from Synapse; the bot therefore deletes
 every media id it posted or received with
 ``DELETE /_synapse/admin/v1/media/<server>/<media_id>`` when it has an admin token,
-and then checks that downloading it now answers 404.
+and then checks that downloading it now answers 404. Media it did not upload itself is
+deleted only when ``GET`` on the same path names the sender of the event that carried
+it as the uploader (an event can name anybody's media).
 """
 from __future__ import annotations
 
@@ -75,6 +77,20 @@ class SynapseAdmin:
         if status == 200:
             return True
         raise ConnectionError(f"media check answered HTTP {status}")
+
+    async def media_uploader(self, mxc: str) -> tuple[bool, str | None]:
+        """``(exists, uploader)`` from the admin media-info API: the local user who
+        uploaded it (None for remote media, whose uploader this server does not know)."""
+        server, media_id = split_mxc(mxc)
+        path = (f"/_synapse/admin/v1/media/{urllib.parse.quote(server)}/"
+                f"{urllib.parse.quote(media_id)}")
+        status, body = await self._request("GET", path, self._admin_token)
+        if status == 404:
+            return False, None
+        if status != 200:
+            raise ConnectionError(f"media info answered HTTP {status}")
+        info = body.get("media_info") or {}
+        return True, info.get("user_id")
 
     async def delete_media(self, mxc: str) -> MediaGone:
         if not self.can_delete:

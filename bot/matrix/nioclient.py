@@ -24,13 +24,38 @@ from nio.responses import DownloadError, UploadResponse
 
 
 class MatrixCallError(RuntimeError):
-    """A Matrix API call failed; the message never contains tokens or content."""
+    """A Matrix API call failed; the message never contains tokens or content.
 
-    def __init__(self, what: str, status: str | int | None = None, errcode: str | None = None):
+    ``http``: the HTTP status when the server answered (None otherwise). ``permanent``:
+    the server refused this request for good (403 not allowed / not in the room, 404
+    unknown room, other 4xx but 401, 408 and 429): retrying the same call cannot help.
+    """
+
+    def __init__(self, what: str, status: str | int | None = None, errcode: str | None = None,
+                 http: int | None = None):
         self.what = what
         self.status = status
         self.errcode = errcode
-        super().__init__(f"{what} failed ({errcode or status or 'error'})")
+        self.http = http
+        super().__init__(f"{what} failed ({errcode or status or http or 'error'})")
+
+    @classmethod
+    def from_response(cls, what: str, resp: Any) -> "MatrixCallError":
+        http = getattr(getattr(resp, "transport_response", None), "status", None)
+        errcode = getattr(resp, "status_code", None)
+        return cls(what, err_code(resp), errcode if isinstance(errcode, str) else None,
+                   http if isinstance(http, int) else None)
+
+    @property
+    def forbidden(self) -> bool:
+        """403 / M_FORBIDDEN: typically the bot is not (or no longer) in the room."""
+        return self.http == 403 or self.errcode == "M_FORBIDDEN"
+
+    @property
+    def permanent(self) -> bool:
+        if self.errcode in ("M_FORBIDDEN", "M_NOT_FOUND", "M_UNKNOWN_ROOM", "M_TOO_LARGE"):
+            return True
+        return self.http is not None and 400 <= self.http < 500 and self.http not in (401, 408, 429)
 
 
 def make_client(homeserver: str, user_id: str, store_dir: str | os.PathLike,
@@ -155,7 +180,7 @@ async def upload_encrypted(client: AsyncClient, data: bytes, filename: str,
     resp, _ = await client.upload(lambda *_: ciphertext, content_type="application/octet-stream",
                                   filename=filename, filesize=len(ciphertext))
     if not isinstance(resp, UploadResponse):
-        raise MatrixCallError("upload", err_code(resp))
+        raise MatrixCallError.from_response("upload", resp)
     info = dict(keys)
     info["url"] = resp.content_uri
     info["mimetype"] = mimetype
@@ -259,5 +284,5 @@ async def send(client: AsyncClient, room_id: str, content: dict,
     resp = await client.room_send(room_id, event_type, content, tx_id=txn_id,
                                   ignore_unverified_devices=True)
     if not isinstance(resp, RoomSendResponse):
-        raise MatrixCallError("send", err_code(resp))
+        raise MatrixCallError.from_response("send", resp)
     return resp.event_id

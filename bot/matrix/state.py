@@ -6,7 +6,9 @@ Kept apart from the workflow's store because it is Matrix plumbing, not clinical
 - which room is the direct chat with which user;
 - a media ledger: every mxc the bot received (GP originals, their thumbnails) or
   posted, with the reference it belongs to, so nothing is left on the server
-  (the admin room-media listing does not show encrypted media);
+  (the admin room-media listing does not show encrypted media), and who should have
+  uploaded it (the bot, or the sender of the event that named it): media is deleted
+  only when that is true, and set aside ("skipped") otherwise;
 - events that could not be decrypted yet, kept for a grace period;
 - the latest messages of each thread the bot knows of (event ids only), so a thread
   reply's fallback ``m.in_reply_to`` points at the thread's latest message;
@@ -61,6 +63,11 @@ class TransportState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(media)")}
+        if "owner" not in columns:  # added by the security review (issue 9)
+            self._db.execute("ALTER TABLE media ADD COLUMN owner TEXT")
+        if "skipped" not in columns:
+            self._db.execute("ALTER TABLE media ADD COLUMN skipped TEXT")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -97,28 +104,50 @@ class TransportState:
                    "ON CONFLICT(user_id) DO UPDATE SET room_id=excluded.room_id",
                    (user_id, room_id))
 
+    def forget_dm_room(self, room_id: str) -> None:
+        """The room is no longer anybody's direct chat (the bot left it, or it refused)."""
+        self._exec("DELETE FROM dm_rooms WHERE room_id=?", (room_id,))
+
     # media ledger --------------------------------------------------------
-    def record_media(self, mxc: str, kind: str, ref: str, room_event: str | None = None) -> None:
-        self._exec("INSERT INTO media(mxc, kind, ref, room_event, created_at) VALUES(?,?,?,?,?) "
+    def record_media(self, mxc: str, kind: str, ref: str, room_event: str | None = None,
+                     owner: str | None = None) -> None:
+        """``owner``: who should have uploaded it (the bot's user id for its own uploads,
+        the event's sender for media an event named). The first record wins."""
+        self._exec("INSERT INTO media(mxc, kind, ref, room_event, created_at, owner) VALUES(?,?,?,?,?,?) "
                    "ON CONFLICT(mxc) DO UPDATE SET room_event=COALESCE(excluded.room_event, "
-                   "media.room_event)", (mxc, kind, ref, room_event, time.time()))
+                   "media.room_event), owner=COALESCE(media.owner, excluded.owner)",
+                   (mxc, kind, ref, room_event, time.time(), owner))
 
     def retag_media(self, mxc: str, ref: str) -> None:
         """File an upload under another reference (an early upload taken by its image)."""
         self._exec("UPDATE media SET ref=? WHERE mxc=?", (ref, mxc))
 
     def media_for_ref(self, ref: str, include_deleted: bool = False) -> list[str]:
-        sql = "SELECT mxc FROM media WHERE ref=?"
+        sql = "SELECT mxc FROM media WHERE ref=? AND skipped IS NULL"
         if not include_deleted:
             sql += " AND deleted_at IS NULL"
         return [r[0] for r in self._exec(sql + " ORDER BY created_at", (ref,))]
 
     def media_for_event(self, room_event: str) -> list[str]:
         return [r[0] for r in self._exec(
-            "SELECT mxc FROM media WHERE room_event=? AND deleted_at IS NULL", (room_event,))]
+            "SELECT mxc FROM media WHERE room_event=? AND deleted_at IS NULL AND skipped IS NULL",
+            (room_event,))]
+
+    def media_owner(self, mxc: str, bot_user: str) -> str | None:
+        """Who should have uploaded it (None if unknown). The bot's own uploads recorded
+        before owners were kept ("posted" rows without an owner) are the bot's."""
+        rows = self._exec("SELECT owner, kind FROM media WHERE mxc=?", (mxc,))
+        if not rows:
+            return None
+        owner, kind = rows[0]
+        return owner or (bot_user if kind == "posted" else None)
 
     def mark_media_deleted(self, mxc: str) -> None:
         self._exec("UPDATE media SET deleted_at=? WHERE mxc=?", (time.time(), mxc))
+
+    def mark_media_skipped(self, mxc: str, why: str) -> None:
+        """Never delete this one (see media_owner); it leaves the live list."""
+        self._exec("UPDATE media SET skipped=? WHERE mxc=?", (why, mxc))
 
     def all_media(self) -> list[str]:
         """Every mxc ever recorded, deleted or not (for checks that nothing is left)."""
@@ -129,11 +158,12 @@ class TransportState:
         event carries."""
         return [(r[0], r[1]) for r in self._exec(
             "SELECT mxc, ref FROM media WHERE deleted_at IS NULL AND room_event IS NULL "
-            "AND substr(ref, 1, ?) = ? ORDER BY created_at", (len(ref_prefix), ref_prefix))]
+            "AND skipped IS NULL AND substr(ref, 1, ?) = ? ORDER BY created_at",
+            (len(ref_prefix), ref_prefix))]
 
     def live_media(self) -> list[tuple[str, str, str]]:
         return self._exec("SELECT mxc, kind, ref FROM media WHERE deleted_at IS NULL "
-                          "ORDER BY created_at")
+                          "AND skipped IS NULL ORDER BY created_at")
 
     # threads -------------------------------------------------------------
     def note_thread_event(self, root: str, event_id: str, ts_ms: int | None = None) -> None:

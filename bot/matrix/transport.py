@@ -11,10 +11,22 @@ Guarantees:
   the Matrix transaction id, so Synapse does not post twice;
 - a homeserver outage is retried with backoff (sync, downloads and actions);
 - the bot refuses to post into a specialty room that is not encrypted or that has a
-  member (joined or invited) outside the clinician directory, and says so there;
+  member (joined or invited) who is not on that specialty's roster, and says so there;
+- before every message to a person (Reply / Notify to a direct chat) the room must be
+  encrypted and hold exactly the bot and that person (joined or invited, nobody else);
+  otherwise the bot opens a fresh encrypted direct chat and says why there. An invite
+  alone never makes a room a direct chat;
+- in an encrypted room only events that were decrypted are acted on, and only when the
+  sender key is one of the sender's known devices;
+- media is deleted only when the bot uploaded it, or when the admin API names the
+  sender of the event that carried it as its uploader;
+- a refusal by the homeserver that retrying cannot fix (403, not in the room, unknown
+  room) is a permanent failure; rooms the bot was removed from are dropped from nio's
+  view (nio keeps them);
 - trust policy: devices are not interactively verified; room keys are shared with
-  every device of the room's members (all of whom are checked against the directory
-  before anything clinical is posted);
+  every device of the room's members (all of whom are checked against the room's
+  roster, or for a direct chat against exactly the bot and that person, before
+  anything clinical is posted);
 - a held image's preview goes only to the GP's encrypted direct chat, encrypted like a
   post, and every upload made for it is in the media ledger (``preview.<image id>``), so
   RemovePreview deletes it from the server (docs/matrix.md, "Previews").
@@ -25,7 +37,7 @@ import asyncio
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -37,7 +49,7 @@ from bot.matrix import nioclient
 from bot.matrix.admin import SynapseAdmin
 from bot.matrix.mentions import alert_content
 from bot.matrix.state import TransportState
-from bot.outbox import OutboxLoop
+from bot.outbox import OutboxLoop, PermanentFailure, StoreUnavailable
 from handlers import actions as A
 from handlers import events as E
 from handlers.model import Actor, ImageState
@@ -53,7 +65,7 @@ def utcnow() -> datetime:
 
 
 class TransientError(Exception):
-    """Worth retrying later (homeserver down, 5xx, timeouts)."""
+    """Worth retrying later, a limited number of times (a 5xx, a failed room creation)."""
 
 
 class RoomUnsafe(Exception):
@@ -66,6 +78,7 @@ class TransportSettings:
     specialty_titles: dict[str, str]
     directory: dict[str, Actor]                     # user id -> Actor
     is_allowed: Callable[[str], bool]               # allow-list check for invites/commands
+    rosters: dict[str, frozenset[str]] = field(default_factory=dict)  # specialty -> who may be in its room
     decrypt_grace_seconds: float = 60.0
     key_request_after_seconds: float = 2.0
     tick_seconds: float = 1.0
@@ -118,7 +131,9 @@ def _without_reply_fallback(body: str) -> str:
 
 
 class MatrixTransport(OutboxLoop):
-    transient_errors = (TransientError, OSError, asyncio.TimeoutError, nioclient.MatrixCallError)
+    # the homeserver cannot be reached (nio itself retries those until it can): back off,
+    # never give up. TransientError and MatrixCallError are counted against the action.
+    transient_errors = (OSError, asyncio.TimeoutError)
     max_backoff = 10.0
 
     def __init__(self, client: AsyncClient, store: Any, workflow: Any,
@@ -138,6 +153,9 @@ class MatrixTransport(OutboxLoop):
         self.ready = asyncio.Event()     # set after the first sync was processed
         self.sync_failures = 0
         self._batch_retries = 0
+        self.rejected_events = 0          # messages ignored: not decrypted, or a foreign sender key
+        self.foreign_media_refused = 0    # media not deleted: not uploaded by its event's sender
+        self._dm_refused: set[str] = set()  # rooms that refused the bot's messages for good
         self.last_sync_at: float | None = None
         # image id -> task encrypting and uploading a cleared image while the workflow
         # saves it and the thread root is posted (see _on_image_cleared)
@@ -189,7 +207,15 @@ class MatrixTransport(OutboxLoop):
                 log.warning("initial sync failed (%s); retrying in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
-        await self._process_sync(resp, replay_timeline=token is not None)
+        while True:
+            try:
+                await self._process_sync(resp, replay_timeline=token is not None)
+                return
+            except StoreUnavailable:  # logged and counted; nothing acknowledged
+                await self._wait_for_store()
+
+    async def _wait_for_store(self) -> None:
+        await asyncio.sleep(max(0.5, self._store_until - time.monotonic()))
 
     async def _sync_loop(self) -> None:
         delay = 0.5
@@ -209,6 +235,12 @@ class MatrixTransport(OutboxLoop):
                 await self._process_sync(resp)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable:
+                # the store failed (disk full, lock timeout): the batch is NOT acknowledged,
+                # however long it takes; fetch it again from the saved token once the store
+                # answers (what was handled already is a no-op the second time)
+                self.client.next_batch = self.state.sync_token
+                await self._wait_for_store()
             except TransientError:
                 # the batch is not acknowledged: rewind to the saved token and retry it
                 # (a few times: an error that never clears must not wedge the bot)
@@ -230,6 +262,8 @@ class MatrixTransport(OutboxLoop):
 
     async def _process_sync(self, resp: Any, replay_timeline: bool = True) -> None:
         self.last_sync_at = time.monotonic()
+        for room_id in resp.rooms.leave:
+            self._on_left(room_id)
         for room_id, info in resp.rooms.invite.items():
             await self._on_invite(room_id, info)
         if replay_timeline:
@@ -283,10 +317,13 @@ class MatrixTransport(OutboxLoop):
         if inviter and self.s.is_allowed(inviter):
             resp = await self.client.join(room_id)
             if isinstance(resp, JoinResponse):
+                # joined, but NOT recorded as the inviter's direct chat: an invite says
+                # nothing about who else is (or will be) in the room. A room becomes a
+                # direct chat when the person talks to the bot there and it passes the
+                # checks (encrypted, just the two of them), and it is checked again
+                # before every message sent to them (_dm_room_for).
                 log.info("joined a room on an allowed invite")
                 await nioclient.sync_once(self.client)
-                if room_id not in self.room_specialty:
-                    self.state.set_dm_room(inviter, room_id)
             else:
                 log.warning("could not join an invited room (%s)", nioclient.err_code(resp))
         else:
@@ -304,15 +341,45 @@ class MatrixTransport(OutboxLoop):
 
     # ================================================================= timeline
     def _actor(self, user_id: str) -> Actor:
-        return self.s.directory.get(user_id) or Actor(user_id=user_id)
+        # outside the directory: may talk to the bot (!help, !status), never refer
+        return self.s.directory.get(user_id) or Actor(user_id=user_id, may_refer=False)
 
     def _remember_dm(self, room_id: str) -> None:
         room = self.client.rooms.get(room_id)
         if room is None:
             return
         others = [u for u in room.users if u != self.client.user_id]
-        if len(others) == 1 and room.member_count <= 2:
+        if len(others) == 1 and self._dm_problem(room, others[0]) is None:
             self.state.set_dm_room(others[0], room_id)
+
+    def _on_left(self, room_id: str) -> None:
+        """The bot left or was removed from a room. nio keeps such rooms in
+        ``client.rooms`` (with the bot still listed as a member), so without this the
+        room checks would pass and every send there would fail with 403 for ever."""
+        self.client.rooms.pop(room_id, None)
+        self.state.forget_dm_room(room_id)
+        specialty = self.room_specialty.get(room_id)
+        if specialty is not None:
+            title = self.s.specialty_titles.get(specialty) or specialty
+            log.error("the bot is no longer in the %s room; nothing can be posted there until it "
+                      "is invited back", title)
+
+    # ------------------------------------------------------------ direct chats
+    def _dm_problem(self, room: Any, user_id: str) -> str | None:
+        """Why ``room`` is not a safe direct chat with ``user_id`` (None if it is): it must
+        be end-to-end encrypted and its members, joined or invited, exactly the bot and
+        that person (an invitation still pending is someone who could read it later)."""
+        if room is None:
+            return "I am no longer in our previous chat"
+        if not room.encrypted:
+            return "our previous chat is not end-to-end encrypted"
+        joined = {u for u, m in room.users.items() if not m.invited}
+        invited = {u for u, m in room.users.items() if m.invited} | set(room.invited_users)
+        if self.client.user_id not in joined:
+            return "I am no longer in our previous chat"
+        if (joined | invited) - {self.client.user_id} != {user_id}:
+            return "other people were added to our previous chat"
+        return None
 
     def _ev_time(self, src: dict) -> datetime:
         # the workflow's clock is ours (server timestamps may drift); use now
@@ -329,8 +396,77 @@ class MatrixTransport(OutboxLoop):
             # not decryptable yet: keep it, ask for the key, retry after each sync
             self.state.add_undecrypted(event_id, room_id, sender, src)
             return
-        await self._dispatch(room_id, event_id, sender, src.get("type", ""),
-                             src.get("content") or {}, src)
+        if not await self._trustworthy(room_id, event_id, sender, ev, src):
+            return
+        try:
+            await self._dispatch(room_id, event_id, sender, src.get("type", ""),
+                                 src.get("content") or {}, src)
+        except StoreUnavailable:
+            await self._store_delay_notice(room_id, event_id, sender, src)
+            raise
+
+    async def _store_delay_notice(self, room_id: str, event_id: str, sender: str, src: dict) -> None:
+        """The store failed while handling someone's command or photo: it is retried by
+        itself, and they are told once (the transaction id makes a repeat a no-op), so
+        they do not type it again or think it was ignored."""
+        content = src.get("content") or {}
+        asked = (str(content.get("body", "")).lstrip().startswith("!")
+                 or content.get("msgtype") in ("m.image", "m.file"))
+        if src.get("type") != "m.room.message" or not asked or not self.s.is_allowed(sender):
+            return
+        rel = content.get("m.relates_to") or {}
+        thread = rel.get("event_id") if rel.get("rel_type") == "m.thread" else None
+        try:
+            await self._notice(room_id, "I could not save that just now (a problem on my side); I "
+                               "will finish it by myself as soon as I can, so there is no need to "
+                               "send it again.", key=f"storewait.{event_id}", thread_root=thread)
+        except Exception:  # the notice is a courtesy; the retry is what matters
+            log.debug("could not send the store-delay notice")
+
+    async def _trustworthy(self, room_id: str, event_id: str, sender: str, ev: Any,
+                           src: dict) -> bool:
+        """In an encrypted room, act only on messages that were decrypted, and only when
+        the key that encrypted them belongs to one of the sender's known devices. A plain
+        event there was sent around end-to-end encryption (anyone holding the user's access
+        token can, and the server could forge one); a foreign sender key means the
+        sender field does not match who encrypted it."""
+        room = self.client.rooms.get(room_id)
+        if src.get("type") != "m.room.message" or room is None or not room.encrypted:
+            return True
+        if not getattr(ev, "decrypted", False):
+            self.rejected_events += 1
+            log.warning("ignored a message that was not end-to-end encrypted in an encrypted room")
+            if self.s.is_allowed(sender):
+                rel = (src.get("content") or {}).get("m.relates_to") or {}
+                thread = rel.get("event_id") if rel.get("rel_type") == "m.thread" else None
+                await self._notice(room_id, "I ignored your last message: it was not end-to-end "
+                                   "encrypted. Send it again from an app with encryption on "
+                                   "(Element, for example).", key=f"plain.{event_id}",
+                                   thread_root=thread)
+            return False
+        if not await self._sender_key_known(sender, getattr(ev, "sender_key", None)):
+            self.rejected_events += 1
+            log.warning("ignored a message whose encryption key is not one of its sender's devices")
+            return False
+        return True
+
+    async def _sender_key_known(self, sender: str, sender_key: str | None) -> bool:
+        if not sender_key or self.client.olm is None:
+            return False
+
+        def known() -> bool:
+            return any(d.curve25519 == sender_key
+                       for d in self.client.device_store.active_user_devices(sender))
+
+        if known():
+            return True
+        # a device we have not heard of yet (a new phone): fetch the sender's device list
+        self.client.olm.users_for_key_query.add(sender)
+        try:
+            await self.client.keys_query()
+        except Exception as exc:  # LocalProtocolError (nothing to query) or an outage
+            log.debug("device list query failed (%s)", type(exc).__name__)
+        return known()
 
     async def _dispatch(self, room_id: str, event_id: str, sender: str, etype: str,
                         content: dict, src: dict) -> None:
@@ -354,8 +490,8 @@ class MatrixTransport(OutboxLoop):
         if room is None:
             return
         is_upload = msgtype in ("m.image", "m.file", "m.video", "m.audio")
-        if room.member_count > 2 or not room.encrypted:
-            if room.member_count > 2:
+        if self._dm_problem(room, sender) is not None:
+            if room.encrypted:
                 text = ("Please talk to me in a direct chat (just you and me); this room has "
                         "other people in it.")
             else:
@@ -363,10 +499,18 @@ class MatrixTransport(OutboxLoop):
                         "referrals or images here: start an encrypted direct chat with me.")
             if is_upload:
                 # a patient photo must not stay here either: redact it, delete its media
-                self._ledger_upload(room_id, event_id, content)
+                await self._ledger_upload(room_id, event_id, content, sender)
                 await self._redact_upload(f"{room_id}/{event_id}", "Sent in the wrong chat")
                 text += " I removed your upload from this chat."
-            await self._say(room_id, text, key=f"refuse.{event_id}")
+            await self._notice(room_id, text, key=f"refuse.{event_id}")
+            return
+        if is_upload and sender not in self.s.directory:
+            # only clinicians in the directory reach intake (an allowed server is not enough)
+            await self._ledger_upload(room_id, event_id, content, sender)
+            await self._redact_upload(f"{room_id}/{event_id}", "Not from a clinician in the directory")
+            await self._notice(room_id, "Only clinicians in this bot's directory can send photos for "
+                               "referrals; ask your administrator to add you. I removed your upload "
+                               "from this chat.", key=f"notdir.{event_id}")
             return
         self.state.set_dm_room(sender, room_id)
         place = E.DirectChat(user_id=sender)
@@ -402,27 +546,33 @@ class MatrixTransport(OutboxLoop):
                                                 place=place, text=words))
         if msgtype in ("m.image", "m.file", "m.video"):
             # people must not post patient images straight into the room
-            await self._say(room_id, "Please send images to me in your direct chat, not "
-                            "here: I strip their metadata and post them safely.",
-                            key=f"noimg.{event_id}", thread_root=thread_root)
+            await self._notice(room_id, "Please send images to me in your direct chat, not "
+                               "here: I strip their metadata and post them safely.",
+                               key=f"noimg.{event_id}", thread_root=thread_root)
 
     async def _on_upload(self, room_id: str, event_id: str, actor: Actor, content: dict,
                          at: datetime, place: E.DirectChat, answered: str | None = None) -> None:
-        upload_ref = self._ledger_upload(room_id, event_id, content)
         file_info = content.get("file")
         mxc = (file_info or {}).get("url") or content.get("url")
         info = content.get("info") or {}
-        data: bytes = b""
-        if mxc and isinstance(info.get("size"), int) and info["size"] > self.s.max_image_bytes:
-            data = b""  # declared too large: let the workflow refuse it without downloading
-        elif mxc:
+
+        async def fetch() -> bytes:
+            if mxc and isinstance(info.get("size"), int) and info["size"] > self.s.max_image_bytes:
+                return b""  # declared too large: let the workflow refuse it without downloading
+            if not mxc:
+                return b""
             t0 = time.perf_counter()
-            data = await self._download(mxc, file_info)
+            got = await self._download(mxc, file_info)
             log.debug("downloaded an upload in %.1f ms", (time.perf_counter() - t0) * 1000)
+            return got
+
         # a media caption (spec 1.10): a ``filename`` is given and ``body`` differs from it
         filename = content.get("filename")
         body = str(content.get("body") or "")
         caption = body if filename and body and body != filename else ""
+        # the ownership check runs alongside the download, so it adds no latency
+        upload_ref, data = await asyncio.gather(
+            self._ledger_upload(room_id, event_id, content, actor.user_id), fetch())
         t0 = time.perf_counter()
         await self._handle(E.ImageReceived(
             event_id=event_id, actor=actor, at=at, data=data,
@@ -431,18 +581,38 @@ class MatrixTransport(OutboxLoop):
             upload_ref=upload_ref, place=place, caption=caption, in_reply_to=answered))
         log.debug("intake (cleaning and transaction) took %.1f ms", (time.perf_counter() - t0) * 1000)
 
-    def _ledger_upload(self, room_id: str, event_id: str, content: dict) -> str:
+    async def _ledger_upload(self, room_id: str, event_id: str, content: dict, sender: str) -> str:
         """Remember an upload's media (and thumbnail) at once, so it is deleted even
-        if intake fails; returns the upload reference."""
+        if intake fails; returns the upload reference. Only media the event's sender
+        uploaded goes in (an event can name anybody's media, and the bot deletes with an
+        admin token); the sender is kept as its owner and checked again before deleting."""
         upload_ref = f"{room_id}/{event_id}"
         mxc = (content.get("file") or {}).get("url") or content.get("url")
         info = content.get("info") or {}
         thumb = (info.get("thumbnail_file") or {}).get("url") or info.get("thumbnail_url")
-        if mxc:
-            self.state.record_media(mxc, "original", upload_ref, event_id)
-        if thumb:
-            self.state.record_media(thumb, "thumbnail", upload_ref, event_id)
+        for url, kind in ((mxc, "original"), (thumb, "thumbnail")):
+            if url and await self._uploaded_by(url, sender):
+                self.state.record_media(url, kind, upload_ref, event_id, owner=sender)
         return upload_ref
+
+    async def _uploaded_by(self, mxc: str, sender: str) -> bool:
+        """False if the admin API names someone else as the uploader of ``mxc`` (or it is
+        not an mxc URI at all). When the bot cannot delete media, or the admin API does
+        not answer, True: _delete_media asks again before deleting anything."""
+        if self.admin is None or not self.admin.can_delete:
+            return True
+        try:
+            exists, uploader = await self.admin.media_uploader(mxc)
+        except ValueError:
+            return False
+        except Exception as exc:  # an outage: decided again at deletion time
+            log.debug("media info not available (%s)", type(exc).__name__)
+            return True
+        if exists and uploader != sender:
+            self.foreign_media_refused += 1
+            log.warning("an event named media its sender did not upload; it will not be deleted")
+            return False
+        return True
 
     async def _download(self, mxc: str, file_info: dict | None) -> bytes:
         delay = 0.5
@@ -479,6 +649,11 @@ class MatrixTransport(OutboxLoop):
             if dec is not None and not isinstance(dec, MegolmEvent) and getattr(dec, "source", None):
                 self.state.drop_undecrypted(event_id)
                 dsrc = dict(dec.source)
+                if not await self._sender_key_known(sender, getattr(dec, "sender_key", None)):
+                    self.rejected_events += 1
+                    log.warning("ignored a message whose encryption key is not one of its "
+                                "sender's devices")
+                    continue
                 await self._dispatch(room_id, event_id, sender, dsrc.get("type", ""),
                                      dsrc.get("content") or {}, dsrc)
                 continue
@@ -493,9 +668,9 @@ class MatrixTransport(OutboxLoop):
                 self.state.drop_undecrypted(event_id)
                 log.warning("gave up on a message that could not be decrypted")
                 if self.s.is_allowed(sender) and room_id in self.client.rooms:
-                    await self._say(room_id, "I could not decrypt your last message (my device "
-                                    "never received its key). Please send it again.",
-                                    key=f"utd.{event_id}")
+                    await self._notice(room_id, "I could not decrypt your last message (my device "
+                                       "never received its key). Please send it again.",
+                                       key=f"utd.{event_id}")
 
     # ================================================================= outbox hooks
     async def _handle(self, event: Any) -> list:
@@ -512,14 +687,6 @@ class MatrixTransport(OutboxLoop):
                 self._early_bytes.pop(image_id, None)  # not taken by now: never will be
                 self._early_at.pop(image_id, None)
 
-    def _next_batch(self, pending: list) -> list:
-        """Posting to the specialists goes first: redacting the GP's upload or replying to
-        the GP a moment later changes nothing, but the image reaching the thread is the
-        latency that matters. Everything else keeps outbox order (removals can only
-        follow their posts). One at a time, so a new post can overtake the queue."""
-        posts = [e for e in pending if isinstance(e.action, (A.PostThreadRoot, A.PostImage))]
-        return posts[:1] or pending[:1]
-
     async def _on_idle(self) -> None:
         await self._drop_unused_pre_uploads()
 
@@ -532,8 +699,7 @@ class MatrixTransport(OutboxLoop):
             event_id = await self._reply(action.to, action.text, action.key, action.mentions)
             return self._sent(action, event_id if isinstance(action.to, E.DirectChat) else None, at)
         if isinstance(action, A.Notify):
-            room_id = await self._dm_room_for(action.user_id)
-            event_id = await self._say(room_id, action.text, key=action.key, mentions=action.mentions)
+            event_id = await self._send_to_person(action.user_id, action.text, action.key, action.mentions)
             return self._sent(action, event_id, at)
         if isinstance(action, A.Acknowledge):
             await self._acknowledge(action)
@@ -609,21 +775,53 @@ class MatrixTransport(OutboxLoop):
         relation = nioclient.thread_relation(thread_root, latest) if thread_root else None
         return alert_content(text, [(u, self._name(room_id, u)) for u in mentions], relation)
 
+    # ------------------------------------------------------------ sending
+    def _not_in_room(self, room_id: str) -> str:
+        specialty = self.room_specialty.get(room_id)
+        if specialty is not None:
+            title = self.s.specialty_titles.get(specialty) or specialty
+            return (f"I am not a member of the {title} room (I was removed from it, or may not "
+                    f"post there); an administrator must invite me back.")
+        return "I am no longer in that chat."
+
+    async def _send(self, room_id: str, content: dict, key: str) -> str:
+        """Send one event. A refusal that retrying cannot fix (403, not in the room,
+        unknown room) raises PermanentFailure; other errors raise TransientError."""
+        if room_id not in self.client.rooms:
+            # nio does not know it: just created (a sync fixes that), or left for good
+            await nioclient.sync_once(self.client)
+            if room_id not in self.client.rooms:
+                raise PermanentFailure(self._not_in_room(room_id))
+        try:
+            try:
+                return await nioclient.send(self.client, room_id, content, txn_id=_txn(key))
+            except LocalProtocolError:
+                # nio knows the room but not yet all it needs to encrypt for it: sync, retry once
+                await nioclient.sync_once(self.client)
+                return await nioclient.send(self.client, room_id, content, txn_id=_txn(key))
+        except nioclient.MatrixCallError as exc:
+            if exc.permanent:
+                if exc.forbidden:
+                    raise PermanentFailure(self._not_in_room(room_id)) from None
+                raise PermanentFailure(f"The homeserver refused it ({exc.errcode or exc.http}).") from None
+            raise TransientError(str(exc)) from None
+
     async def _say(self, room_id: str, text: str, key: str, thread_root: str | None = None,
                    mentions: tuple[str, ...] = (), alert: bool = False) -> str:
         """Send *text*: an ``m.notice`` (no alert), or ``m.text`` mentioning *mentions*
         when the message needs those people (see bot/matrix/mentions.py)."""
         content = self._content(room_id, text, thread_root, mentions, alert)
-        try:
-            event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(key))
-        except nioclient.MatrixCallError as exc:
-            raise TransientError(str(exc)) from None
-        except LocalProtocolError:
-            # nio does not know the room yet (e.g. just created): sync and retry once
-            await nioclient.sync_once(self.client)
-            event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(key))
+        event_id = await self._send(room_id, content, key)
         self._note_sent_in_thread(thread_root, event_id)
         return event_id
+
+    async def _notice(self, room_id: str, text: str, key: str, thread_root: str | None = None) -> None:
+        """A notice sent while handling a sync batch: a room that refuses it for good must
+        not stop the batch (an outage still retries the batch)."""
+        try:
+            await self._say(room_id, text, key=key, thread_root=thread_root)
+        except PermanentFailure:
+            log.warning("could not post a notice in a room (refused)")
 
     # ------------------------------------------------------------ thread fallbacks
     # A thread message's reply fallback (for clients without threads) names the latest
@@ -683,8 +881,7 @@ class MatrixTransport(OutboxLoop):
 
     async def _reply(self, to: Any, text: str, key: str, mentions: tuple[str, ...] = ()) -> str | None:
         if isinstance(to, E.DirectChat):
-            room_id = await self._dm_room_for(to.user_id)
-            return await self._say(room_id, text, key=key, mentions=mentions)
+            return await self._send_to_person(to.user_id, text, key, mentions)
         if isinstance(to, E.SpecialtyThread):
             room_id = self.s.specialty_rooms.get(to.specialty)
             if room_id is None:
@@ -694,11 +891,44 @@ class MatrixTransport(OutboxLoop):
                                    mentions=mentions)
         return None
 
-    async def _dm_room_for(self, user_id: str) -> str:
+    # ------------------------------------------------------------ direct chats
+    async def _send_to_person(self, user_id: str, text: str, key: str,
+                              mentions: tuple[str, ...] = ()) -> str:
+        """Everything addressed to one person goes through here: into a room that passes
+        the direct-chat checks at this moment (see _dm_room_for). Returns the event id."""
+        room_id = await self._dm_room_for(user_id)
+        try:
+            return await self._say(room_id, text, key=key, mentions=mentions)
+        except PermanentFailure:
+            # the room refuses the bot (kicked, or power levels changed): never again,
+            # and try once more in a fresh direct chat
+            self._dm_refused.add(room_id)
+            self.state.forget_dm_room(room_id)
+            room_id = await self._dm_room_for(user_id, why="I can no longer write in our previous chat")
+            return await self._say(room_id, text, key=key + ".again", mentions=mentions)
+
+    async def _dm_room_for(self, user_id: str, why: str | None = None) -> str:
+        """The direct chat to write to ``user_id`` in, checked now: encrypted, and its
+        members (joined or invited) exactly the bot and that person. If the recorded one
+        fails, use another room that passes, or open a fresh encrypted direct chat; either
+        way say there why the conversation moved."""
         room_id = self.state.dm_room(user_id)
-        if room_id and room_id in self.client.rooms:
-            return room_id
-        # open an encrypted direct chat
+        problem = why
+        if room_id and room_id not in self._dm_refused:
+            problem = self._dm_problem(self.client.rooms.get(room_id), user_id)
+            if problem is None:
+                return room_id
+            log.warning("a direct chat failed the checks (%s); moving to another", problem)
+        note = (f"I am writing to you in this new encrypted chat because {problem}; I only send "
+                f"you referral messages where nobody else can read them.") if problem else None
+        for rid, room in self.client.rooms.items():
+            if (rid != room_id and rid not in self.room_specialty and rid not in self._dm_refused
+                    and self._dm_problem(room, user_id) is None):
+                self.state.set_dm_room(user_id, rid)
+                if note:
+                    await self._say(rid, note.replace("this new encrypted chat", "this encrypted chat"),
+                                    key=f"moved.{rid}.{room_id}")
+                return rid
         resp = await self.client.room_create(
             visibility=RoomVisibility.private, is_direct=True, invite=[user_id],
             initial_state=[{"type": "m.room.encryption", "state_key": "",
@@ -707,6 +937,8 @@ class MatrixTransport(OutboxLoop):
             raise TransientError("could not open a direct chat")
         self.state.set_dm_room(user_id, resp.room_id)
         await nioclient.sync_once(self.client)
+        if note:
+            await self._say(resp.room_id, note, key=f"moved.{resp.room_id}")
         return resp.room_id
 
     # ------------------------------------------------------------ room safety
@@ -717,7 +949,8 @@ class MatrixTransport(OutboxLoop):
             raise RoomUnsafe(f"No room is configured for {title}.")
         room = self.client.rooms.get(room_id)
         if room is None:
-            raise RoomUnsafe(f"I am not a member of the {title} room; invite me to it.")
+            raise RoomUnsafe(f"I am not a member of the {title} room; an administrator must "
+                             f"invite me to it.")
         problem = None
         if not room.encrypted:
             problem = (f"The {title} room is not end-to-end encrypted, so I will not post "
@@ -728,14 +961,18 @@ class MatrixTransport(OutboxLoop):
                 if not isinstance(resp, JoinedMembersResponse):
                     raise TransientError("member list")
             # nio's view of the room is what it shares the Megolm keys with, so it is
-            # the membership that decides who can read what we post
+            # the membership that decides who can read what we post. Being in the
+            # directory is not enough: only that specialty's roster (and the bot).
+            roster = self.s.rosters.get(specialty)
+            if roster is None:  # settings built without rosters: the directory, as before
+                roster = frozenset(self.s.directory)
             members = set(room.users) | set(room.invited_users)
-            outsiders = sorted(u for u in members
-                               if u != self.client.user_id and u not in self.s.directory)
+            outsiders = sorted(u for u in members if u != self.client.user_id and u not in roster)
             if outsiders:
-                problem = (f"The {title} room has {len(outsiders)} member(s) outside the "
-                           f"clinician directory ({', '.join(outsiders)}), so I will not post "
-                           f"referral images there; remove them or add them to the directory.")
+                problem = (f"The {title} room has {len(outsiders)} member(s) who are not on its "
+                           f"roster ({', '.join(outsiders)}), so I will not post referral images "
+                           f"there; remove them, or add them to the {title} roster in my "
+                           f"configuration.")
         if problem:
             try:
                 await self._say(room_id, problem, key=f"unsafe.{int(time.time() // 60)}")
@@ -771,25 +1008,27 @@ class MatrixTransport(OutboxLoop):
             try:
                 up = await nioclient.upload_encrypted(self.client, data, action.filename,
                                                       action.media_type)
+            except nioclient.MatrixCallError as exc:
+                if exc.permanent:
+                    raise PermanentFailure(f"The homeserver refused the upload ({exc.errcode or exc.http}).") from None
+                raise TransientError(str(exc)) from None
             finally:
                 thumb = await thumb_task
             size = len(data)
             del data
-        self.state.record_media(up.mxc, "posted", action.key)
+        me = self.client.user_id
+        self.state.record_media(up.mxc, "posted", action.key, owner=me)
         root = action.thread_root_event_id
         content = nioclient.image_content(up, action.filename, size, action.width,
                                           action.height, thread_root=root,
                                           in_reply_to=self._thread_latest(root),
                                           thumbnail=thumb)
-        try:
-            event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(action.key))
-        except nioclient.MatrixCallError as exc:
-            raise TransientError(str(exc)) from None
+        event_id = await self._send(room_id, content, action.key)
         self._note_sent_in_thread(root, event_id)
         for mxc in [*earlier, up.mxc]:
-            self.state.record_media(mxc, "posted", action.key, event_id)
+            self.state.record_media(mxc, "posted", action.key, event_id, owner=me)
         if thumb is not None:
-            self.state.record_media(thumb.upload.mxc, "thumbnail", action.key, event_id)
+            self.state.record_media(thumb.upload.mxc, "thumbnail", action.key, event_id, owner=me)
         room = self.client.rooms.get(room_id)
         members = tuple(sorted(room.users)) if room is not None else ()  # who could see it, for the audit
         return E.ImagePosted(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
@@ -813,20 +1052,16 @@ class MatrixTransport(OutboxLoop):
             up = await nioclient.upload_encrypted(self.client, data, action.filename, action.media_type)
         finally:
             thumb = await thumb_task
-        self.state.record_media(up.mxc, "posted", ref)
+        me = self.client.user_id
+        self.state.record_media(up.mxc, "posted", ref, owner=me)
         content = nioclient.image_content(up, action.filename, len(data), action.width, action.height,
                                           thumbnail=thumb, caption=action.text)
         content["m.mentions"] = {"user_ids": [action.user_id]}
         del data
-        try:
-            event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(action.key))
-        except nioclient.MatrixCallError as exc:
-            raise TransientError(str(exc)) from None
-        except LocalProtocolError:  # nio does not know a just-created chat yet
-            await nioclient.sync_once(self.client)
-            event_id = await nioclient.send(self.client, room_id, content, txn_id=_txn(action.key))
+        # the same send as every post: a refusal retrying cannot fix is permanent (issue 9)
+        event_id = await self._send(room_id, content, action.key)
         for mxc in self.state.media_for_ref(ref):
-            self.state.record_media(mxc, "posted", ref, event_id)
+            self.state.record_media(mxc, "posted", ref, event_id, owner=me)
         return E.PreviewSent(event_id=f"done:{action.key}", at=at, referral_id=action.referral_id,
                              image_id=action.image_id, preview_ref=f"{room_id}/{event_id}",
                              media_uri=up.mxc)
@@ -945,7 +1180,7 @@ class MatrixTransport(OutboxLoop):
                     pass  # in the ledger without an event: swept at the next start
             return None
         # in the ledger at once, so it is deleted even if it is never used
-        self.state.record_media(up.mxc, "posted", _pre_ref(image_id))
+        self.state.record_media(up.mxc, "posted", _pre_ref(image_id), owner=self.client.user_id)
         t1 = time.perf_counter()
         thumb = await thumb_task
         log.debug("pre-uploaded an image in %.1f ms, then waited %.1f ms for its thumbnail",
@@ -967,7 +1202,7 @@ class MatrixTransport(OutboxLoop):
             log.warning("no thumbnail for an image (%s)", type(exc).__name__)
             return None
         if thumb is not None:
-            self.state.record_media(thumb.upload.mxc, "thumbnail", ref)
+            self.state.record_media(thumb.upload.mxc, "thumbnail", ref, owner=self.client.user_id)
         return thumb
 
     async def _take_pre_upload(self, action: A.PostImage) -> tuple[Any, int, Any] | None:
@@ -1026,22 +1261,46 @@ class MatrixTransport(OutboxLoop):
                 except TransientError:
                     log.warning("could not delete an upload left from the last run")
 
-    async def _redact(self, room_id: str, event_id: str, reason: str, key: str) -> None:
+    async def _redact(self, room_id: str, event_id: str, reason: str, key: str) -> bool:
+        """Redact an event; False if the server refuses for good (the bot may not, or is
+        no longer in the room). An event that is already gone counts as redacted."""
         resp = await self.client.room_redact(room_id, event_id, reason=reason, tx_id=_txn(key))
         self.state.forget_thread_event(event_id)
         if not isinstance(resp, RoomRedactResponse):
-            code = nioclient.err_code(resp)
-            if code in ("M_NOT_FOUND", "M_FORBIDDEN", "404", "403"):
-                log.warning("redaction not possible (%s)", code)
-                return
+            err = nioclient.MatrixCallError.from_response("redact", resp)
+            if err.errcode == "M_NOT_FOUND" or err.http == 404:
+                return True
+            if err.permanent:
+                log.warning("redaction not possible (%s)", err.errcode or err.http)
+                return False
             raise TransientError("redact")
+        return True
 
     async def _delete_media(self, mxc: str) -> bool:
-        """Delete media from the homeserver; True if a download now answers 404."""
+        """Delete media from the homeserver; True if a download now answers 404.
+
+        Only media the bot uploaded itself, or media the admin API says was uploaded by
+        the sender of the event that carried it: an event may name anybody's media, and
+        the admin token would delete whatever it is given."""
         if self.admin is None or not self.admin.can_delete:
             return False
+        owner = self.state.media_owner(mxc, self.client.user_id)
         try:
+            if owner != self.client.user_id:
+                exists, uploader = await self.admin.media_uploader(mxc)
+                if not exists:
+                    self.state.mark_media_deleted(mxc)  # nothing there to delete
+                    return True
+                if owner is None or uploader != owner:
+                    self.state.mark_media_skipped(mxc, "not uploaded by the sender of its event")
+                    self.foreign_media_refused += 1
+                    log.warning("did not delete a piece of media: the sender of the event that "
+                                "named it did not upload it")
+                    return False
             gone = await self.admin.delete_media(mxc)
+        except ValueError:  # not an mxc:// URI at all
+            self.state.mark_media_skipped(mxc, "not an mxc URI")
+            return False
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
             raise TransientError("media delete") from exc
         if gone.verified:
@@ -1061,20 +1320,37 @@ class MatrixTransport(OutboxLoop):
     async def _remove_images(self, action: A.RemoveImages, at: datetime) -> Any:
         room_id = self.s.specialty_rooms.get(action.specialty)
         all_deleted = True
+        refused = 0
         for img in action.images:
             if room_id and img.room_event_id:
-                await self._redact(room_id, img.room_event_id, action.reason,
-                                   key=f"{action.key}.{img.image_id}")
+                if not await self._redact(room_id, img.room_event_id, action.reason,
+                                          key=f"{action.key}.{img.image_id}"):
+                    refused += 1
             mxcs = set(self.state.media_for_event(img.room_event_id or "")) if img.room_event_id else set()
             if img.media_uri:
+                # posted by this transport (ImagePosted): the bot's own upload
+                self.state.record_media(img.media_uri, "posted", action.key, img.room_event_id,
+                                        owner=self.client.user_id)
                 mxcs.add(img.media_uri)
             for mxc in sorted(mxcs):
                 ok = await self._delete_media(mxc)
                 all_deleted = all_deleted and ok
+        title = self.s.specialty_titles.get(action.specialty) or action.specialty
+        if refused:
+            # the events stay in the room's history (their media is gone where deleted):
+            # a permanent failure, so the GP and the operator hear about it
+            raise PermanentFailure(
+                f"I could not redact {refused} image(s) of {action.referral_id} in the {title} room "
+                f"(I am not allowed to, or was removed from it); "
+                + ("their media was deleted from the server." if all_deleted else
+                   "an administrator must remove them."))
         if room_id and action.placeholder:
             root = action.thread_root_event_id
-            await self._say(room_id, action.placeholder, key=f"{action.key}.placeholder",
-                            thread_root=root)
+            try:
+                await self._say(room_id, action.placeholder, key=f"{action.key}.placeholder",
+                                thread_root=root)
+            except PermanentFailure:
+                log.warning("could not post the removal placeholder (refused)")
         return E.ImagesRemoved(event_id=f"done:{action.key}", at=at,
                                referral_id=action.referral_id,
                                image_ids=tuple(i.image_id for i in action.images),

@@ -37,6 +37,7 @@ class World:
     app: Any = None
     policy: dict = field(default_factory=dict)
     extra_people: list[Person] = field(default_factory=list)
+    lead: Person | None = None  # the dermatology lead (``with_lead=True``): on the roster, escalations mention them
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -44,7 +45,7 @@ class World:
                      policy: dict | None = None, specialty_encrypted: bool = True,
                      dm_encrypted: bool = True, with_outsider: bool = False,
                      bot_is_admin: bool = True, decrypt_grace_seconds: float = 20.0,
-                     gp_practice: str = "P81001", extra_toml: str = "") -> "World":
+                     gp_practice: str = "P81001", extra_toml: str = "", with_lead: bool = False) -> "World":
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         bot_u = hs.register(f"referral-bot{suffix}", admin=bot_is_admin, displayname="Referral bot")
@@ -63,6 +64,12 @@ class World:
                                           root / "people" / "outsider", "Outsider")
             await sp.client.room_invite(derm, out_u.user_id)
             await outsider.join(derm)
+        lead = None
+        if with_lead:  # a second dermatologist, the specialty's lead, in the room and on the roster
+            lead_u = hs.register(f"dr.lead{suffix}", displayname="Dr Lee Lead (Dermatology lead)")
+            lead = await Person.login(hs.url, lead_u.user_id, lead_u.password, root / "people" / "lead", "Lead")
+            await sp.client.room_invite(derm, lead_u.user_id)
+            await lead.join(derm)
         # the GP opens an encrypted direct chat with the bot
         dm = await gp.create_room("Referral bot", [bot_u.user_id], encrypted=dm_encrypted,
                                   direct=True)
@@ -113,23 +120,35 @@ class World:
             'role = "specialist"',
             'specialties = ["dermatology"]',
             'name = "Dr Sam Okafor"',
+        ]
+        if lead is not None:
+            lines += [
+                "[[directory.clinicians]]",
+                f"user_id = {_toml_str(lead.user_id)}",
+                'role = "specialist"',
+                'specialties = ["dermatology"]',
+                'name = "Dr Lee Lead"',
+            ]
+        lines += [
             "",
             "[specialties.dermatology]",
             f"room = {_toml_str(derm)}",
             'title = "Dermatology advice"',
             'aliases = ["derm", "skin"]',
         ]
+        if lead is not None:
+            lines.append(f"lead = {_toml_str(lead.user_id)}")
         config_path.write_text("\n".join(lines) + "\n" + extra_toml)  # e.g. [[filing.sink]] (the demo)
         w = cls(hs=hs, root=root, suffix=suffix, bot_user=bot_u, gp=gp, sp=sp, gp_user=gp_u,
                 sp_user=sp_u, dm_room=dm, derm_room=derm, config_path=config_path,
-                outsider=outsider, policy=policy)
+                outsider=outsider, policy=policy, lead=lead)
         for p in w.people:
             p.start()
         return w
 
     @property
     def people(self) -> list[Person]:
-        return [p for p in (self.gp, self.sp, self.outsider, *self.extra_people) if p is not None]
+        return [p for p in (self.gp, self.sp, self.outsider, self.lead, *self.extra_people) if p is not None]
 
     # ------------------------------------------------------------ the bot
     async def start_bot(self, clock=None) -> Any:

@@ -65,7 +65,7 @@ class TelegramApp:
         self.pool = sanitizer_pool(self.config) if self.tg.allow_images else None  # no images: no sanitizing
         if self.pool is not None:
             await asyncio.to_thread(self.pool.start)
-        self.store, keys = await open_store(self.config)
+        self.store, keys = await open_store(self.config, exclusive=True)  # one bot per database
         workflow = Workflow(store=self.store, policy=self.policy, hasher=keys.patient_ref_hasher(), sanitize=self.pool)
         from bot.app import make_filer
 
@@ -87,7 +87,8 @@ class TelegramApp:
             bot, self.store, workflow,
             TelegramSettings(config=self.tg, directory=directory_actors(self.config),
                              specialty_titles={k: (s.title or k.capitalize())
-                                               for k, s in self.config.specialties.items()}),
+                                               for k, s in self.config.specialties.items()},
+                             rosters={k: self.config.roster(k) for k in self.config.specialties}),
             clock=self.clock, metrics=metrics, filer=filer)
         await self.transport.start()
         if metrics is not None:

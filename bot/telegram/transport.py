@@ -38,7 +38,7 @@ from typing import Any, Awaitable, Callable
 from telegram import Bot, InputFile, Message, Update
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 
-from bot.outbox import OutboxLoop
+from bot.outbox import OutboxLoop, PermanentFailure, StoreUnavailable
 from bot.telegram.config import TelegramConfig
 from handlers import actions as A
 from handlers import events as E
@@ -79,6 +79,9 @@ class TelegramSettings:
     config: TelegramConfig
     directory: dict[str, Actor]  # directory user id -> Actor
     specialty_titles: dict[str, str] = field(default_factory=dict)
+    #: specialty -> directory user ids on its roster: the only people (with the bot) who
+    #: may be in its group. None for a specialty: every clinician mapped to Telegram.
+    rosters: dict[str, frozenset[str]] | None = None
 
 
 def _replied_to(msg: Message) -> str | None:
@@ -156,6 +159,11 @@ class TelegramTransport(OutboxLoop):
                 # not acknowledged: the same update comes again on the next poll
                 log.warning("an update hit a network problem; it will be retried")
                 return 0
+            except StoreUnavailable:
+                # the store failed (logged and counted): not acknowledged either; wait out
+                # the store's backoff rather than fetch the same update again at once
+                await asyncio.sleep(max(0.5, self._store_until - time.monotonic()))
+                return 0
             except (TimedOut, NetworkError):
                 log.warning("an update hit a network problem; it will be retried")
                 return 0
@@ -193,7 +201,7 @@ class TelegramTransport(OutboxLoop):
                 await self._delete_quietly(chat_id, msg.message_id)
             await self._send_quietly(chat_id, NOT_LISTED_TEXT)
             return
-        actor = self.s.directory.get(user_id) or Actor(user_id=user_id)
+        actor = self.s.directory.get(user_id) or Actor(user_id=user_id, may_refer=False)
         event_id = f"tg:{chat_id}:{msg.message_id}"
         place = E.DirectChat(user_id=user_id)
         at = self.clock()
@@ -266,7 +274,7 @@ class TelegramTransport(OutboxLoop):
             await self._send_quietly(msg.chat.id, NO_IMAGES_IN_GROUP_TEXT, thread_id)
         if user_id is None:
             return  # people outside the directory are not heard in specialty groups
-        actor = self.s.directory.get(user_id) or Actor(user_id=user_id)
+        actor = self.s.directory.get(user_id) or Actor(user_id=user_id, may_refer=False)
         place = E.SpecialtyThread(specialty=specialty,
                                   thread_event_id=f"{msg.chat.id}:{thread_id}" if thread_id else None)
         event_id = f"tg:{msg.chat.id}:{msg.message_id}"
@@ -329,13 +337,11 @@ class TelegramTransport(OutboxLoop):
             if isinstance(action, A.ExportReferral):
                 return await self._export(action, at)
         except (BadRequest, Forbidden) as exc:
-            # permanent for this action (chat gone, bot blocked, bad parameters)
+            # permanent for this action (chat gone, bot blocked or removed, bad parameters):
+            # the outbox sets it aside, tells the workflow, and lists it for the operator
             log.warning("Telegram refused %s: %s", type(action).__name__, _short(exc))
-            referral_id = getattr(action, "referral_id", None)
-            if action.feedback is not None:
-                return self._failed(action, "Telegram refused the request; check the bot's rights in the group.",
-                                    referral_id)
-            return None
+            self._refuse(f"action_{type(action).__name__}")
+            raise PermanentFailure("Telegram refused the request; check the bot's rights in the group.") from None
         log.warning("unknown action %s skipped", type(action).__name__)
         return None
 
@@ -385,13 +391,41 @@ class TelegramTransport(OutboxLoop):
             raise ChatUnsafe(f"I am not a member of the {title} Telegram group; add me to it.") from None
         if not chat.is_forum:
             raise ChatUnsafe(f"The {title} Telegram group does not have Topics turned on; turn them on.")
-        members = await self.bot.get_chat_member_count(chat_id)
-        allowed = len(self.cfg.users) + 1  # the configured clinicians and the bot
-        if members > allowed:
-            raise ChatUnsafe(
-                f"The {title} Telegram group has {members} members but only {allowed - 1} clinicians are "
-                f"configured for Telegram, so I will not post referrals there; remove the others.")
+        await self._check_members(chat_id, specialty, title)
         return chat_id
+
+    async def _check_members(self, chat_id: int, specialty: str, title: str) -> None:
+        """Who is actually in the group, not how many: a bot cannot list a group's members,
+        but it can list the administrators and ask about each person on the roster. Every
+        administrator must be on the specialty's roster (or be the bot), and the member
+        count must not exceed the roster members found in the group plus the bot; anybody
+        else (a stranger, a GP, a specialist of another specialty) makes it unsafe."""
+        roster = None if self.s.rosters is None else self.s.rosters.get(specialty, frozenset())
+        roster_tg = {tg for tg, uid in self.cfg.users.items() if roster is None or uid in roster}
+        bot_id = self.bot.id
+        admins = {m.user.id for m in await self.bot.get_chat_administrators(chat_id)}
+        strangers = sorted(a for a in admins if a != bot_id and a not in roster_tg)
+        if strangers:
+            raise ChatUnsafe(
+                f"The {title} Telegram group has {len(strangers)} administrator(s) who are not on the "
+                f"{title} roster, so I will not post referrals there; remove them, or add them to the "
+                f"roster in my configuration.")
+        present = set(admins) | {bot_id}
+        for tg in sorted(roster_tg - present):
+            try:
+                member = await self.bot.get_chat_member(chat_id, tg)
+            except BadRequest:
+                continue  # never met this user: not in the group
+            if member.status in ("member", "administrator", "creator") or (
+                    member.status == "restricted" and getattr(member, "is_member", False)):
+                present.add(tg)
+        count = await self.bot.get_chat_member_count(chat_id)
+        if count > len(present):
+            others = count - len(present)
+            raise ChatUnsafe(
+                f"The {title} Telegram group has {others} member(s) who are not on the {title} roster, "
+                f"so I will not post referrals there; remove them, or add them to the roster in my "
+                f"configuration.")
 
     async def _post_root(self, action: A.PostThreadRoot, at: datetime) -> Any:
         try:

@@ -127,6 +127,8 @@ def _check_complete(kind: str, im, data: bytes) -> None:
 
 
 def _refuse_decode(exc: BaseException) -> ImageRefused:
+    if isinstance(exc, MemoryError):  # the worker's memory cap, not a damaged file
+        return ImageRefused("too_many_pixels", "That image is too large to process; please send a smaller photo.")
     text = str(exc).lower()
     if "truncated" in text or isinstance(exc, EOFError):
         return ImageRefused("truncated", "That image is incomplete (the file was cut short); please send it again.")

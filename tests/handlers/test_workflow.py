@@ -11,7 +11,7 @@ import pytest
 
 from handlers import actions as A
 from handlers import events as E
-from handlers.model import CloseReason, ImageState, ReferralState
+from handlers.model import Actor, CloseReason, ImageState, ReferralState
 from handlers.policy import Policy
 
 from .helpers import (
@@ -226,7 +226,8 @@ async def test_opinion_rules():
     assert "thread" in reply_text(await h.say(DERM, "!opinion benign", place=E.SpecialtyThread("dermatology")))
     assert "thread" in reply_text(await h.say(DERM, "!opinion benign"))
     # wrong id for this thread
-    assert "not R-" in reply_text(await h.say(DERM, "!opinion R-ABCDEF benign", place=thread(rid)))
+    text = reply_text(await h.say(DERM, "!opinion R-ABCDEF benign", place=thread(rid)))
+    assert f"This thread is {rid}, not the referral you named" in text and "ABCDEF" not in text
     assert h.store.referral(rid).state is ReferralState.POSTED
     # the real one, then a second one
     await h.say(DERM, "!opinion benign naevus", place=thread(rid))
@@ -308,7 +309,9 @@ async def test_max_lifetime_reminder_then_expiry():
     _cid, rid = await open_referral(h)
     await h.send_image(GP, jpeg_with_metadata())
     await h.drain()
-    h.advance(days=5, hours=23)
+    h.advance(days=1, hours=8)  # Tue 17:00: 16 working hours without an opinion, escalated (issue 12)
+    assert any(isinstance(a, A.Notify) and "No opinion yet" in a.text for a in await h.tick())
+    h.advance(days=4, hours=15)  # 5 days 23 hours after opening
     assert await h.tick() == []
     h.advance(hours=1)  # 6 days: reminder (1 day before the 7-day lifetime)
     acts = await h.tick()
@@ -559,6 +562,38 @@ async def test_photo_never_goes_to_the_latest_referral_by_guess():
     assert "Which referral is this photo for" in reply_text(acts)
 
 
+async def test_a_specialist_may_not_record_consent_or_refer_unless_also_a_referrer():
+    """Roles are enforced (security review, issue 9, finding 14): a specialist with a
+    practice is still not a referrer."""
+    h = Harness()
+    specialist = Actor("@derm:example.org", practice="Riverside Surgery", may_refer=False)
+    text = reply_text(await h.say(specialist, CONSENT_OK))
+    assert "Only clinicians listed as referrers" in text and "Consent" not in text.split(".")[0]
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))  # a GP of the same practice
+    text = reply_text(await h.say(specialist, f"!refer dermatology {cid} Rash?"))
+    assert "Only clinicians listed as referrers" in text and "R-" not in text
+    assert h.store.referrals() == []
+    rules = [(e.action, e.details.get("rule")) for e in h.store.audit if e.action.endswith(".refused")]
+    assert rules == [("consent.refused", "role"), ("referral.refused", "role")]
+    both = Actor("@derm:example.org", practice="Riverside Surgery", may_refer=True)
+    assert "opened" in reply_text(await h.say(both, f"!refer dermatology {cid} Rash?"))
+
+
+async def test_a_clock_stepped_back_never_sends_a_photo_to_an_older_referral():
+    """Finding 10: the target used to be picked by wall-clock opened_at."""
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    first = referral_id_from(await h.say(GP, f"!refer derm {cid} first patient's lesion"))
+    h.advance(hours=-1)  # NTP steps the clock back an hour
+    second = referral_id_from(await h.say(GP, f"!refer derm {cid} second patient's lesion"))
+    await h.send_image(GP, jpeg_with_metadata())
+    # never to the older referral (whether it goes to the newer one or is held and the GP
+    # asked is the photo-targeting rule's business, not the clock's)
+    assert h.store.referral(first).images == ()
+    status = reply_text(await h.say(GP, "!status"))
+    assert status.index(first) < status.index(second)  # listed in the order they were opened
+
+
 # ---------------------------------------------------------------- issue 12: consents read back, episodes
 async def test_consent_reply_echoes_only_the_last_three_digits():
     h = Harness()
@@ -583,7 +618,8 @@ async def test_consent_show_reads_back_to_the_practice_only():
     other = reply_text(await h.say(OTHER_GP, f"!consent show {cid}"))
     assert "another practice" in other and "919" not in other
     assert "direct chat" in reply_text(await h.say(GP, f"!consent show {cid}", place=E.SpecialtyThread("dermatology")))
-    assert "no consent C-ZZZZZZ" in reply_text(await h.say(GP, "!consent show C-ZZZZZZ"))
+    missing = reply_text(await h.say(GP, "!consent show C-ZZZZZZ"))
+    assert "no consent with that id" in missing and "ZZZZZZ" not in missing  # never echoed (issue 9)
     shown = [(e.actor, e.action, e.consent_id) for e in h.store.audit if e.action.startswith("consent.show")]
     assert shown == [(GP.user_id, "consent.shown", cid), (GP2.user_id, "consent.shown", cid),
                      (OTHER_GP.user_id, "consent.show_refused", cid)]

@@ -60,3 +60,84 @@ async def test_full_path_over_sqlite_with_a_restart(tmp_path):
 async def _ref(store, rid):
     async with store.transaction() as tx:
         return await tx.get_referral(rid)
+
+
+async def test_one_unreadable_referral_never_stops_the_others_expiring(tmp_path):
+    """Reproduced in the review: one unreadable referral row made every tick raise, and a
+    healthy referral 8 days past its 7-day lifetime stayed open with its image in the room.
+    Now each referral is ticked in its own transaction; the unreadable one is set aside
+    (audited, listed, alerted) and skipped from then on."""
+    store = await SQLiteStore.open(tmp_path / "bot.sqlite3", _keys())
+    h = Harness(store=store)
+    try:
+        cid = consent_id_from(await h.say(GP, CONSENT_OK))
+        broken = referral_id_from(await h.say(GP, f"!refer dermatology {cid} First lesion?"))
+        healthy = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Second lesion?"))
+        await h.drain()
+        await h.send_image(GP, jpeg_with_metadata(), caption=healthy)
+        await h.drain()
+        assert len(h.chat) == 1
+        async with store.db.transaction() as tx:  # a damaged row (a bad restore, a disk error)
+            await tx.execute("UPDATE referrals SET doc = ? WHERE referral_id = ?", (b"\x00" * 40, broken))
+        h.advance(days=8)
+        await h.tick()
+        await h.drain()
+        assert (await _ref(store, healthy)).state is ReferralState.CLOSED and h.chat == {}
+        (aside,) = await store.set_aside_referrals()
+        assert (aside.referral_id, aside.reason) == (broken, "unreadable")
+        audit = [e for e in await store.audit_entries() if e.action == "referral.set_aside"]
+        assert [e.referral_id for e in audit] == [broken]
+        assert await h.tick() == []  # skipped from now on: no error, no second alert
+        assert len([e for e in await store.audit_entries() if e.action == "referral.set_aside"]) == 1
+    finally:
+        await store.close()
+
+
+async def test_a_rules_bug_sets_one_referral_aside_but_a_store_failure_does_not(tmp_path, monkeypatch):
+    """A tick that raises in the lifecycle rules for one referral's data sets that one
+    aside and the others still expire; an I/O error (the machine, not the referral) sets
+    nothing aside: the tick fails, rolls back, and the next one does the work."""
+    from handlers import lifecycle as lc
+
+    store = await SQLiteStore.open(tmp_path / "bot.sqlite3", _keys())
+    h = Harness(store=store)
+    try:
+        cid = consent_id_from(await h.say(GP, CONSENT_OK))
+        odd = referral_id_from(await h.say(GP, f"!refer dermatology {cid} First lesion?"))
+        fine = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Second lesion?"))
+        await h.drain()
+        real_tick = lc.tick
+
+        def buggy(ref, **kw):
+            if ref.referral_id == odd:
+                raise KeyError("a field this referral's data lacks")
+            return real_tick(ref, **kw)
+
+        monkeypatch.setattr(lc, "tick", buggy)
+        h.advance(days=8)
+        await h.tick()
+        assert (await _ref(store, fine)).state is ReferralState.CLOSED
+        assert [(s.referral_id, s.reason) for s in await store.set_aside_referrals()] == [(odd, "error (KeyError)")]
+
+        from storage.sqlite_store import SQLiteTransaction
+
+        monkeypatch.setattr(lc, "tick", real_tick)
+        third = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Third lesion?"))
+        real_save = SQLiteTransaction.save_referral
+
+        async def disk_full(self, referral):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(SQLiteTransaction, "save_referral", disk_full)
+        h.advance(days=8)
+        try:
+            await h.tick()
+        except OSError:
+            pass
+        assert [s.referral_id for s in await store.set_aside_referrals()] == [odd]  # not the third
+        assert (await _ref(store, third)).state is not ReferralState.CLOSED  # rolled back
+        monkeypatch.setattr(SQLiteTransaction, "save_referral", real_save)
+        await h.tick()
+        assert (await _ref(store, third)).state is ReferralState.CLOSED
+    finally:
+        await store.close()

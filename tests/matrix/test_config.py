@@ -181,6 +181,30 @@ def test_times_are_shown_from_the_zone_data_package_without_the_system_database(
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     # the clocks go forward at 01:00 UTC on 29 March and back at 01:00 UTC on 25 October 2026
     assert out.stdout.split() == ["00:59", "GMT", "02:00", "BST", "01:59", "BST", "01:00", "GMT"]
+
+
+def test_roles_decide_who_may_refer_and_rosters_who_may_be_in_a_room(tmp_path):
+    """A clinician without ``role`` is a referrer (configs from before roles were
+    enforced keep working); a specialist may not refer; GPs are on no roster."""
+    from bot.app import directory_actors
+
+    text = BASE.format(secret='password = "x"').replace(
+        'user_id = "@derm:example.org"\nrole = "specialist"',
+        'user_id = "@derm:example.org"\nrole = "specialist"\npractice = "P1"')
+    text += ('\n[[directory.clinicians]]\nuser_id = "@both:example.org"\nrole = "both"\n'
+             'practice = "P1"\nspecialties = ["dermatology"]\n')
+    p = tmp_path / "c.toml"
+    p.write_text(text.replace("[telegram]\nallow_images = false\n", ""))
+    cfg = load_config(p)
+    actors = directory_actors(cfg)
+    assert actors["@gp:example.org"].may_refer is True
+    assert actors["@derm:example.org"].may_refer is False
+    assert actors["@both:example.org"].may_refer is True
+    assert cfg.roster("dermatology") == frozenset({"@derm:example.org", "@extra:example.org",
+                                                    "@both:example.org"})
+    assert "@gp:example.org" not in cfg.roster("dermatology")
+
+
 def test_consent_window_and_patient_reference_schemes(tmp_path):
     """Issue 12: the episode window and the deployment's own patient-reference schemes."""
     raw = {"policy": {"consent_window_days": 14, "max_consent_window_days": 90,
@@ -207,3 +231,51 @@ def test_held_photo_time_is_configurable_and_must_be_positive():
     assert pol.held_photo_ttl == timedelta(hours=4)
     with pytest.raises(ConfigError, match="held_photo must be more than 0"):
         parse({"policy": {"held_photo_minutes": 0}}, need_matrix=False)
+
+
+def test_the_clock_settings_working_time_urgent_timers_and_the_lead():
+    """Issue 12 part 5: working days and hours, bank holidays, the working-time timers
+    (never in days: a working day has no fixed length), and a specialty lead on its roster."""
+    from datetime import date
+
+    import tomllib
+
+    raw = {"policy": {"working_days": ["Mon", "tue", "WED", "thursday", "fri", "sat"],
+                      "working_hours": "08:00-18:30", "non_working_dates": ["2026-12-25", date(2026, 12, 28)],
+                      "escalate_after_working_hours": 8, "urgent_escalate_after_working_minutes": 90,
+                      "urgent_max_lifetime_working_hours": 10.5, "urgent_reminder_before_working_seconds": 30}}
+    pol = parse_config(raw, need_matrix=False).policy()
+    assert pol.working_days == frozenset({0, 1, 2, 3, 4, 5})
+    assert pol.working_hours == (timedelta(hours=8), timedelta(hours=18, minutes=30))
+    assert pol.non_working_dates == frozenset({date(2026, 12, 25), date(2026, 12, 28)})
+    assert pol.escalate_after == timedelta(hours=8) and pol.urgent_escalate_after == timedelta(minutes=90)
+    assert pol.urgent_max_lifetime == timedelta(hours=10.5) and pol.urgent_reminder_lead == timedelta(seconds=30)
+    defaults = parse_config({}, need_matrix=False).policy()
+    assert defaults.working_days == frozenset(range(5)) and defaults.working_hours == (timedelta(hours=9),
+                                                                                        timedelta(hours=17))
+    assert defaults.escalate_after == timedelta(hours=16) and defaults.urgent_escalate_after == timedelta(hours=4)
+    assert defaults.urgent_max_lifetime == timedelta(hours=16) and defaults.urgent_reminder_lead == timedelta(hours=4)
+    assert parse_config({"policy": {"working_hours": "00:00-24:00"}}, need_matrix=False).policy().working_hours == (
+        timedelta(0), timedelta(hours=24))
+    for bad, says in (({"working_days": []}, "working_days must be a list"),
+                      ({"working_days": ["mon", "funday"]}, "use mon, tue"),
+                      ({"working_hours": "9-5"}, "must look like"),
+                      ({"working_hours": "17:00-09:00"}, "end after they start"),
+                      ({"working_hours": "09:00-25:00"}, "must look like"),
+                      ({"non_working_dates": ["25/12/2026"]}, "dates such as"),
+                      ({"escalate_after_days": 2}, "is working time"),
+                      ({"escalate_after_working_hours": -1}, "0 or more"),
+                      ({"urgent_max_lifetime_working_hours": 0}, "more than 0")):
+        with pytest.raises(ConfigError, match=says):
+            parse_config({"policy": bad}, need_matrix=False)
+
+    base = tomllib.loads(BASE.format(secret='password = "x"'))
+    base["specialties"]["dermatology"]["lead"] = "@derm:example.org"  # a specialist of the directory
+    assert parse_config(base).policy().specialties["dermatology"].lead == "@derm:example.org"
+    base["specialties"]["dermatology"]["lead"] = "@extra:example.org"  # on the explicit roster
+    assert parse_config(base).policy().specialties["dermatology"].lead == "@extra:example.org"
+    base["specialties"]["dermatology"]["lead"] = "@boss:example.org"
+    with pytest.raises(ConfigError, match="lead @boss:example.org is not on its roster"):
+        parse_config(base)
+    del base["specialties"]["dermatology"]["lead"]
+    assert parse_config(base).policy().specialties["dermatology"].lead is None

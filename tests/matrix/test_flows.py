@@ -132,11 +132,11 @@ async def test_outsider_in_specialty_room(make_world):
     rid = await flow.refer(w, await flow.consent(w))
     # the GP learns it when the referral opens, before sending any photo
     early = await flow.bot_reply(w, mark, "could not post")
-    assert rid in early.body and "outside the clinician directory" in early.body
+    assert rid in early.body and "not on its roster" in early.body
     up = await flow.send_photo(w)
     # the room is told why, the GP is told the image was not shared
     said = await w.sp.wait_for(lambda s: s.room_id == w.derm_room and s.sender == w.bot_user.user_id
-                               and "outside the clinician directory" in s.body, 20, "the refusal")
+                               and "not on its roster" in s.body, 20, "the refusal")
     assert w.outsider.user_id in said.body
     note = await flow.bot_reply(w, up.mark, "could not post")
     assert rid in note.body

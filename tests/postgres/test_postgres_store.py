@@ -107,8 +107,9 @@ async def test_state_survives_reopen(pg_dsn, keys):
 
 
 async def test_two_instances_on_one_database_serialise_their_writes(pg_dsn, keys):
-    """Two bot processes on one database: outbox ids stay unique and ordered because
-    write transactions are serialised by an advisory lock, not only in-process."""
+    """The bot and a tool (`export`) writing to one database: outbox ids stay unique and
+    ordered because write transactions are serialised by an advisory lock, not only
+    in-process; each follows the other's signed state."""
     a = await PostgresStore.open(pg_dsn, keys)
     b = await PostgresStore.open(pg_dsn, keys)
     try:
@@ -133,3 +134,64 @@ async def test_bad_dsn_is_a_clear_error_without_the_password(pg_server):
         await PgDatabase.open(dsn)
     assert "hunter2-secret" not in str(info.value)
     assert "cannot connect to PostgreSQL" in str(info.value)
+
+
+async def test_a_second_bot_on_the_database_is_refused(pg_dsn, keys):
+    """Issue 9, finding 13 on PostgreSQL: the bot holds a session advisory lock; `status`
+    and `export` (not exclusive) still open the store next to it."""
+    from storage.instance import AlreadyRunning
+
+    bot = await PostgresStore.open(pg_dsn, keys, exclusive=True)
+    try:
+        with pytest.raises(AlreadyRunning, match="another referral-bot is already running on the PostgreSQL database"):
+            await PostgresStore.open(pg_dsn, keys, exclusive=True)
+        tool = await PostgresStore.open(pg_dsn, keys)
+        await tool.close()
+    finally:
+        await bot.close()
+    again = await PostgresStore.open(pg_dsn, keys, exclusive=True)  # the lock went with the session
+    await again.close()
+
+
+async def test_a_read_only_database_is_refused_at_start(pg_dsn, pg_server, keys):
+    """Issue 9, finding 4: a read-only database (here default_transaction_read_only, as on
+    a standby) is refused with one plain line, before the bot takes any event."""
+    store = await PostgresStore.open(pg_dsn, keys)
+    await store.close()
+    name = pg_dsn.rsplit("/", 1)[1].split("?")[0]
+    admin = await asyncpg.connect(pg_server.dsn("postgres"))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    finally:
+        await admin.close()
+    with pytest.raises(StorageError, match="is read-only .* and the bot must write to it") as info:
+        await PostgresStore.open(pg_dsn, keys, exclusive=True)
+    assert "\n" not in str(info.value)
+
+
+async def test_a_replayed_consent_row_is_refused_after_a_restart_too(pg_dsn, keys):
+    """Issue 9, finding 8 on PostgreSQL: the signed state does not match any more, so the
+    store does not open (the running case is in the shared contract tests)."""
+    from handlers.model import ConsentBasis, ConsentRecord, Purpose
+
+    c = ConsentRecord(consent_id="C-1", patient_ref="hmac-sha256:" + "ab" * 32, practice="P", recorded_by="@gp:x",
+                      recorded_at=T0, basis=ConsentBasis.PATIENT, purposes=frozenset({Purpose.CARE}),
+                      identifiable=False, recorded_in_notes=True, retention=timedelta(days=90))
+    store = await PostgresStore.open(pg_dsn, keys)
+    try:
+        async with store.transaction() as tx:
+            await tx.save_consent(c)
+        async with store.db.read() as tx:
+            old = await tx.fetchone("SELECT version, doc FROM consents WHERE consent_id = 'C-1'")
+        async with store.transaction() as tx:
+            await tx.save_consent(ConsentRecord(**{**c.__dict__, "withdrawn_at": T0, "withdrawn_by": "@gp:x"}))
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("UPDATE consents SET version = $1, doc = $2, withdrawn_at = NULL WHERE consent_id = 'C-1'",
+                           old["version"], old["doc"])
+    finally:
+        await conn.close()
+    with pytest.raises(StorageError, match="do not match the signed state"):
+        await PostgresStore.open(pg_dsn, keys)

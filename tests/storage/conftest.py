@@ -7,14 +7,20 @@ from datetime import datetime, timezone
 import pytest
 
 from storage.db import Database
-from storage.keys import Keys
+from storage.keys import Keys, generate_key_file, load_key_file
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def keys() -> Keys:
-    return Keys.from_master(os.urandom(32), source="test")
+def key_file(tmp_path):
+    """A real key file (0600): the audit CLI needs the key to check the HMAC chain."""
+    return generate_key_file(tmp_path / "bot.key")
+
+
+@pytest.fixture
+def keys(key_file) -> Keys:
+    return load_key_file(key_file)
 
 
 @pytest.fixture

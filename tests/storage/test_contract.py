@@ -154,8 +154,9 @@ async def test_referral_round_trip_with_images_and_indexes(store):
             await tx.save_referral(r)
     async with store.transaction() as tx:
         assert await tx.get_referral("R-1") == r1
-        assert [r.referral_id for r in await tx.referrals_by_consent("C-4F2A1B")] == ["R-1", "R-2"]
-        assert [r.referral_id for r in await tx.referrals_by_referrer("@gp:example.org")] == ["R-3", "R-1"]
+        # lists follow the order the referrals were opened (first saved) in, not opened_at
+        assert [r.referral_id for r in await tx.referrals_by_consent("C-4F2A1B")] == ["R-2", "R-1"]
+        assert [r.referral_id for r in await tx.referrals_by_referrer("@gp:example.org")] == ["R-1", "R-3"]
         assert (await tx.referral_by_thread("$root1")).referral_id == "R-1"
         assert await tx.referral_by_thread("$nothing") is None
         # re-index on save: the thread moves
@@ -170,7 +171,7 @@ async def test_open_referrals_by_referrer_leaves_out_finished_ones(store):
     refs = [referral(f"R-{i}", opened=T0 + timedelta(minutes=i), state=st) for i, st in enumerate(states)]
     other = referral("R-X", opened=T0, referrer="@other:example.org")
     async with store.transaction() as tx:
-        for r in reversed(refs + [other]):
+        for r in refs + [other]:
             await tx.save_referral(r)
     async with store.transaction() as tx:
         got = await tx.open_referrals_by_referrer("@gp:example.org")
@@ -225,6 +226,55 @@ async def test_unassigned_photos_round_trip_by_gp_and_by_due_time(store):
             raise RuntimeError("boom")
     async with store.transaction() as tx:
         assert [p.photo_id for p in await tx.unassigned_photos("@gp2:example.org")] == ["I-3"]
+
+
+async def test_lists_follow_the_opening_sequence_when_the_clock_steps_back(store):
+    """Finding 10 of the security review: a referral opened after the clock stepped back
+    has an earlier opened_at, but it is still the newer one everywhere."""
+    first = referral("R-FIRST", opened=T0)
+    later = referral("R-LATER", opened=T0 - timedelta(hours=1))  # the clock stepped back an hour
+    async with store.transaction() as tx:
+        await tx.save_referral(first)
+    async with store.transaction() as tx:
+        await tx.save_referral(later)
+    async with store.transaction() as tx:
+        # saving again (a state change) keeps the place in the sequence
+        await tx.save_referral(dataclasses.replace(first, reminder_sent=True))
+    async with store.transaction() as tx:
+        order = ["R-FIRST", "R-LATER"]
+        assert [r.referral_id for r in await tx.referrals_by_referrer("@gp:example.org")] == order
+        assert [r.referral_id for r in await tx.open_referrals_by_referrer("@gp:example.org")] == order
+        assert [r.referral_id for r in await tx.referrals_by_consent("C-4F2A1B")] == order
+
+
+async def test_due_ids_leave_out_referrals_set_aside(store):
+    a = referral("R-A", opened=T0)
+    b = referral("R-B", opened=T0)
+    async with store.transaction() as tx:
+        await tx.save_referral(a)
+        await tx.save_referral(b)
+    at = T0 + timedelta(days=30)
+    async with store.transaction() as tx:
+        assert await tx.due_referral_ids(at) == ["R-A", "R-B"]
+        await tx.set_aside_referral("R-A", "unreadable", at)
+        await tx.set_aside_referral("R-A", "unreadable", at)  # idempotent
+    async with store.transaction() as tx:
+        assert await tx.due_referral_ids(at) == ["R-B"]
+    assert [(s.referral_id, s.reason) for s in await store.set_aside_referrals()] == [("R-A", "unreadable")]
+
+
+async def test_dead_letters_leave_the_outbox(store):
+    async with store.transaction() as tx:
+        ids = await tx.enqueue([Reply(key="$e/0", to=DirectChat("@gp:example.org"), text="a"),
+                                Reply(key="$e/1", to=DirectChat("@gp:example.org"), text="b")])
+    await store.dead_letter(ids[0], kind="Reply", referral_id="R-1", reason="I was removed from the room.",
+                            attempts=3, at=T0)
+    await store.dead_letter(ids[0], kind="Reply", referral_id="R-1", reason="again", attempts=4, at=T0)
+    assert [e.outbox_id for e in await store.pending_actions()] == [ids[1]]
+    (dead,) = await store.dead_letters()
+    assert (dead.outbox_id, dead.kind, dead.referral_id, dead.attempts) == (ids[0], "Reply", "R-1", 3)
+    assert dead.reason == "I was removed from the room." and dead.at == T0
+    assert await store.dead_letter_count() == 1
 
 
 async def test_vault_semantics(store):
@@ -283,3 +333,63 @@ async def test_audit_entries_are_kept(store):
         assert (await store.verify_audit()).intact
     else:
         assert store.audit == [e]
+
+
+# --- issue 9: what the SQL stores add (SQLite here, PostgreSQL through the same tests) ---
+async def test_housekeeping_runs_on_every_store_and_never_raises(store):
+    for _ in range(2):
+        await store.housekeeping()
+
+
+async def test_a_completed_action_keeps_none_of_its_content(store):
+    """Finding 2: pending payloads are sealed; a done action's payload is dropped."""
+    text = "Opinion on R-1: tinea incognito, stop the steroid"
+    async with store.transaction() as tx:
+        (oid,) = await tx.enqueue([Reply(key="$e9/0", to=DirectChat("@gp:example.org"), text=text)])
+    assert [p.action.text for p in await store.pending_actions()] == [text]
+    if not isinstance(store, SQLiteStore):
+        return  # the reference store keeps nothing on disk
+    async with store.db.read() as tx:
+        sealed = (await tx.fetchone("SELECT payload FROM outbox WHERE id = ?", (oid,)))["payload"]
+    assert isinstance(sealed, bytes) and text.encode() not in sealed and b"Reply" not in sealed
+    await store.complete_action(oid)
+    async with store.db.read() as tx:
+        row = await tx.fetchone("SELECT kind, payload, done_at FROM outbox WHERE id = ?", (oid,))
+    assert (row["kind"], row["payload"]) == ("Reply", None) and row["done_at"] is not None
+
+
+async def test_an_older_copy_of_a_record_put_back_is_refused_on_load(store):
+    """Finding 8: a consent row saved before its withdrawal, put back over the withdrawn
+    one, used to make the consent apply again. Its version no longer matches the one the
+    signed state vouches for, so it is refused (and a blob moved to the newer version
+    number fails its associated data)."""
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("the reference store has no rows to put back")
+    c = consent()
+    async with store.transaction() as tx:
+        await tx.save_consent(c)
+    async with store.db.read() as tx:  # the whole row, every column, as it was
+        before = dict(await tx.fetchone("SELECT * FROM consents WHERE consent_id = ?", (c.consent_id,)))
+    withdrawn = dataclasses.replace(c, withdrawn_at=T0 + timedelta(hours=1), withdrawn_by="@gp:example.org")
+    async with store.transaction() as tx:
+        await tx.save_consent(withdrawn)
+    async with store.db.read() as tx:
+        after = dict(await tx.fetchone("SELECT * FROM consents WHERE consent_id = ?", (c.consent_id,)))
+
+    async def put_back(row):
+        async with store.db.transaction() as tx:  # underneath the store, as someone with database access
+            await tx.execute(f"UPDATE consents SET {', '.join(f'{k} = ?' for k in row)} WHERE consent_id = ?",
+                             (*row.values(), c.consent_id))
+
+    await put_back(before)
+    with pytest.raises(StoreError, match="not the copy the store's signed state vouches for"):
+        async with store.transaction() as tx:
+            await tx.get_consent(c.consent_id)
+    with pytest.raises(StoreError, match="not the copy"):
+        async with store.read() as tx:
+            await tx.get_consent(c.consent_id)
+    assert (before["version"], after["version"]) == (1, 2)
+    await put_back({**before, "version": after["version"]})  # the old blob under the new number
+    with pytest.raises(StoreError, match="wrong key for this database, or the row was altered"):
+        async with store.transaction() as tx:
+            await tx.get_consent(c.consent_id)

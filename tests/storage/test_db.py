@@ -19,6 +19,7 @@ from storage.db import (
     split_statements,
 )
 
+from . import legacy
 from .conftest import T0
 
 
@@ -46,6 +47,8 @@ async def test_reopening_applies_nothing_twice(db_path):
 
 @pytest.mark.parametrize("start", range(0, latest_version()))
 async def test_migrating_from_each_earlier_version_preserves_data(db_path, keys, start):
+    """Rows written by the program of each earlier version survive the SQL migrations.
+    (The keyed part of version 6, done by the store with the key, is tests/storage/test_upgrade.py.)"""
     old = await Database.open(db_path, target_version=start)
     assert await old.schema_version() == start
     vault = Vault(keys)
@@ -53,11 +56,13 @@ async def test_migrating_from_each_earlier_version_preserves_data(db_path, keys,
         async with old.transaction() as tx:
             await tx.execute(Q.MARK_PROCESSED, ("$ev1", "2026-03-01T09:00:00+00:00"))
             await tx.execute(Q.ENQUEUE_ACTION, (1, "2026-03-01T09:00:00+00:00", "Reply", '{"type":"Reply"}'))
-            await audit.append(tx, at=T0, actor="@gp:example.org", action="consent.recorded", consent_id="C-1")
+            await tx.execute(Q.ENQUEUE_ACTION, (2, "2026-03-01T09:00:00+00:00", "Notify", '{"type":"Notify"}'))
+            await tx.execute("UPDATE outbox SET done_at = '2026-03-01T09:01:00+00:00' WHERE id = 2")
+            await legacy.audit_append(tx, at=T0, actor="@gp:example.org", action="consent.recorded", consent_id="C-1")
             await vault.put(tx, "img-1", b"pixels", "image/png", T0)
     if start >= 3:  # version 3: consents and referrals
         async with old.transaction() as tx:
-            await tx.execute(Q.CONSENT_UPSERT, ("C-1", "Riverside", "2026-03-01T09:00:00+00:00", None, b"sealed"))
+            await tx.execute(legacy.CONSENT_UPSERT_V3, ("C-1", "Riverside", "2026-03-01T09:00:00+00:00", None, b"sealed"))
     await old.close()
 
     new = await Database.open(db_path)
@@ -68,14 +73,20 @@ async def test_migrating_from_each_earlier_version_preserves_data(db_path, keys,
                 assert await tx.scalar(Q.IS_PROCESSED, ("$ev1",)) == 1
                 rows = await tx.fetchall(Q.PENDING_ACTIONS)
                 assert [(r["id"], r["kind"]) for r in rows] == [(1, "Reply")]
-                result = await audit.verify(tx)
-                assert result.intact and result.entries == 1
+                # version 6: a done action's payload is gone; a pending one waits for the key
+                # (from 6 on the program itself drops it when the action is done)
+                done = await tx.fetchone(Q.OUTBOX_ROW, (2,))
+                assert done["done_at"] is not None and (start >= 6 or done["payload"] is None)
+                result = await audit.verify(tx, keys.audit_key, allow_unsigned=True)
+                assert result.intact and result.entries == 1 and result.legacy_entries == 1
                 assert (await vault.get(tx, "img-1")).data == b"pixels"
             if start >= 3:
-                assert (await tx.fetchone(Q.CONSENT_GET, ("C-1",)))["doc"] == b"sealed"
+                row = await tx.fetchone(Q.CONSENT_GET, ("C-1",))
+                assert row["doc"] == b"sealed" and row["version"] == 0  # re-sealed by the store, with the key
+            assert await tx.scalar(Q.GET_META, ("keyed_upgrade",)) == "006"
         # and the new schema is usable at once
         async with new.transaction() as tx:
-            await audit.append(tx, at=T0, actor="@referral-bot", action="migrated")
+            await audit.append(tx, keys.audit_key, at=T0, actor="@referral-bot", action="migrated")
             assert await tx.execute(Q.MARK_PROCESSED, ("$ev2", "2026-03-01T09:00:00+00:00")) == 1
     finally:
         await new.close()
@@ -207,3 +218,25 @@ async def test_opening_an_up_to_date_database_takes_no_write_lock(db_path):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+async def test_migration_007_numbers_existing_referrals_in_their_old_order(db_path):
+    old = await Database.open(db_path, target_version=3)
+    insert = ("INSERT INTO referrals (referral_id, consent_id, referrer, specialty, state, opened_at,"
+              " thread_root_event_id, next_due_at, doc) VALUES (?, 'C-1', '@gp:x', 'derm', 'opened', ?, NULL, NULL, ?)")
+    async with old.transaction() as tx:
+        for rid, opened in (("R-B", "2026-03-01T10:00:00+00:00"), ("R-A", "2026-03-01T10:00:00+00:00"),
+                            ("R-C", "2026-03-01T09:00:00+00:00")):
+            await tx.execute(insert, (rid, opened, b"sealed"))
+    await old.close()
+    new = await Database.open(db_path)
+    try:
+        async with new.read() as tx:
+            rows = await tx.fetchall("SELECT referral_id, seq FROM referrals ORDER BY seq")
+        assert [(r["referral_id"], r["seq"]) for r in rows] == [("R-C", 1), ("R-A", 2), ("R-B", 3)]
+        async with new.transaction() as tx:  # a new referral comes after them, whatever its time
+            await tx.execute(Q.REFERRAL_UPSERT, ("R-D", "C-1", "@gp:x", "derm", "opened",
+                                                 "2020-01-01T00:00:00+00:00", None, None, 1, b"sealed"))
+            assert await tx.scalar("SELECT seq FROM referrals WHERE referral_id = 'R-D'") == 4
+    finally:
+        await new.close()

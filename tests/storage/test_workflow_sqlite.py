@@ -77,7 +77,7 @@ def _sqlite_harness(store: SQLiteStore) -> Harness:
     return h
 
 
-async def test_workflow_on_sqlite_matches_the_reference_store(tmp_path, keys, capsys):
+async def test_workflow_on_sqlite_matches_the_reference_store(tmp_path, keys, key_file, capsys):
     mem = Harness(policy=policy(filing_enabled=True))
     assert isinstance(mem.store, MemoryStore)
     expected = await story(mem)
@@ -108,7 +108,7 @@ async def test_workflow_on_sqlite_matches_the_reference_store(tmp_path, keys, ca
             "consent.withdrawn"} <= actions
     flat = repr([(e.actor, e.action, e.referral_id, e.consent_id, dict(e.details)) for e in entries])
     assert "9434765919" not in flat and "BCC" not in flat and "keratosis" not in flat
-    assert await asyncio.to_thread(cli_main, ["audit", "verify", "--db", str(db_path)]) == 0
+    assert await asyncio.to_thread(cli_main, ["audit", "verify", "--db", str(db_path), "--key-file", str(key_file)]) == 0
     assert f"audit chain intact: {chain.entries} entries" in capsys.readouterr().out
 
 

@@ -37,6 +37,8 @@ class FakeChat:
     first_name: str = ""
     topics: dict[int, str] = field(default_factory=dict)
     members: set[int] = field(default_factory=set)  # user ids besides the bot
+    admins: list[int] = field(default_factory=list)  # members who administer it (first: the creator)
+    bot_is_admin: bool = True
 
     def to_api(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "type": self.type}
@@ -120,8 +122,10 @@ class FakeBotAPI:
         self.chats[user_id] = chat
         return chat
 
-    def add_forum(self, chat_id: int, title: str, is_forum: bool = True, members: tuple[int, ...] = ()) -> FakeChat:
-        chat = FakeChat(id=chat_id, type="supergroup", title=title, is_forum=is_forum, members=set(members))
+    def add_forum(self, chat_id: int, title: str, is_forum: bool = True, members: tuple[int, ...] = (),
+                  admins: tuple[int, ...] = ()) -> FakeChat:
+        chat = FakeChat(id=chat_id, type="supergroup", title=title, is_forum=is_forum,
+                        members=set(members) | set(admins), admins=list(admins))
         self.chats[chat_id] = chat
         return chat
 
@@ -369,6 +373,44 @@ class FakeBotAPI:
         except LookupError as exc:
             return self._error(400, f"Bad Request: {exc}")
         return self._ok(len(chat.members) + (1 if chat.type != "private" else 2))
+
+    def _user_api(self, user_id: int) -> dict[str, Any]:
+        if user_id == self.bot_id:
+            return {"id": self.bot_id, "is_bot": True, "first_name": "Referral bot", "username": self.bot_username}
+        return dict(self.users.get(user_id) or {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"})
+
+    def _member_api(self, chat: FakeChat, user_id: int) -> dict[str, Any]:
+        user = self._user_api(user_id)
+        if chat.admins and user_id == chat.admins[0]:
+            return {"status": "creator", "user": user, "is_anonymous": False}
+        if user_id in chat.admins or (user_id == self.bot_id and chat.bot_is_admin):
+            rights = dict.fromkeys(("can_be_edited", "is_anonymous", "can_manage_chat", "can_delete_messages",
+                                    "can_manage_video_chats", "can_restrict_members", "can_promote_members",
+                                    "can_change_info", "can_invite_users", "can_post_stories",
+                                    "can_edit_stories", "can_delete_stories"), False)
+            rights.update(can_manage_chat=True, can_delete_messages=True)
+            return {"status": "administrator", "user": user, **rights}
+        if user_id in chat.members or user_id == self.bot_id:
+            return {"status": "member", "user": user}
+        return {"status": "left", "user": user}
+
+    async def _m_getChatAdministrators(self, params, files) -> web.Response:
+        try:
+            chat = self._chat(params)
+        except LookupError as exc:
+            return self._error(400, f"Bad Request: {exc}")
+        ids = list(chat.admins) + ([self.bot_id] if chat.bot_is_admin else [])
+        return self._ok([self._member_api(chat, i) for i in ids])
+
+    async def _m_getChatMember(self, params, files) -> web.Response:
+        try:
+            chat = self._chat(params)
+        except LookupError as exc:
+            return self._error(400, f"Bad Request: {exc}")
+        user_id = int(params["user_id"])
+        if user_id not in self.users and user_id != self.bot_id:
+            return self._error(400, "Bad Request: user not found")
+        return self._ok(self._member_api(chat, user_id))
 
     async def _m_getFile(self, params, files) -> web.Response:
         f = self.files.get(params.get("file_id", ""))

@@ -229,3 +229,91 @@ async def test_a_bad_update_is_skipped_not_retried_for_ever(world, monkeypatch):
     await world.step()
     assert calls["n"] == 2  # the first update was skipped once, the second handled
     assert len([t for t in world.gp_texts() if "Referral bot" in t]) == 1
+
+
+# -- who is in the specialty group (security review, issue 9, findings 11 and 14) -------------
+DERM2_TG, GP2_TG, GP3_TG, GP4_TG = 2002, 1002, 1003, 1004
+STRANGERS = (3101, 3102, 3103)
+_TEAM = {
+    DERM2_TG: {"user_id": "@derm2:example.org", "role": "specialist", "specialties": ["dermatology"], "name": "Dr Mole"},
+    GP2_TG: {"user_id": "@gp2:example.org", "role": "referrer", "practice": "Riverside Surgery"},
+    GP3_TG: {"user_id": "@gp3:example.org", "role": "referrer", "practice": "Riverside Surgery"},
+    GP4_TG: {"user_id": "@gp4:example.org", "role": "referrer", "practice": "Riverside Surgery"},
+}
+
+
+async def _try_to_post(world) -> str:
+    """Open a referral and send a photo; returns what the GP was told."""
+    cid = await world.consent()
+    world.last_referral = await world.refer(cid)
+    world.api.user_sends_photo(GP_TG, make_photo(640, 480))
+    await world.step()
+    return "\n".join(world.gp_texts())
+
+
+async def test_strangers_in_the_group_are_found_even_when_gps_keep_the_count_low(fake_api, tmp_path):
+    """The reviewer's group: 2 specialists, 3 strangers and the bot. Six GPs and
+    specialists are configured for Telegram, so counting members (6 <= 6 + 1) passed."""
+    for tg in STRANGERS:
+        fake_api.add_user(tg, "Stranger")
+    world = await World.create(fake_api, tmp_path, extra_clinicians=_TEAM,
+                               group_members=(DERM2_TG, *STRANGERS))
+    try:
+        told = await _try_to_post(world)
+        assert world.images_in_group() == [] and fake_api.calls_to("createForumTopic") == []
+        assert "3 member(s) who are not on the Dermatology advice roster" in told
+        # without the strangers the same group is fine (the GP cancels the referral the bot
+        # could not post, as it told them, so the new photo has one referral to go to)
+        fake_api.chats[DERM_CHAT].members -= set(STRANGERS)
+        await world.gp_says(f"!cancel {world.last_referral}")
+        await _try_to_post(world)
+        assert len(world.images_in_group()) == 1
+    finally:
+        await world.close()
+
+
+async def test_a_gp_in_the_directory_is_not_a_safe_member_of_the_specialty_group(fake_api, tmp_path):
+    world = await World.create(fake_api, tmp_path, group_members=(GP_TG,))
+    try:
+        told = await _try_to_post(world)
+        assert "1 member(s) who are not on the Dermatology advice roster" in told
+        assert world.images_in_group() == []
+    finally:
+        await world.close()
+
+
+async def test_an_administrator_off_the_roster_makes_the_group_unsafe(fake_api, tmp_path):
+    fake_api.add_user(STRANGERS[0], "Group owner's friend")
+    world = await World.create(fake_api, tmp_path)
+    fake_api.chats[DERM_CHAT].admins.append(STRANGERS[0])
+    fake_api.chats[DERM_CHAT].members.add(STRANGERS[0])
+    try:
+        told = await _try_to_post(world)
+        assert "1 administrator(s) who are not on the Dermatology advice roster" in told
+        assert world.images_in_group() == []
+    finally:
+        await world.close()
+
+
+async def test_an_update_the_store_could_not_handle_is_not_confirmed(world):
+    """Finding 4 on Telegram: a store failure must not confirm the update (the offset is
+    Telegram's sync token), so it comes again and is handled once the store answers."""
+    from handlers import events as E
+    from storage.interfaces import StoreError
+
+    real = world.workflow.handle
+    failures = []
+
+    async def full_disk_once(event):
+        if isinstance(event, E.CommandReceived) and not failures:
+            failures.append(event.event_id)
+            raise StoreError("database or disk is full")
+        return await real(event)
+
+    world.workflow.handle = full_disk_once
+    before = len(world.gp_texts())
+    world.api.user_sends_text(GP_TG, "!help")
+    assert await world.transport.poll_once(0) == 0  # not confirmed
+    assert world.transport.store_errors == 1 and len(world.gp_texts()) == before
+    await world.step()  # Telegram sends it again; now it is handled, once
+    assert len([t for t in world.gp_texts()[before:] if "Referral bot" in t]) == 1

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from telegram import Bot
 
+from bot.app import directory_actors
 from bot.config import parse_config
 from bot.telegram.config import fit_policy_to_telegram, parse_telegram_config
 from bot.telegram.transport import TelegramSettings, TelegramTransport
-from handlers.model import Actor
 from handlers.workflow import Workflow
 from storage.keys import Keys
 from storage.sqlite_store import SQLiteStore
@@ -26,18 +26,22 @@ DERM_CHAT = -1005550001
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 
 
-def raw_config(api: FakeBotAPI, allow_images: bool = True, **telegram_extra) -> dict:
+def raw_config(api: FakeBotAPI, allow_images: bool = True, extra_clinicians: dict[int, dict] | None = None,
+               **telegram_extra) -> dict:
+    """``extra_clinicians``: Telegram id -> a [[directory.clinicians]] entry, added to both."""
+    extra = extra_clinicians or {}
     return {
         "policy": {"grace_period_hours": 6, "max_lifetime_hours": 30, "reminder_before_hours": 6},
         "directory": {"clinicians": [
             {"user_id": GP, "role": "referrer", "practice": "Riverside Surgery", "name": "Dr Gee"},
             {"user_id": DERM, "role": "specialist", "specialties": ["dermatology"], "name": "Dr Derm"},
+            *extra.values(),
         ]},
         "specialties": {"dermatology": {"room": "!unused:example.org", "title": "Dermatology advice"}},
         "telegram": {
             "token": api.token, "allow_images": allow_images,
             "base_url": api.base_url, "base_file_url": api.base_file_url,
-            "users": {str(GP_TG): GP, str(DERM_TG): DERM},
+            "users": {str(GP_TG): GP, str(DERM_TG): DERM, **{str(k): v["user_id"] for k, v in extra.items()}},
             "specialties": {"dermatology": DERM_CHAT},
             **telegram_extra,
         },
@@ -51,12 +55,15 @@ class World:
     workflow: Workflow
     transport: TelegramTransport
     now: list = field(default_factory=lambda: [T0])
+    last_referral: str | None = None  # set by tests that open referrals through a helper
 
     @classmethod
     async def create(cls, api: FakeBotAPI, tmp: Path, allow_images: bool = True, metrics=None,
-                     store_opener=None, **telegram_extra) -> "World":
-        """``store_opener(keys)``: an async function opening another store (default: SQLite in tmp)."""
-        raw = raw_config(api, allow_images, **telegram_extra)
+                     store_opener=None, extra_clinicians: dict[int, dict] | None = None,
+                     group_members: tuple[int, ...] = (), **telegram_extra) -> "World":
+        """``store_opener(keys)``: an async function opening another store (default: SQLite in tmp).
+        The specialty group holds the dermatologist (its creator), the bot and ``group_members``."""
+        raw = raw_config(api, allow_images, extra_clinicians, **telegram_extra)
         config = parse_config(raw, None, need_matrix=False)
         tg = parse_telegram_config(raw, known_users=set(config.clinicians),
                                    known_specialties=set(config.specialties))
@@ -67,19 +74,21 @@ class World:
         else:
             store = await store_opener(keys)
         workflow = Workflow(store=store, policy=policy, hasher=keys.patient_ref_hasher())
-        directory = {c.user_id: Actor(user_id=c.user_id, practice=c.practice, display_name=c.name)
-                     for c in config.clinicians.values()}
+        directory = directory_actors(config)
         api.add_user(GP_TG, "Gee")
         api.add_user(DERM_TG, "Derm")
         api.add_user(STRANGER_TG, "Stranger")
-        api.add_forum(DERM_CHAT, "Dermatology advice", members=(DERM_TG, GP_TG))
+        for tg_id, entry in (extra_clinicians or {}).items():
+            api.add_user(tg_id, entry.get("name") or f"user{tg_id}")
+        api.add_forum(DERM_CHAT, "Dermatology advice", members=group_members, admins=(DERM_TG,))
         world = cls(api=api, store=store, workflow=workflow, transport=None)  # type: ignore[arg-type]
         api.now = lambda: world.now[0].timestamp()
         bot = Bot(tg.token, base_url=tg.base_url, base_file_url=tg.base_file_url)
         world.transport = TelegramTransport(
             bot, store, workflow,
             TelegramSettings(config=tg, directory=directory,
-                             specialty_titles={"dermatology": "Dermatology advice"}),
+                             specialty_titles={"dermatology": "Dermatology advice"},
+                             rosters={k: config.roster(k) for k in config.specialties}),
             clock=lambda: world.now[0], metrics=metrics)
         await world.transport.start(loops=False)
         return world
