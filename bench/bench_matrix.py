@@ -305,7 +305,8 @@ async def main(args) -> dict:
                                               expect=" opened")
                         rid = re.search(r"(R-[A-Z0-9]+) opened", ans.body).group(1)
                         t0 = time.monotonic()
-                        await w.gp.send_image(w.dm_room, photo, f"PEER_{i:04d}.JPG")
+                        # phase 3 left referrals open: the photo names its referral
+                        await w.gp.send_image(w.dm_room, photo, f"PEER_{i:04d}.JPG", caption=f"{rid} photo")
                         img = await wait_image(w.sp, w.derm_room, bot, t0, seen_imgs)
                         assert img.body.startswith(rid), (img.body, rid)
                         await w.sp.say(w.derm_room, "!opinion Bench opinion.", thread_root=img.thread_root)

@@ -48,6 +48,15 @@ about to be posted before the transaction commits, so it can encrypt and upload 
 bytes to its media store while the rest of the event is saved (the upload reveals
 nothing: the key travels only in the post, which still waits for the outbox). If the
 transaction then fails, the image never gets a post and the transport drops it.
+
+``Workflow.on_image_stripped`` comes earlier still, before the transaction: a JPEG's
+stripped bytes (the marker filter decodes nothing and takes milliseconds), for a photo whose
+consent needs the face/text check *before* that check runs, so the upload overlaps the check
+instead of following it; for one that needs no check, as soon as it is clean. Nothing is
+decided by it: the ``ClearedImage`` that follows names the same ``event_id``, and only if its
+bytes are the same may the transport use that upload (a JPEG the check blurs has other
+bytes). A photo held, refused or left waiting for its referral never gets a ``ClearedImage``,
+and its early upload is deleted like any unused one.
 """
 from __future__ import annotations
 
@@ -123,7 +132,7 @@ from handlers.referral import about_patient, guard_referral, intimate_reason
 from handlers.timefmt import fmt_clock, fmt_date, local_date
 from storage.interfaces import RecordUnreadable, Store, StoreError, Transaction
 
-__all__ = ["ClearedImage", "Workflow"]
+__all__ = ["ClearedImage", "StrippedImage", "Workflow"]
 
 _BLUR_LABELS = ("faces (blurred)", "text on the photo (blurred)")  # not metadata: left out of "Removed:"
 
@@ -149,6 +158,18 @@ class ClearedImage:
     filename: str
     media_type: str
     data: bytes
+    event_id: str = ""  # the GP's upload it came from (matches a StrippedImage)
+    thumbnail: Any = None  # the sanitizer's thumbnail of exactly these pixels, when it made one
+
+
+@dataclasses.dataclass(frozen=True)
+class StrippedImage:
+    """A JPEG's stripped bytes before the transaction (see ``on_image_stripped``)."""
+
+    event_id: str
+    media_type: str
+    data: bytes
+    checking: bool  # the face/text check runs next (and may blur: other bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +277,9 @@ class Workflow:
         #: called (synchronously, inside the transaction) with a ClearedImage; see the
         #: module docstring. Must not block or raise.
         self.on_image_cleared: Callable[[ClearedImage], None] | None = None
+        #: called (synchronously, outside any transaction, before the check if there is one)
+        #: with a StrippedImage; see the module docstring. Must not block or raise.
+        self.on_image_stripped: Callable[[StrippedImage], None] | None = None
 
     # ------------------------------------------------------------------ entry point
     async def handle(self, event: Any) -> list[Action]:
@@ -968,16 +992,51 @@ class Workflow:
         if not refs:
             return None
         check = not all(c is not None and c.identifiable for c in consents)
+        if check:
+            await self._announce_stripped(ev)
         try:
-            return _Prepared(check, await self._clean(ev.data, check))
+            result = await self._clean(ev.data, check)
         except Exception as exc:  # reported by _intake, with its audit entry
             return _Prepared(check, error=exc)
+        if not check:
+            self._tell_stripped(ev, result, checking=False)
+        return _Prepared(check, result)
+
+    async def _announce_stripped(self, ev: ImageReceived) -> None:
+        """Before the check: hand the transport the stripped bytes when a check that finds
+        nothing would post exactly those (a JPEG), so their upload overlaps the check. The
+        library's marker filter is called directly: it decodes nothing (the worker pool
+        runs it in the bot process too); the check's own call strips again, so its outcome
+        does not depend on this."""
+        from handlers.sanitizer import check_keeps_bytes, sanitize
+
+        if self.on_image_stripped is None or not check_keeps_bytes(ev.data):
+            return
+        kwargs: dict[str, Any] = {"detect_faces": False}
+        if self._limits is not None:
+            kwargs["limits"] = self._limits
+        try:
+            plain = await asyncio.to_thread(sanitize, ev.data, **kwargs)
+        except Exception:  # a refusal is reported by the check's own call; this is only a head start
+            return
+        self._tell_stripped(ev, plain, checking=True)
+
+    def _tell_stripped(self, ev: ImageReceived, result: Any, *, checking: bool) -> None:
+        from handlers.sanitizer import check_keeps_bytes
+
+        if self.on_image_stripped is None or not check_keeps_bytes(ev.data):
+            return
+        try:
+            self.on_image_stripped(StrippedImage(ev.event_id, result.media_type, result.data, checking))
+        except Exception:  # an optimisation only
+            log.warning("on_image_stripped failed", exc_info=True)
 
     async def _clean(self, data: bytes, check: bool) -> Any:
         """One call: strip metadata and, when ``check``, find faces and text and blur them."""
         kwargs: dict[str, Any] = {"detect_faces": check}
         if check:
-            kwargs.update(detect_text=True, blur_faces=True, blur_text=True)
+            # the thumbnail comes free with the check's decode (bot/matrix/thumbnail.py otherwise)
+            kwargs.update(detect_text=True, blur_faces=True, blur_text=True, thumbnail=True)
         if self._limits is not None:
             kwargs["limits"] = self._limits
         if self._sanitize_is_async:
@@ -1117,12 +1176,13 @@ class Workflow:
             await tx.append_audit(AuditEntry(actor.user_id, "image.faces_not_checked", ev.at, ref.referral_id,
                                              ref.consent_id, details={"rule": "consent.identifiable"}))
         text = await self._attach(ctx, ref, consent, keep, actor=actor, at=ev.at, image_id=image_id,
-                                  upload_ref=ev.upload_ref, routed_by=routed_by, checked=check_faces)
+                                  upload_ref=ev.upload_ref, routed_by=routed_by, checked=check_faces,
+                                  event_id=ev.event_id)
         return text, ref.referral_id, ()
 
     async def _attach(self, ctx: _Ctx, ref: Referral, consent: ConsentRecord, keep: Any, *, actor: Actor,
                       at: datetime, image_id: str, upload_ref: str, routed_by: str, checked: bool,
-                      in_vault: bool = False, removed: tuple[str, ...] | None = None) -> str:
+                      in_vault: bool = False, removed: tuple[str, ...] | None = None, event_id: str = "") -> str:
         """The cleaned photo *keep* joins *ref*: held when the check found faces or text
         (``keep`` is then the blurred copy), else on its way to the thread. Returns the
         sentence for the GP. ``in_vault``: *keep*'s bytes are already in the vault under
@@ -1155,7 +1215,8 @@ class Workflow:
                 and self.on_image_cleared is not None):
             # before the vault write and the commit, so the transport's upload overlaps them
             try:
-                self.on_image_cleared(ClearedImage(ref.referral_id, image_id, filename, keep.media_type, keep.data))
+                self.on_image_cleared(ClearedImage(ref.referral_id, image_id, filename, keep.media_type, keep.data,
+                                                   event_id, getattr(keep, "thumbnail", None)))
             except Exception:  # an optimisation only: the post uploads from the vault anyway
                 log.warning("on_image_cleared failed", exc_info=True)
         if not in_vault:

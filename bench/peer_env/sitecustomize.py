@@ -16,11 +16,15 @@ def _use_the_cascade() -> None:
     import peer_cascade
     from handlers.sanitizer import _detect
 
-    def faces(rgb, *, rotations=True):
-        return peer_cascade.detect(Image.fromarray(np.asarray(rgb)).convert("L"))
+    def check(rgb, *, want_faces, want_text, then=None):
+        # on the sanitizer's decode (1008 px for 12 MP), which the cascade scales to 800 px
+        # as the product did: not on the 512-px copy BlazeFace looks at
+        found = peer_cascade.detect(Image.fromarray(np.asarray(rgb)).convert("L")) if want_faces else []
+        if then is not None:
+            then()
+        return found, []
 
-    _detect.faces = faces
-    _detect.text = lambda rgb: []
+    _detect.check = check
 
 
 try:

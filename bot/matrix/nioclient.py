@@ -187,13 +187,14 @@ async def upload_encrypted(client: AsyncClient, data: bytes, filename: str,
     return UploadedFile(resp.content_uri, info)
 
 
-async def upload_thumbnail(client: AsyncClient, clean: bytes, filename: str) -> "Thumbnail | None":
+async def upload_thumbnail(client: AsyncClient, clean: Any, filename: str) -> "Thumbnail | None":
     """Make the thumbnail of a clean image (bot/matrix/thumbnail.py, in a worker thread)
     and upload it encrypted like the image; None when the image is small enough to be
-    its own thumbnail. Raises like ``upload_encrypted``."""
+    its own thumbnail. ``clean`` may also be a thumbnail the sanitizer already made (it
+    has ``data``, ``width``, ``height``, ``mimetype``). Raises like ``upload_encrypted``."""
     from bot.matrix.thumbnail import make_thumbnail
 
-    thumb = await asyncio.to_thread(make_thumbnail, clean)
+    thumb = clean if hasattr(clean, "mimetype") else await asyncio.to_thread(make_thumbnail, clean)
     if thumb is None:
         return None
     stem = filename.rsplit(".", 1)[0]

@@ -118,6 +118,10 @@ class TransportState:
                    "media.room_event), owner=COALESCE(media.owner, excluded.owner)",
                    (mxc, kind, ref, room_event, time.time(), owner))
 
+    def retag_media(self, mxc: str, ref: str) -> None:
+        """File an upload under another reference (an early upload taken by its image)."""
+        self._exec("UPDATE media SET ref=? WHERE mxc=?", (ref, mxc))
+
     def media_for_ref(self, ref: str, include_deleted: bool = False) -> list[str]:
         sql = "SELECT mxc FROM media WHERE ref=? AND skipped IS NULL"
         if not include_deleted:

@@ -96,6 +96,12 @@ def _preview_ref(image_id: str) -> str:
     return f"preview.{image_id}"
 
 
+def _early_key(event_id: str) -> str:
+    """Key (and, under pre., ledger reference) of stripped bytes uploaded before the intake
+    transaction and the check (see _on_image_stripped)."""
+    return f"early.{event_id}"
+
+
 def _txn(key: str, suffix: str = "") -> str:
     return re.sub(r"[^A-Za-z0-9._~-]", "_", f"rb.{key}{suffix}")[:200]
 
@@ -160,6 +166,13 @@ class MatrixTransport(OutboxLoop):
         self._upload_slots = asyncio.Semaphore(2)  # bounds the image copies held in memory
         if hasattr(workflow, "on_image_cleared"):
             workflow.on_image_cleared = self._on_image_cleared
+        # stripped bytes uploaded before the intake transaction (and the face/text check),
+        # by the GP's upload event id, until a cleared image with the same bytes takes
+        # them (see _on_image_stripped)
+        self._early_bytes: dict[str, bytes] = {}
+        self._early_at: dict[str, float] = {}  # when it was handed over (debug timings only)
+        if hasattr(workflow, "on_image_stripped"):
+            workflow.on_image_stripped = self._on_image_stripped
 
     # ================================================================= lifecycle
     async def start(self) -> None:
@@ -560,11 +573,13 @@ class MatrixTransport(OutboxLoop):
         # the ownership check runs alongside the download, so it adds no latency
         upload_ref, data = await asyncio.gather(
             self._ledger_upload(room_id, event_id, content, actor.user_id), fetch())
+        t0 = time.perf_counter()
         await self._handle(E.ImageReceived(
             event_id=event_id, actor=actor, at=at, data=data,
             filename=str(filename or body or "upload"),
             declared_mimetype=str(info.get("mimetype") or (file_info or {}).get("mimetype") or ""),
             upload_ref=upload_ref, place=place, caption=caption, in_reply_to=answered))
+        log.debug("intake (cleaning and transaction) took %.1f ms", (time.perf_counter() - t0) * 1000)
 
     async def _ledger_upload(self, room_id: str, event_id: str, content: dict, sender: str) -> str:
         """Remember an upload's media (and thumbnail) at once, so it is deleted even
@@ -669,6 +684,8 @@ class MatrixTransport(OutboxLoop):
             # from now on an unused pre-upload of theirs is really unused
             for image_id in [i for i, task in self._unsettled.items() if task is me]:
                 del self._unsettled[image_id]
+                self._early_bytes.pop(image_id, None)  # not taken by now: never will be
+                self._early_at.pop(image_id, None)
 
     async def _on_idle(self) -> None:
         await self._drop_unused_pre_uploads()
@@ -1074,17 +1091,78 @@ class MatrixTransport(OutboxLoop):
             return
         if asyncio.current_task() in self._handling:
             self._unsettled[image.image_id] = asyncio.current_task()
+        early = _early_key(getattr(image, "event_id", ""))
+        since = self._early_at.pop(early, None)
+        if since is not None:
+            log.debug("image cleared %.1f ms after its stripped bytes were handed over",
+                      (time.perf_counter() - since) * 1000)
+        if self._early_bytes.get(early) == image.data and early in self._pre_uploads:
+            # uploaded before the transaction (and the check), and the bytes are the same
+            del self._early_bytes[early]
+            self._pre_uploads[image.image_id] = asyncio.create_task(
+                self._take_early(self._pre_uploads.pop(early), image), name="matrix-pre-upload")
+            return
         self._pre_uploads[image.image_id] = asyncio.create_task(
-            self._pre_upload(image.image_id, image.data, image.filename, image.media_type),
+            self._pre_upload(image.image_id, image.data, image.filename, image.media_type,
+                             thumbnail=getattr(image, "thumbnail", None) or image.data),
             name="matrix-pre-upload")
 
-    async def _pre_upload(self, image_id: str, data: bytes, filename: str,
-                          media_type: str) -> tuple[Any, int, str, str, Any] | None:
+    def _on_image_stripped(self, image: Any) -> None:
+        """A JPEG's stripped bytes, before the intake transaction and before the face/text
+        check if there is one: upload them now, so the upload overlaps the check and the
+        transaction. Safe for the same reason as above (the keys travel only in the post),
+        and only a cleared image with identical bytes may use it: a photo the check blurs
+        (other bytes), holds or refuses never does, and its upload is deleted as unused.
+        Ledger reference ``pre.early.<event id>`` until a cleared image takes it. Under a
+        check the thumbnail is not made here: the sanitizer makes it from the decode it
+        does anyway, and a second decode here would take a core from the check."""
+        key = _early_key(image.event_id)
+        if not image.event_id or key in self._pre_uploads:
+            return
+        if asyncio.current_task() in self._handling:
+            self._unsettled[key] = asyncio.current_task()
+        self._early_bytes[key] = image.data
+        self._early_at[key] = time.perf_counter()
+        self._pre_uploads[key] = asyncio.create_task(
+            self._pre_upload(key, image.data, "image", image.media_type,
+                             thumbnail=None if image.checking else image.data),
+            name="matrix-early-upload")
+
+    async def _take_early(self, task: asyncio.Task, image: Any) -> tuple[Any, int, str, str, Any] | None:
+        """An early upload, taken by the cleared image: filed in the ledger under that image
+        (so a restart keeps it while its post is pending) and given its file name (the
+        event carries the name; the upload itself was sent as "image"). The sanitizer's
+        thumbnail, if it made one, is uploaded meanwhile."""
+        ref = _pre_ref(image.image_id)
+        ready = getattr(image, "thumbnail", None)
+        thumb_task = asyncio.ensure_future(self._thumbnail(ready, image.filename, ref)) if ready else None
+        try:
+            hit = await task
+        except BaseException:
+            if thumb_task is not None:
+                thumb_task.cancel()
+            raise
+        late = await thumb_task if thumb_task is not None else None
+        if hit is None:  # PostImage uploads from the vault, with its own thumbnail
+            if late is not None:
+                await self._delete_media(late.upload.mxc)
+            return None
+        up, size, _, media_type, thumb = hit
+        self.state.retag_media(up.mxc, ref)
+        if thumb is not None:
+            self.state.retag_media(thumb.upload.mxc, ref)
+            if late is not None:  # not expected: the early one made none under a check
+                await self._delete_media(late.upload.mxc)
+        return up, size, image.filename, media_type, thumb or late
+
+    async def _pre_upload(self, image_id: str, data: bytes, filename: str, media_type: str, *,
+                          thumbnail: Any = None) -> tuple[Any, int, str, str, Any] | None:
         """(upload, size, filename, type, thumbnail or None), or None if it failed
-        (PostImage then uploads from the vault). The thumbnail is made in a worker
-        thread while the image is encrypted and uploaded."""
+        (PostImage then uploads from the vault). ``thumbnail``: bytes to make one from (in
+        a worker thread while the image is encrypted and uploaded), one already made by the
+        sanitizer, or None for none."""
         t0 = time.perf_counter()
-        thumb_task = asyncio.ensure_future(self._thumbnail(data, filename, _pre_ref(image_id)))
+        thumb_task = asyncio.ensure_future(self._thumbnail(thumbnail, filename, _pre_ref(image_id)))
         try:
             async with self._upload_slots:
                 up = await nioclient.upload_encrypted(self.client, data, filename, media_type)
@@ -1109,12 +1187,15 @@ class MatrixTransport(OutboxLoop):
                   (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
         return up, len(data), filename, media_type, thumb
 
-    async def _thumbnail(self, data: bytes, filename: str, ref: str) -> Any:
+    async def _thumbnail(self, source: Any, filename: str, ref: str) -> Any:
         """The clean image's encrypted thumbnail, uploaded and in the media ledger under
-        ``ref``; None when there is none (a small image, or it failed: the image is then
-        posted without one rather than later)."""
+        ``ref``; None when there is none (no ``source``, a small image, or it failed: the
+        image is then posted without one rather than later). ``source``: the clean bytes,
+        or a thumbnail the sanitizer already made from them."""
+        if source is None:
+            return None
         try:
-            thumb = await nioclient.upload_thumbnail(self.client, data, filename)
+            thumb = await nioclient.upload_thumbnail(self.client, source, filename)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -1149,6 +1230,7 @@ class MatrixTransport(OutboxLoop):
             if not task.done() or image_id in self._unsettled:
                 continue  # never wait here: the timers run on this task too
             del self._pre_uploads[image_id]
+            self._early_bytes.pop(image_id, None)
             if task.cancelled() or task.exception() is not None or task.result() is None:
                 continue
             up, *_rest, thumb = task.result()

@@ -11,6 +11,14 @@ _DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, RuntimeError)
 _STRICT = False
 
 
+def check_keeps_bytes(data: bytes) -> bool:
+    """True when the identifiability check, if it finds nothing to blur, returns exactly the
+    bytes ``sanitize(data, detect_faces=False)`` returns: a JPEG, whose entropy data is copied
+    and never re-encoded unless something is blurred. A caller may then start sending those
+    bytes (encrypted) while the check runs. Decided from the first bytes only."""
+    return bytes(data[:3]) == b"\xff\xd8\xff"
+
+
 def sanitize(
     data: bytes,
     *,
@@ -19,12 +27,15 @@ def sanitize(
     detect_faces: bool = True,
     detect_text: bool = False,
     blur_text: bool = False,
+    thumbnail: bool = False,
 ) -> SanitizedImage:
     """Strip everything but the pixels from an image.
 
     ``detect_faces`` / ``detect_text`` run the identifiability check (faces; text regions:
     labels, wristbands, writing), ``blur_faces`` / ``blur_text`` also blur what was found
-    (and imply the check). Raises ImageRefused (one plain sentence, ``.reason`` a short
+    (and imply the check). ``thumbnail``: also return ``result.thumbnail`` (800x600 at most)
+    when the check's own decode gives it for free (a JPEG in which nothing was blurred);
+    otherwise it stays None and the caller makes one from the bytes. Raises ImageRefused (one plain sentence, ``.reason`` a short
     code) for anything we will not pass on. Never raises anything else for bad input, but
     raises ``DetectorUnavailable`` if a check was asked for and its model cannot be loaded.
     """
@@ -45,7 +56,7 @@ def sanitize(
         if kind == "jpeg":
             from ._jpeg_path import sanitize_jpeg_image
 
-            result = sanitize_jpeg_image(data, limits, want)
+            result = sanitize_jpeg_image(data, limits, want, thumbnail=thumbnail)
         else:
             from ._reencode import sanitize_other
 

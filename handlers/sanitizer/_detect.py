@@ -1,17 +1,20 @@
 """What could identify the patient on a photo: faces and text, found on a small upright copy.
 
-* Faces: Google's BlazeFace models (Apache-2.0, vendored in ``models/``) through OpenCV's
-  ``cv2.dnn``: the short-range model on the whole picture (close-ups) and the full-range
-  model on 3x2 overlapping tiles (small faces). When that finds nothing, the full-range model
-  looks at the whole picture turned 90, 180 and 270 degrees (a phone that did not record how
-  it was held): always, not "when the clock allows", so the answer never depends on how busy
-  the machine is (the cost is measured in docs/sanitizer.md).
+* Faces: Google's BlazeFace models (Apache-2.0, vendored in ``models/``, converted to ONNX by
+  scripts/blazeface_to_onnx.py) through ONNX Runtime: the short-range model on the whole
+  picture (close-ups) and the full-range model on the whole picture at 512 px (faces down
+  to ~4% of the frame height). When that finds nothing, the full-range model looks at the
+  picture turned 90, 180 and 270 degrees (a phone that did not record how it was held):
+  always, not "when the clock allows", so the answer never depends on how busy the machine
+  is (the cost is measured in docs/sanitizer.md).
 * Text: the PP-OCRv4 text *detector* (DB, Apache-2.0, vendored) through ONNX Runtime: where
   text is, never what it says.
 
-Imported only when a check is asked for, so the plain sanitize path never pays for numpy,
-OpenCV or ONNX Runtime. Boxes are (x, y, w, h) fractions of the upright picture so callers
-can map them onto any resolution. Every model file's SHA-256 is checked before it is loaded.
+Both look at one small copy (512 px on its long side: what the models take anyway), made by
+area averaging from one DCT-scaled decode (1/4 of a 12 MP photo). Imported only when a check is asked
+for, so the plain sanitize path never pays for numpy, OpenCV or ONNX Runtime. Boxes are
+(x, y, w, h) fractions of the upright picture so callers can map them onto any resolution.
+Every model file's SHA-256 is checked before it is loaded.
 """
 from __future__ import annotations
 
@@ -28,23 +31,38 @@ Box = tuple[float, float, float, float]
 
 MODELS = Path(__file__).with_name("models")
 _SHA256 = {
-    "face_detection_full_range.tflite": "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
-    "face_detection_short_range.tflite": "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+    "face_detection_full_range.onnx": "72eae2625f6aa03e2c252386660d324a8489c3d9596b92bc23413f4a74abd0b7",
+    "face_detection_short_range.onnx": "0c56aadced89f5dcc90b01aa84bbe737443092016f7d98b661acf44e25a0ba43",
     "text_detection_ppocrv4_det.onnx": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
 }
 
-DETECT_SIDE = 1000  # JPEG draft request: libjpeg decodes a 4032-px photo at 1/4 (1008 px)
-WORK_SIDE = 1024  # longest side the detectors look at
-# Scores, chosen on the evaluation set (docs/sanitizer.md; there is no held-out set). Highest
-# score on any skin photo (evaluation set, demo and benchmark photos, 3 and 12 MP): 0.36 on a
-# tile, 0.45 on the upright whole picture, 0.66 on a turned one.
+# JPEG draft request (libjpeg picks the smallest 1/2, 1/4 or 1/8 scale at least this big): a
+# 4032-px photo is decoded at 1/4 (1008 px), then scaled to WORK_SIDE by area averaging. Asking
+# for ~500 px directly (1/8 for 12 MP, but 1/4 for 3 MP) saved ~6 ms of a ~65 ms decode and made
+# the scores depend on the photo's size: the same faces scored differently at 3 and 12 MP
+# (recall 33/42 against 47/52). The 1008-px copy also gives the thumbnail its pixels.
+DETECT_SIDE = 1000
+WORK_SIDE = 512  # longest side of the copy the detectors share (other formats are scaled to it)
+FULL_SIDE = 512  # full-range model, whole picture: a face 4% of the frame is ~15 px there
+TURNED_SIDE = 256  # full-range model, picture turned: faces from ~8% of the frame
+SHORT_SIDE = 128  # short-range model (its native input): close-ups
+# Scores, chosen on the evaluation set (docs/sanitizer.md; a second, held-out set checks
+# them). Highest score on any skin photo is in the docs.
 FACE_SCORE = 0.7  # short-range, upright whole picture (MediaPipe's default 0.5 fired on lesions)
-TILE_FACE_SCORE = 0.45  # full-range, tiles: small faces score low; 0.6 missed a third of the 6-13% ones
+# full-range, upright whole picture at 512 px: small faces score low, and so do face-like
+# blobs of texture (0.38-0.49 on street scenes and generated scenes, against 0.39-0.60 for real
+# faces 4-9% of the frame). So a score from FULL_CANDIDATE up to FULL_FACE_SCORE is only a
+# candidate: it counts when the short-range model, shown that spot from the sharper decode
+# (1008 px), cropped to 3x the box and scaled to its 128 px, scores it >= VERIFY_SCORE (faces
+# 0.74-0.97 on both sets; blobs 0.07-0.63; docs/sanitizer.md).
+FULL_FACE_SCORE = 0.6
+FULL_CANDIDATE = 0.35
+VERIFY_SCORE = 0.7
+VERIFY_GROW = 3.0
+VERIFY_MAX = 8  # candidates looked at again, best first (each look is ~2 ms)
 TURNED_FACE_SCORE = 0.7  # full-range, whole picture turned: 0.6 fired on skin
 NMS_IOU = 0.3
 TURNED_PASSES = True  # look at the picture turned 90/180/270 degrees when nothing is found upright
-TILES = (3, 2)  # columns, rows
-TILE_OVERLAP = 0.25  # of a tile's size, so a face on a seam is whole in one tile
 TEXT_SIDE = 512  # longest side of the text detector's input (416 lost ruler numbers and small labels)
 TEXT_PIXEL = 0.3  # DB probability threshold for a text pixel
 TEXT_BOX_SCORE = 0.6  # mean probability inside a region to call it text
@@ -78,77 +96,89 @@ def model_path(name: str) -> str:
         return _verified[name]
 
 
+_sessions: dict[str, object] = {}
+_sessions_lock = threading.Lock()
+
+
+def _session(name: str):
+    """One ONNX Runtime session per model, shared by threads (run() is thread-safe). One
+    thread each: the face passes and the text detector run side by side on the 2 cores
+    (check()); more intra-op threads only fight each other there."""
+    with _sessions_lock:
+        if name not in _sessions:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            _sessions[name] = ort.InferenceSession(model_path(name), opts, providers=["CPUExecutionProvider"])
+        return _sessions[name]
+
+
+def _fit32(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float, float]:
+    """Scale so the long side is about ``side``, then pad (bottom/right, black) to multiples of
+    32, as the models need. Returns the padded picture and padded/content size per axis."""
+    h, w = rgb.shape[:2]
+    s = side / max(h, w)
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    if (nw, nh) != (w, h):
+        rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    pw, ph = -(-nw // 32) * 32, -(-nh // 32) * 32
+    if (pw, ph) != (nw, nh):
+        rgb = cv2.copyMakeBorder(rgb, 0, ph - nh, 0, pw - nw, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    return rgb, pw / nw, ph / nh
+
+
 # ------------------------------------------------------------------ faces (BlazeFace)
 
-def _anchors(size: int, layers: tuple[tuple[int, int], ...]) -> np.ndarray:
-    """Anchor centres (fractions) of a BlazeFace model: (stride, anchors per cell) per layer."""
-    out = []
+_FULL = ("face_detection_full_range.onnx", ((4, 1),))  # anchors: (stride, anchors per cell) per layer
+_SHORT = ("face_detection_short_range.onnx", ((8, 2), (16, 6)))
+
+
+def _blazeface(model, img: np.ndarray, threshold: float) -> np.ndarray:
+    """One BlazeFace model on a picture whose sides are multiples of 32 (any size: the models
+    are fully convolutional; the regression is in input pixels, the anchors in cells).
+    Rows of (x, y, w, h, score) as fractions of ``img``."""
+    name, layers = model
+    h, w = img.shape[:2]
+    blob = cv2.dnn.blobFromImage(img, 1 / 127.5, (w, h), (127.5, 127.5, 127.5), swapRB=False)
+    reg, cls = _session(name).run(None, {"input": blob})
+    score = 1 / (1 + np.exp(-np.clip(cls[0, :, 0], -80, 80)))
+    keep = score >= threshold
+    if not keep.any():
+        return np.zeros((0, 5), np.float32)
+    anchors = []
     for stride, per_cell in layers:
-        cells = size // stride
-        ys, xs = np.mgrid[0:cells, 0:cells]
-        centres = np.stack([(xs.ravel() + 0.5) / cells, (ys.ravel() + 0.5) / cells], axis=1)
-        out.append(np.repeat(centres, per_cell, axis=0))
-    return np.concatenate(out).astype(np.float32)
+        gh, gw = h // stride, w // stride
+        ys, xs = np.mgrid[0:gh, 0:gw]
+        centres = np.stack([(xs.ravel() + 0.5) / gw, (ys.ravel() + 0.5) / gh], axis=1)
+        anchors.append(np.repeat(centres, per_cell, axis=0))
+    a = np.concatenate(anchors)[keep]
+    r = reg[0][keep]
+    bw, bh = r[:, 2] / w, r[:, 3] / h
+    cx, cy = r[:, 0] / w + a[:, 0], r[:, 1] / h + a[:, 1]
+    return np.stack([cx - bw / 2, cy - bh / 2, bw, bh, score[keep]], axis=1).astype(np.float32)
 
 
-class _BlazeFace:
-    def __init__(self, name: str, size: int, layers: tuple[tuple[int, int], ...]):
-        self.net = cv2.dnn.readNetFromTFLite(model_path(name))
-        self.outputs = self.net.getUnconnectedOutLayersNames()
-        self.size = size
-        self.anchors = _anchors(size, layers)
-
-    def run(self, squares: list[np.ndarray], threshold: float) -> list[np.ndarray]:
-        """Per square RGB picture: rows of (x, y, w, h, score) as fractions of that square."""
-        s = self.size
-        blob = cv2.dnn.blobFromImages(squares, 1 / 127.5, (s, s), (127.5, 127.5, 127.5), swapRB=False)
-        self.net.setInput(blob)
-        outs = self.net.forward(self.outputs)
-        reg = next(o for o in outs if o.shape[-1] == 16).reshape(len(squares), -1, 16)
-        cls = next(o for o in outs if o.shape[-1] == 1).reshape(len(squares), -1)
-        result = []
-        for r, c in zip(reg, cls):
-            score = 1 / (1 + np.exp(-np.clip(c, -80, 80)))
-            keep = score >= threshold
-            a, rr = self.anchors[keep], r[keep] / s
-            cx, cy, w, h = rr[:, 0] + a[:, 0], rr[:, 1] + a[:, 1], rr[:, 2], rr[:, 3]
-            result.append(np.stack([cx - w / 2, cy - h / 2, w, h, score[keep]], axis=1))
-        return result
+def _whole(rgb: np.ndarray, model, side: int, threshold: float) -> np.ndarray:
+    """One model on the whole picture; rows (x, y, w, h, score) as fractions of the picture."""
+    img, fx, fy = _fit32(rgb, side)
+    rows = _blazeface(model, img, threshold)
+    rows[:, [0, 2]] *= fx
+    rows[:, [1, 3]] *= fy
+    return rows
 
 
-_local = threading.local()  # cv2.dnn nets are not shared between threads
-
-
-def _nets() -> tuple[_BlazeFace, _BlazeFace]:
-    nets = getattr(_local, "nets", None)
-    if nets is None:
-        nets = (_BlazeFace("face_detection_full_range.tflite", 192, ((4, 1),)),
-                _BlazeFace("face_detection_short_range.tflite", 128, ((8, 2), (16, 6))))
-        _local.nets = nets
-    return nets
-
-
-def _square(rgb: np.ndarray) -> np.ndarray:
-    """Pad to a square at the bottom/right (the models expect an undistorted square)."""
+def _short(rgb: np.ndarray) -> np.ndarray:
+    """The short-range model on the picture padded to a square (it was trained on 128x128)."""
     h, w = rgb.shape[:2]
     side = max(h, w)
-    if h == w:
-        return rgb
-    out = np.zeros((side, side, 3), np.uint8)
-    out[:h, :w] = rgb
-    return out
-
-
-def _tiles(w: int, h: int) -> list[tuple[int, int, int, int]]:
-    cols, rows = TILES
-    tw, th = int(w / cols * (1 + TILE_OVERLAP)), int(h / rows * (1 + TILE_OVERLAP))
-    out = []
-    for r in range(rows):
-        for c in range(cols):
-            x0 = int(min(max(0, (c + 0.5) * w / cols - tw / 2), w - tw))
-            y0 = int(min(max(0, (r + 0.5) * h / rows - th / 2), h - th))
-            out.append((x0, y0, tw, th))
-    return out
+    square = cv2.copyMakeBorder(rgb, 0, side - h, 0, side - w, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    rows = _blazeface(_SHORT, cv2.resize(square, (SHORT_SIDE, SHORT_SIDE), interpolation=cv2.INTER_AREA), FACE_SCORE)
+    rows[:, [0, 2]] *= side / w
+    rows[:, [1, 3]] *= side / h
+    return rows
 
 
 def _nms(rows: np.ndarray) -> list[Box]:
@@ -171,33 +201,6 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _whole(rgb: np.ndarray, net: _BlazeFace, threshold: float = FACE_SCORE) -> np.ndarray:
-    """One model on the whole picture; rows (x, y, w, h, score) as fractions of the picture."""
-    h, w = rgb.shape[:2]
-    side = max(h, w)
-    rows = net.run([_square(rgb)], threshold)[0]
-    rows[:, [0, 2]] *= side / w
-    rows[:, [1, 3]] *= side / h
-    return rows
-
-
-def _tiled(rgb: np.ndarray) -> np.ndarray:
-    full, _ = _nets()
-    h, w = rgb.shape[:2]
-    tiles = _tiles(w, h)
-    squares = [_square(rgb[y:y + th, x:x + tw]) for x, y, tw, th in tiles]
-    out = []
-    for (x, y, tw, th), rows in zip(tiles, full.run(squares, TILE_FACE_SCORE)):
-        side = max(tw, th)
-        rows = rows.copy()
-        rows[:, 0] = (x + rows[:, 0] * side) / w
-        rows[:, 1] = (y + rows[:, 1] * side) / h
-        rows[:, 2] *= side / w
-        rows[:, 3] *= side / h
-        out.append(rows)
-    return np.concatenate(out) if out else np.zeros((0, 5), np.float32)
-
-
 def _unturn(rows: np.ndarray, k: int) -> np.ndarray:
     """Boxes found on the picture turned k*90 degrees anticlockwise (np.rot90), back in the upright frame."""
     rows = rows.copy()
@@ -207,24 +210,48 @@ def _unturn(rows: np.ndarray, k: int) -> np.ndarray:
     return rows
 
 
-def faces(rgb: np.ndarray, *, rotations: bool | None = None) -> list[Box]:
+def _confirmed(rows: np.ndarray, big: np.ndarray) -> np.ndarray:
+    """The candidate rows the short-range model confirms on a sharper crop of ``big``."""
+    H, W = big.shape[:2]
+    keep = []
+    for row in rows[np.argsort(-rows[:, 4])][:VERIFY_MAX]:
+        x, y, w, h = (float(v) for v in row[:4])
+        side = int(max(w * W, h * H) * VERIFY_GROW)
+        if side < 8:
+            continue
+        x0, y0 = int((x + w / 2) * W - side / 2), int((y + h / 2) * H - side / 2)
+        crop = big[max(0, y0):max(0, y0 + side), max(0, x0):max(0, x0 + side)]
+        pad = (max(0, -y0), max(0, y0 + side - H), max(0, -x0), max(0, x0 + side - W))
+        if any(pad):
+            crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        small = cv2.resize(crop, (SHORT_SIDE, SHORT_SIDE),
+                           interpolation=cv2.INTER_AREA if side > SHORT_SIDE else cv2.INTER_LINEAR)
+        found = _blazeface(_SHORT, np.ascontiguousarray(small), VERIFY_SCORE)
+        centred = (np.abs(found[:, 0] + found[:, 2] / 2 - 0.5) < 0.2) & (np.abs(found[:, 1] + found[:, 3] / 2 - 0.5) < 0.2)
+        if centred.any():
+            keep.append(row)
+    return np.array(keep, np.float32).reshape(-1, 5)
+
+
+def faces(rgb: np.ndarray, *, rotations: bool | None = None, big: np.ndarray | None = None) -> list[Box]:
     """Faces in an upright RGB picture (uint8 HxWx3, at most ~WORK_SIDE on its long side).
 
-    Upright: the short-range model on the whole picture (faces from ~15% of the frame up to
-    close-ups) and the full-range model on 3x2 overlapping tiles (down to ~5%). On the
-    evaluation set the full-range model on the whole picture found no face these two missed,
-    so it runs only on the picture turned 90, 180 and 270 degrees, when the upright passes
-    found nothing (it is the model that finds a face lying on its side).
+    Upright: the short-range model on the whole picture (faces from ~15% of the frame height
+    up to close-ups) and the full-range model on the whole picture at 512 px (down to ~4%);
+    its low scores are confirmed on ``big`` (the same picture, sharper; default ``rgb``).
+    When they find nothing, the full-range model on the picture turned 90, 180 and 270
+    degrees (it is the model that finds a face lying on its side).
     """
-    full, short = _nets()
     rgb = fit(rgb)
-    h, w = rgb.shape[:2]
-    rows = [_whole(rgb, short)]
-    if max(h, w) >= 256:  # smaller than that, a tile would only be the picture blown up
-        rows.append(_tiled(rgb))
-    found = np.concatenate(rows)
+    full = _whole(rgb, _FULL, FULL_SIDE, FULL_CANDIDATE)
+    sure = full[full[:, 4] >= FULL_FACE_SCORE]
+    maybe = full[full[:, 4] < FULL_FACE_SCORE]
+    if len(maybe):
+        maybe = _confirmed(maybe, rgb if big is None else np.ascontiguousarray(big))
+    found = np.concatenate([_short(rgb), sure, maybe])
     if not len(found) and (TURNED_PASSES if rotations is None else rotations):
-        found = np.concatenate([_unturn(_whole(np.ascontiguousarray(np.rot90(rgb, k)), full, TURNED_FACE_SCORE), k) for k in (1, 2, 3)])
+        found = np.concatenate([_unturn(_whole(np.ascontiguousarray(np.rot90(rgb, k)), _FULL, TURNED_SIDE,
+                                               TURNED_FACE_SCORE), k) for k in (1, 2, 3)])
     return _clip(_nms(found))
 
 
@@ -247,25 +274,9 @@ def fit(rgb: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ text (PP-OCRv4 DB detector)
 
-_text_session = None
-_text_lock = threading.Lock()
+_TEXT = "text_detection_ppocrv4_det.onnx"
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 _STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
-
-
-def _session():
-    global _text_session
-    with _text_lock:
-        if _text_session is None:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1  # it runs beside the face passes (see check())
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
-            _text_session = ort.InferenceSession(model_path("text_detection_ppocrv4_det.onnx"), opts,
-                                                 providers=["CPUExecutionProvider"])
-        return _text_session  # run() is thread-safe
 
 
 def _stroke_edges(rgb: np.ndarray) -> np.ndarray:
@@ -280,8 +291,7 @@ def text(rgb: np.ndarray) -> list[Box]:
     nw, nh = max(32, round(w * s / 32) * 32), max(32, round(h * s / 32) * 32)
     small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
     x = ((small.astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)[None]
-    sess = _session()
-    prob = sess.run(None, {sess.get_inputs()[0].name: x})[0][0, 0]
+    prob = _session(_TEXT).run(None, {"x": x})[0][0, 0]
     mask = (prob > TEXT_PIXEL).astype(np.uint8)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     boxes: list[Box] = []
@@ -349,11 +359,21 @@ def _text_pool():
         return _pool
 
 
-def check(rgb: np.ndarray, *, want_faces: bool, want_text: bool) -> tuple[list[Box], list[Box]]:
-    """The identifiability check on one upright RGB picture: (face boxes, text boxes).
-    Both checks release the GIL, so the text detector runs beside the face passes."""
-    rgb = fit(np.ascontiguousarray(rgb))
+def check(rgb: np.ndarray, *, want_faces: bool, want_text: bool, then=None) -> tuple[list[Box], list[Box]]:
+    """The identifiability check on one upright RGB picture (the decode, ~1000 px): (face
+    boxes, text boxes). Both detectors look at a WORK_SIDE copy; the face check confirms
+    its doubtful finds on the decode itself. Both release the GIL, so the text detector
+    runs beside the face passes, which take less time; ``then`` (no arguments) is other
+    work for this thread in that gap."""
+    big = np.ascontiguousarray(rgb)
+    small = fit(big)
     if want_faces and want_text:
-        pending = _text_pool().submit(text, rgb)
-        return faces(rgb), pending.result()
-    return (faces(rgb) if want_faces else []), (text(rgb) if want_text else [])
+        pending = _text_pool().submit(text, small)
+        found = faces(small, big=big)
+        if then is not None:
+            then()
+        return found, pending.result()
+    found = (faces(small, big=big) if want_faces else []), (text(small) if want_text else [])
+    if then is not None:
+        then()
+    return found

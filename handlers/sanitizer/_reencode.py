@@ -260,9 +260,9 @@ def sanitize_other(data: bytes, kind: str, limits: Limits, want: Wanted) -> Sani
         from . import _detect
 
         rgb = clean if clean.mode == "RGB" else clean.convert("RGB")
-        if max(rgb.size) > _detect.WORK_SIDE:
+        if max(rgb.size) > _detect.DETECT_SIDE:  # the ~1000-px copy a JPEG's decode gives too
             rgb = rgb.copy() if rgb is clean else rgb
-            rgb.thumbnail((_detect.WORK_SIDE, _detect.WORK_SIDE), Image.Resampling.BILINEAR)
+            rgb.thumbnail((_detect.DETECT_SIDE, _detect.DETECT_SIDE), Image.Resampling.BILINEAR)
         face_boxes, text_boxes = _detect.check(np.asarray(rgb), want_faces=want.faces, want_text=want.text)
         del rgb
         blur_faces = face_boxes if want.blur_faces else []

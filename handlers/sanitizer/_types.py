@@ -68,12 +68,12 @@ class SanitizedImage:
     """
 
     __slots__ = ("data", "media_type", "extension", "width", "height", "removed", "face_boxes", "faces_blurred",
-                 "faces_checked", "lossless", "text_boxes", "text_checked", "text_blurred")
+                 "faces_checked", "lossless", "text_boxes", "text_checked", "text_blurred", "thumbnail")
 
     def __init__(self, data: bytes, media_type: str, extension: str, width: int, height: int,
                  removed: list[str] | None = None, face_boxes: list | None = None, faces_blurred: bool = False,
                  faces_checked: bool = False, lossless: bool = True, text_boxes: list | None = None,
-                 text_checked: bool = False, text_blurred: bool = False) -> None:
+                 text_checked: bool = False, text_blurred: bool = False, thumbnail=None) -> None:
         self.data = data
         self.media_type = media_type
         self.extension = extension
@@ -87,6 +87,9 @@ class SanitizedImage:
         self.text_boxes = list(text_boxes or [])
         self.text_checked = text_checked
         self.text_blurred = text_blurred
+        #: a ``_thumb.Thumbnail`` of exactly these pixels when one was asked for and came free
+        #: with the check's decode (nothing blurred), else None
+        self.thumbnail = thumbnail
 
     @property
     def faces(self) -> int:

@@ -57,7 +57,8 @@ async def test_other_gps_are_not_kept_waiting_while_a_photo_is_cleaned():
     gate.release.set()
     acts = await asyncio.wait_for(photo, 30)
     assert "I checked it for faces and text and found none" in reply_text(acts)
-    assert gate.calls == [{"detect_faces": True, "detect_text": True, "blur_faces": True, "blur_text": True}]
+    assert gate.calls == [{"detect_faces": True, "detect_text": True, "blur_faces": True, "blur_text": True,
+                           "thumbnail": True}]
 
 
 async def test_the_check_decision_is_made_again_inside_the_transaction():

@@ -113,3 +113,106 @@ async def test_an_upload_whose_post_is_still_pending_survives_the_start(make_wor
     # not swept at start: the event the pending post re-runs into may carry it
     assert await nioclient.download_bytes(w.gp.client, up.mxc) is not None
     assert (up.mxc, "pre.I-PENDING") in w.app.transport.state.unposted_media("pre.")
+
+
+def _spy_uploads(w) -> list[str]:
+    """Keys of the uploads the transport starts ahead of a post, in order."""
+    transport = w.app.transport
+    keys: list[str] = []
+    real = transport._pre_upload
+
+    def spy(key, *args, **kwargs):
+        keys.append(key)
+        return real(key, *args, **kwargs)
+
+    transport._pre_upload = spy
+    return keys
+
+
+async def _early_mxc(w, up) -> str:
+    """The mxc of the stripped photo uploaded before its check (ledger ``pre.early.<event>``)."""
+    state = w.app.transport.state
+    deadline = time.monotonic() + 20
+    while not state.media_for_ref(f"pre.early.{up.event_id}", include_deleted=True):
+        assert time.monotonic() < deadline, "the stripped photo was never uploaded"
+        await asyncio.sleep(0.05)
+    (mxc,) = state.media_for_ref(f"pre.early.{up.event_id}", include_deleted=True)
+    return mxc
+
+
+async def test_a_checked_photo_is_uploaded_while_its_check_runs(make_world):
+    """Consent without identifiable images: the face/text check must finish before anything
+    is posted, but the stripped JPEG is uploaded (encrypted) while it runs; the check finds
+    nothing, so that very upload is what the post carries, with the thumbnail the sanitizer
+    made from the check's own decode; no second upload of the photo is made."""
+    w = await make_world()
+    keys = _spy_uploads(w)
+    await flow.refer(w, await flow.consent(w, identifiable="no"))
+    up = await flow.send_photo(w, make_photo(1600, 1200))
+    img, clean_mxc = await flow.clean_image(w)
+    assert keys == [f"early.{up.event_id}"], keys  # started before the check; no other upload
+    state = w.app.transport.state
+    ledger = {mxc: ref for mxc, _kind, ref in state.live_media()}
+    # taken by the image: filed under it, so a restart keeps it while its post is pending
+    assert ledger[clean_mxc].startswith("pre.I-"), ledger
+    thumb_mxc = img.content["info"]["thumbnail_file"]["url"]
+    assert ledger[thumb_mxc] == ledger[clean_mxc]
+    assert sorted(state.media_for_event(img.event_id)) == sorted([clean_mxc, thumb_mxc])
+    assert state.media_for_ref(f"pre.early.{up.event_id}", include_deleted=True) == []
+    assert img.content["info"]["thumbnail_info"]["w"] == 800
+    # what the specialist sees is the stripped photo the check looked at
+    assert await w.sp.download_image(img)
+
+
+async def test_the_early_upload_of_a_photo_the_check_holds_is_deleted(make_world):
+    """A face is found: the photo is held (its blurred copy waits for the GP), so the upload
+    made while the check ran is never posted and is deleted from the server (404 on
+    /_matrix/client/v1/media/download, the endpoint that tells deleted from live)."""
+    from tests.sanitizer.imagegen import face_photo
+
+    w = await make_world()
+    keys = _spy_uploads(w)
+    await flow.refer(w, await flow.consent(w, identifiable="no"))
+    up = await flow.send_photo(w, face_photo())
+    early_mxc = await _early_mxc(w, up)
+    await flow.bot_reply(w, up.mark, "holding it")
+    assert keys == [f"early.{up.event_id}"], keys
+    # the blurred PREVIEW in the GP's chat stays until the GP decides; the early upload goes
+    await flow.media_gone(w, [early_mxc])
+    state = w.app.transport.state
+    assert early_mxc in state.all_media() and early_mxc not in {m for m, _k, _r in state.live_media()}
+    assert all(ref.startswith("preview.") for _m, _k, ref in state.live_media()), state.live_media()
+    assert flow.bot_images_in_room(w) == []
+
+
+async def test_the_early_upload_of_a_photo_the_check_refuses_is_deleted(make_world):
+    """A JPEG whose structure is sound (so it is stripped and uploaded before the check) but
+    whose pixels cannot be decoded: the check refuses it, the GP is told, and the early
+    upload is deleted from the server."""
+    w = await make_world()
+    bad = bytearray(make_photo(1024, 768))
+    sos = bad.index(b"\xff\xda")
+    for c in range(bad[sos + 4]):  # every component names a Huffman table that is not there
+        bad[sos + 6 + 2 * c] = 0x33
+    await flow.refer(w, await flow.consent(w, identifiable="no"))
+    up = await flow.send_photo(w, bytes(bad))
+    early_mxc = await _early_mxc(w, up)
+    await flow.bot_reply(w, up.mark, "damaged")
+    await flow.nothing_left_on_server(w)
+    assert early_mxc in w.app.transport.state.all_media()
+    assert await nioclient.download_bytes(w.gp.client, early_mxc) is None
+    assert flow.bot_images_in_room(w) == []
+
+
+async def test_a_photo_under_a_covering_consent_is_uploaded_before_its_transaction(make_world):
+    """No check: the stripped JPEG and its thumbnail are uploaded as soon as it is clean,
+    before the intake transaction, and the post carries them."""
+    w = await make_world()
+    keys = _spy_uploads(w)
+    await flow.refer(w, await flow.consent(w))
+    up = await flow.send_photo(w, make_photo(1600, 1200))
+    img, clean_mxc = await flow.clean_image(w)
+    assert keys == [f"early.{up.event_id}"], keys
+    thumb_mxc = img.content["info"]["thumbnail_file"]["url"]
+    ledger = {mxc: ref for mxc, _kind, ref in w.app.transport.state.live_media()}
+    assert ledger[clean_mxc].startswith("pre.I-") and ledger[thumb_mxc] == ledger[clean_mxc], ledger

@@ -66,3 +66,40 @@ def test_transparent_png_is_flattened_on_white():
     assert px[3, 1].min() > 240                          # white where it was transparent
     assert px[3, 6][0] > 170 and px[3, 6][1] < 70        # red where it was red
     _no_metadata(thumb.data)
+
+
+def _oriented(photo: bytes, orientation: int) -> bytes:
+    with Image.open(io.BytesIO(photo)) as im:
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=92, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_the_check_gives_the_same_thumbnail_from_its_own_decode(orientation):
+    """Under a consent that needs the face/text check, the sanitizer makes the thumbnail from
+    the decode the check does anyway: the same size and pixels as one made from the bytes."""
+    upload = _oriented(make_photo(2000, 1500, seed=6), orientation)
+    r = sanitize(upload, detect_faces=True, detect_text=True, blur_faces=True, blur_text=True, thumbnail=True)
+    assert r.faces == 0 and r.text_regions == 0 and r.thumbnail is not None
+    ours = make_thumbnail(r.data)
+    assert (r.thumbnail.width, r.thumbnail.height) == (ours.width, ours.height)
+    _no_metadata(r.thumbnail.data)
+    size = (ours.width // 4, ours.height // 4)
+    assert np.abs(_pixels(r.thumbnail.data, size) - _pixels(ours.data, size)).mean() < 3
+    assert sanitize(upload, thumbnail=True, detect_faces=False).thumbnail is None  # no decode: none
+
+
+def test_a_blurred_photo_never_gets_a_thumbnail_from_before_the_blur():
+    """The check's decode shows the face before blurring: when anything is blurred the
+    sanitizer gives no thumbnail (the transport makes one from the blurred bytes)."""
+    from tests.sanitizer.imagegen import face_photo
+
+    with Image.open(io.BytesIO(face_photo())) as im:
+        buf = io.BytesIO()
+        im.convert("RGB").resize((1600, 1600)).save(buf, "JPEG", quality=90)  # big enough for one
+    r = sanitize(buf.getvalue(), blur_faces=True, blur_text=True, thumbnail=True)
+    assert r.faces_blurred and r.thumbnail is None
+    assert sanitize(buf.getvalue(), detect_faces=True, thumbnail=True).thumbnail is not None  # found, not blurred

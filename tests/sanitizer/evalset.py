@@ -213,6 +213,22 @@ def _rotated_box(box: Box, k: int) -> Box:
     return (x, y, bw, bh)
 
 
+def _face_case(out: list[Case], key: str, src: FaceSource, long_side: int, name: str, frac: float, seed: int, *,
+               mask=False, angle=0, orientation=1, turn=0, tags=(), tone=1, background="skin") -> None:
+    lic = src.licence + "; background generated here"
+
+    def make() -> bytes:
+        face = _face_crop(src)
+        if mask:
+            face = _mask(face)
+        im, _ = _place(face, long_side, frac, seed, angle=angle, tone=tone, face_ratio=_ratio(src), background=background)
+        return _store(im, orientation, turn)
+
+    # the box is known without building the picture: same seed, same geometry
+    box = _placed_box(_face_crop_size(src), long_side, frac / _ratio(src), seed, angle, orientation, turn)
+    out.append(Case(f"{key}-{name}", "gen-face", True, None, src.source, lic, make, box, tags=tags))
+
+
 def _face_cases(long_side: int) -> list[Case]:
     out: list[Case] = []
     seed = 100
@@ -290,6 +306,8 @@ def _store(im: Image.Image, orientation: int, turn: int) -> bytes:
         return _jpeg(im.transpose(Image.Transpose.ROTATE_90), 6)
     if orientation == 8:
         return _jpeg(im.transpose(Image.Transpose.ROTATE_270), 8)
+    if orientation == 3:
+        return _jpeg(im.transpose(Image.Transpose.ROTATE_180), 3)
     if turn:
         return _jpeg(im.rotate(90 * turn, expand=True))
     return _jpeg(im)
@@ -448,6 +466,40 @@ def _corpus_cases() -> list[Case]:
         out.append(Case(f"corpus:{rel}", "real-face" if has_face else "real-no-face", has_face, None,
                         f"shared corpus exif-samples/{rel}", "exif-samples (CC BY-SA 4.0 for contributed images)",
                         lambda p=p: p.read_bytes(), tags=("corpus",)))
+    return out
+
+
+def holdout_cases(long_side: int = 4032) -> list[Case]:
+    """A second set built like the first but with other sizes, positions, seeds, tones and
+    backgrounds, for checking that thresholds chosen on ``cases()`` are not fitted to it.
+    Same three people (no other freely licensed face ships in the installed packages), so it
+    tests the placement and the picture, not new faces. Nothing here was used to choose a
+    threshold (docs/sanitizer.md)."""
+    out: list[Case] = []
+    seed = 5000
+    for key, src in FACE_SOURCES.items():
+        spec = [("h5pct", 0.05, {}), ("h7pct", 0.075, {}), ("h11pct", 0.11, {}), ("h16pct", 0.16, {}),
+                ("h22pct", 0.22, {}), ("h8pct-scene", 0.08, {"background": "scene"}),
+                ("h14pct-scene", 0.14, {"background": "scene"}), ("h-exif3", 0.12, {"orientation": 3}),
+                ("h-exif6", 0.2, {"orientation": 6}), ("h-exif8", 0.07, {"orientation": 8}),
+                ("h-masked", 0.1, {"mask": True}), ("h-tilt20", 0.12, {"angle": -20 if key != "hopper" else 20}),
+                ("h-sideways-no-exif", 0.12, {"turn": 3})]
+        for name, frac, kw in spec:
+            seed += 1
+            _face_case(out, key, src, long_side, name, frac, seed, tone=seed % 3, tags=("holdout",), **kw)
+    w, h = long_side, long_side * 3 // 4
+    for i in range(12):
+        out.append(Case(f"h-skin-{i:02d}", "skin", False, False, "generated here: skin with a lesion and hairs",
+                        "generated", lambda i=i: _jpeg(skin(w, h, 7000 + i, tone=(i + 1) % 3)), tags=("holdout",)))
+    gen = "generated here (DejaVu Sans Bold from matplotlib's fonts, OpenCV's Hershey script font)"
+    lic = "generated; DejaVu fonts: Bitstream Vera licence (free)"
+    spec_t = [("h-label-2pct", lambda im: _label(im, 0.022, 71)), ("h-label-4pct-tilted", lambda im: _label(im, 0.04, 72, angle=-10)),
+              ("h-wristband", lambda im: _label(im, 0.03, 73, angle=5, band=True)),
+              ("h-handwriting", lambda im: _handwriting(im, 0.03, 74)), ("h-ruler-numbers", lambda im: _ruler(im, 75, numbers=True)),
+              ("h-date-stamp", _date_stamp)]
+    for n, (name, draw) in enumerate(spec_t):
+        out.append(Case(f"text-{name}", "text", False, True, gen, lic,
+                        lambda draw=draw, n=n: _jpeg(draw(skin(w, h, 7100 + n, tone=(n + 2) % 3))), tags=("holdout",)))
     return out
 
 
