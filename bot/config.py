@@ -187,16 +187,17 @@ def _secret(section: dict, name: str, section_name: str, base: Path | None,
 _UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 
 
-def _duration(section: dict, name: str) -> timedelta | None:
-    found = [(unit, section[f"{name}_{unit}"]) for unit in _UNITS if f"{name}_{unit}" in section]
+def _duration(section: dict, name: str, units: dict[str, int] = _UNITS) -> timedelta | None:
+    """``<name>_<unit>`` for one of *units* (seconds per unit); None when not given."""
+    found = [(unit, section[f"{name}_{unit}"]) for unit in units if f"{name}_{unit}" in section]
     if not found:
         return None
     if len(found) > 1:
         raise ConfigError(f"[policy] {name} is given more than once; keep one unit.")
     unit, value = found[0]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"[policy] {name}_{unit} must be a number of {unit} (0 or more).")
-    return timedelta(seconds=float(value) * _UNITS[unit])
+        raise ConfigError(f"[policy] {name}_{unit} must be a number of {unit.replace('_', ' ')} (0 or more).")
+    return timedelta(seconds=float(value) * units[unit])
 
 
 _WORKING_UNITS = {"working_seconds": 1, "working_minutes": 60, "working_hours": 3600}
@@ -205,18 +206,10 @@ _WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 
 
 def _working_duration(section: dict, name: str) -> timedelta | None:
     """``<name>_working_hours`` / ``_working_minutes`` / ``_working_seconds``: working time."""
-    found = [(unit, section[f"{name}_{unit}"]) for unit in _WORKING_UNITS if f"{name}_{unit}" in section]
     if f"{name}_working_days" in section or f"{name}_days" in section:
         raise ConfigError(f"[policy] {name} is working time: give it in _working_hours, _working_minutes "
                           "or _working_seconds (a working day has no fixed length).")
-    if not found:
-        return None
-    if len(found) > 1:
-        raise ConfigError(f"[policy] {name} is given more than once; keep one unit.")
-    unit, value = found[0]
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"[policy] {name}_{unit} must be a number (0 or more).")
-    return timedelta(seconds=float(value) * _WORKING_UNITS[unit])
+    return _duration(section, name, _WORKING_UNITS)
 
 
 def _clock_of_day(text: str) -> timedelta:

@@ -483,8 +483,13 @@ class Workflow:
         except CommandError as exc:
             ctx.add(Reply(to=ev.place, text=str(exc)))
             return
+        await self._answer(ctx, ev.place, self._run_command(ctx, ev, cmd))
+
+    async def _answer(self, ctx: "_Ctx", place: Any, work: Awaitable[str | None]) -> None:
+        """Reply with what *work* says, or with its refusal (audited when the refusal
+        carries an entry): one place where a command's outcome becomes its answer."""
         try:
-            text = await self._run_command(ctx, ev, cmd)
+            text = await work
         except _Refuse as exc:
             if exc.audit is not None:
                 await ctx.tx.append_audit(exc.audit)
@@ -492,7 +497,7 @@ class Workflow:
         except lc.IllegalTransition as exc:
             text = str(exc)
         if text:
-            ctx.add(Reply(to=ev.place, text=text))
+            ctx.add(Reply(to=place, text=text))
 
     def _practice(self, actor: Actor) -> str | None:
         return actor.practice or self.policy.practices.get(actor.user_id)
@@ -846,16 +851,7 @@ class Workflow:
         if ev.in_reply_to:
             ref = await self._referral_by_dm_event(ctx.tx, ev.actor.user_id, ev.in_reply_to)
         if ref is not None:
-            try:
-                text = await self._relay_to_thread(ctx, ev, ref, ev.text.strip())
-            except _Refuse as exc:
-                if exc.audit is not None:
-                    await ctx.tx.append_audit(exc.audit)
-                text = str(exc)
-            except lc.IllegalTransition as exc:
-                text = str(exc)
-            if text:
-                ctx.add(Reply(to=ev.place, text=text))
+            await self._answer(ctx, ev.place, self._relay_to_thread(ctx, ev, ref, ev.text.strip()))
             return
         hint = "Commands start with ! — type !help to see them."
         talking = [r for r in await ctx.tx.open_referrals_by_referrer(ev.actor.user_id) if r.thread_participants]
@@ -1092,6 +1088,18 @@ class Workflow:
             text = str(exc) + " I removed your upload from this chat."
         ctx.add(Reply(to=ev.place, text=text, mentions=mentions, referral_id=referral_id))
 
+    async def _consent_covering_photo(self, tx: Transaction, ref: Referral, actor: Actor, at: datetime) -> Any:
+        """The referral's consent, or a refusal naming the rule when it does not cover this
+        photo now (checked again at every photo: a consent may have been withdrawn)."""
+        consent = await self._consent_of(tx, ref)
+        refusal = check_cover(consent, actor=actor, at=at, policy=self.policy)
+        if refusal is not None:
+            raise _Refuse(
+                f"Photo not shared: {refusal.message}",
+                audit=AuditEntry(actor.user_id, "image.refused", at, ref.referral_id, ref.consent_id, details={"rule": refusal.rule}),
+            )
+        return consent
+
     async def _route_photo(self, tx: Transaction, ev: ImageReceived, open_refs: list[Referral]) -> tuple[Referral | None, str]:
         """Which referral the photo is for, and how we know; ``(None, "ask")`` when the GP
         must say. Never a guess: a caption naming ``R-…``, a reply to one of the bot's
@@ -1155,13 +1163,7 @@ class Workflow:
         if ref is None:
             return await self._hold_unassigned(ctx, ev, open_refs)
         self._check_room_for_images(ref)
-        consent = await self._consent_of(tx, ref)
-        refusal = check_cover(consent, actor=actor, at=ev.at, policy=self.policy)
-        if refusal is not None:
-            raise _Refuse(
-                f"Photo not shared: {refusal.message}",
-                audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": refusal.rule}),
-            )
+        consent = await self._consent_covering_photo(tx, ref, actor, ev.at)
         # The face/text check exists to stop an identifiable image the consent does not cover.
         # When the consent covers identifiable images nothing depends on it, so it is not
         # run (it is most of the sanitizer's time on a phone photo); otherwise it is
@@ -1323,13 +1325,7 @@ class Workflow:
                     f"or as a reply to my message about {ref.referral_id}.")
         if not ref.is_open:
             raise _Refuse(lc.why_not(ref, lc.Input.ADD_IMAGE) + " The photos stay held until you name another referral or they are destroyed.")
-        consent = await self._consent_of(tx, ref)
-        refusal = check_cover(consent, actor=actor, at=ev.at, policy=self.policy)
-        if refusal is not None:
-            raise _Refuse(
-                f"Photo not shared: {refusal.message}",
-                audit=AuditEntry(actor.user_id, "image.refused", ev.at, ref.referral_id, ref.consent_id, details={"rule": refusal.rule}),
-            )
+        consent = await self._consent_covering_photo(tx, ref, actor, ev.at)
         check = not consent.identifiable
 
         def audit(action: str, details: dict) -> AuditEntry:
