@@ -62,14 +62,14 @@ class _Doc:
 
     def para(self, words: str, size: float = 10, bold: bool = False) -> None:
         self.font(size, bold)
-        self.pdf.multi_cell(0, 5, self.text(words), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.multi_cell(0, 5, self.text(words), new_x="LMARGIN", new_y="NEXT", align="L")
 
     def pairs(self, rows: list[tuple[str, str]]) -> None:
         for label, value in rows:
             self.font(9, bold=True)
             self.pdf.cell(38, 5, self.text(label))
             self.font(10)
-            self.pdf.multi_cell(0, 5, self.text(value), new_x="LMARGIN", new_y="NEXT")
+            self.pdf.multi_cell(0, 5, self.text(value), new_x="LMARGIN", new_y="NEXT", align="L")
 
 
 def render_pdf(record: RecordDocument, *, title: str = "") -> bytes:
@@ -85,10 +85,10 @@ def render_pdf(record: RecordDocument, *, title: str = "") -> bytes:
     pdf.add_page()
 
     d.font(15, bold=True)
-    pdf.cell(0, 8, d.text(f"Specialist advice and guidance: {specialty}"), new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(0, 8, d.text(f"Specialist advice and guidance: {specialty}"), new_x="LMARGIN", new_y="NEXT", align="L")
     d.font(9)
     pdf.cell(0, 5, d.text(f"Referral {record.referral_id} - record version {record.version} - "
-                          f"filed {_when(record.generated_at, record.time_zone)}"), new_x="LMARGIN", new_y="NEXT")
+                          f"filed {_when(record.generated_at, record.time_zone)}"), new_x="LMARGIN", new_y="NEXT", align="L")
     pdf.ln(1)
     patient = (f"NHS number {_nhs(record.nhs_number)}" if record.nhs_number
                else (f"Patient reference {record.patient_id}" if record.patient_id
@@ -176,6 +176,6 @@ def render_pdf(record: RecordDocument, *, title: str = "") -> bytes:
     d.font(9)
     for at, line in record.timeline:
         pdf.cell(48, 4.6, d.text(_when(at, record.time_zone)))
-        pdf.multi_cell(0, 4.6, d.text(line), new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 4.6, d.text(line), new_x="LMARGIN", new_y="NEXT", align="L")
     out = pdf.output()
     return bytes(out)

@@ -115,7 +115,7 @@ class RecordDocument:
     def consent_words(self) -> str:
         c = self.consent
         purposes = ", ".join(sorted(p.value for p in c.purposes))
-        ident = "identifiable images covered" if c.identifiable else "identifiable images NOT covered (faces blurred)"
+        ident = "identifiable images covered" if c.identifiable else "identifiable images NOT covered (each photo checked for faces and text before posting)"
         notes = "recorded in the notes" if c.recorded_in_notes else "NOT confirmed as recorded in the notes"
         intimate = "intimate images NOT covered"
         if c.intimate is True:
