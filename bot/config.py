@@ -155,15 +155,19 @@ class Config:
 
 
 # --------------------------------------------------------------------------- parsing
-def _secret(section: dict, name: str, section_name: str, base: Path | None,
-            required: bool = False) -> Secret | None:
+def read_secret(section: dict, name: str, section_name: str, base: Path | None,
+                required: bool = False, where: str | None = None) -> Secret | None:
+    """A secret from ``<name>_env``, ``<name>_file``, ``REFERRAL_BOT_<SECTION>_<NAME>`` or
+    the value itself, in that order; *where* names the table in messages (default
+    ``[section]``). The one reader of secrets, so every section follows the same rules."""
+    label = where or f"[{section_name}]"
     env_name = section.get(f"{name}_env")
     if env_name:
         val = os.environ.get(str(env_name))
         if val:
             return Secret(val.strip())
         if required:
-            raise ConfigError(f"[{section_name}] {name}_env names {env_name}, which is not set.")
+            raise ConfigError(f"{label} {name}_env names {env_name}, which is not set.")
     file_name = section.get(f"{name}_file")
     if file_name:
         p = Path(file_name)
@@ -172,14 +176,14 @@ def _secret(section: dict, name: str, section_name: str, base: Path | None,
         try:
             return Secret(p.read_text().strip())
         except OSError:
-            raise ConfigError(f"[{section_name}] {name}_file {str(p)!r} cannot be read.") from None
+            raise ConfigError(f"{label} {name}_file {str(p)!r} cannot be read.") from None
     default_env = f"REFERRAL_BOT_{section_name.upper()}_{name.upper()}"
     if os.environ.get(default_env):
         return Secret(os.environ[default_env].strip())
     if section.get(name):
         return Secret(str(section[name]))
     if required:
-        raise ConfigError(f"[{section_name}] needs {name} (set {name}_file, {name}_env or "
+        raise ConfigError(f"{label} needs {name} (set {name}_file, {name}_env or "
                           f"the environment variable {default_env}).")
     return None
 
@@ -301,14 +305,14 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
                 raise ConfigError(f"[matrix] needs {key}.")
         if not str(m["user_id"]).startswith("@") or ":" not in str(m["user_id"]):
             raise ConfigError("[matrix] user_id must look like @name:server.")
-        password = _secret(m, "password", "matrix", base)
-        token = _secret(m, "access_token", "matrix", base)
+        password = read_secret(m, "password", "matrix", base)
+        token = read_secret(m, "access_token", "matrix", base)
         if not password and not token:
             if m.get("password_env"):
                 raise ConfigError(f"[matrix] password_env names {m['password_env']}, which is not set.")
             raise ConfigError("[matrix] needs password (or access_token): set password_file, "
                               "password_env or REFERRAL_BOT_MATRIX_PASSWORD.")
-        pickle = _secret(m, "pickle_key", "matrix", base)
+        pickle = read_secret(m, "pickle_key", "matrix", base)
         store_dir = _path(m.get("store_dir"), base, "var/matrix-store")
         matrix = MatrixConfig(
             homeserver=str(m["homeserver"]).rstrip("/"),
@@ -319,7 +323,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
             device_id=m.get("device_id"),
             device_name=str(m.get("device_name", "referral-bot")),
             pickle_key=pickle,
-            admin_token=_secret(m, "admin_token", "matrix", base),
+            admin_token=read_secret(m, "admin_token", "matrix", base),
             admin_is_bot=bool(m.get("admin_is_bot", False)),
             decrypt_grace_seconds=float(m.get("decrypt_grace_seconds", 60)),
             tick_seconds=float(m.get("tick_seconds", 0.5)),
@@ -339,7 +343,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None, need_matrix: boo
         dsn=s.get("dsn"),
         key_file=_path(s.get("key_file"), base, "var/referral-bot.key"),
         export_dir=_path(s.get("export_dir"), base, "var/exports"),
-        deployment_secret=_secret(s, "deployment_secret", "storage", base),
+        deployment_secret=read_secret(s, "deployment_secret", "storage", base),
     )
 
     p = raw.get("policy", {}) or {}

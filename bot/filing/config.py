@@ -53,25 +53,13 @@ def filing_key(records_key: bytes) -> bytes:
 
 
 def _secret(entry: dict, name: str, where: str, base: Path | None) -> str | None:
-    import os
+    """The sink's secret, read by the config's one secret reader (``bot.config``)."""
+    from bot.config import ConfigError, read_secret
 
-    env = entry.get(f"{name}_env")
-    if env and os.environ.get(str(env)):
-        return os.environ[str(env)].strip()
-    file_name = entry.get(f"{name}_file")
-    if file_name:
-        p = Path(file_name)
-        if base and not p.is_absolute():
-            p = base / p
-        try:
-            return p.read_text().strip()
-        except OSError:
-            raise FilingConfigError(f"{where} {name}_file {str(p)!r} cannot be read.") from None
-    default = f"REFERRAL_BOT_FILING_{name.upper()}"
-    if os.environ.get(default):
-        return os.environ[default].strip()
-    value = entry.get(name)
-    return None if value is None else str(value)
+    try:
+        return read_secret(entry, name, "filing", base, where=where)
+    except ConfigError as exc:
+        raise FilingConfigError(str(exc)) from None
 
 
 def parse_sinks(raw: dict[str, Any], *, key: bytes, base: Path | None = None) -> list[Sink]:
