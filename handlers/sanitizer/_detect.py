@@ -7,8 +7,9 @@
   picture turned 90, 180 and 270 degrees (a phone that did not record how it was held):
   always, not "when the clock allows", so the answer never depends on how busy the machine
   is (the cost is measured in docs/sanitizer.md).
-* Text: the PP-OCRv4 text *detector* (DB, Apache-2.0, vendored) through ONNX Runtime: where
-  text is, never what it says.
+* Text: the PP-OCRv4 text *detector* (DB, Apache-2.0, vendored; its affine steps folded
+  into its convolutions by scripts/fold_text_detector.py) through ONNX Runtime: where text
+  is, never what it says.
 
 Both look at one small copy (512 px on its long side: what the models take anyway), made by
 area averaging from one DCT-scaled decode (1/4 of a 12 MP photo). Imported only when a check is asked
@@ -34,6 +35,7 @@ _SHA256 = {
     "face_detection_full_range.onnx": "72eae2625f6aa03e2c252386660d324a8489c3d9596b92bc23413f4a74abd0b7",
     "face_detection_short_range.onnx": "0c56aadced89f5dcc90b01aa84bbe737443092016f7d98b661acf44e25a0ba43",
     "text_detection_ppocrv4_det.onnx": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+    "text_detection_ppocrv4_det_folded.onnx": "d8aef2261e6478cfb69c1fdb07cdf2c444e750fbae3e7b9dcea3fe06c5de6b36",
 }
 
 # JPEG draft request (libjpeg picks the smallest 1/2, 1/4 or 1/8 scale at least this big): a
@@ -44,7 +46,11 @@ _SHA256 = {
 DETECT_SIDE = 1000
 WORK_SIDE = 512  # longest side of the copy the detectors share (other formats are scaled to it)
 FULL_SIDE = 512  # full-range model, whole picture: a face 4% of the frame is ~15 px there
-TURNED_SIDE = 256  # full-range model, picture turned: faces from ~8% of the frame
+# full-range model, picture turned: faces from ~9% of the frame. 224 px found the same faces
+# as 256 px on both evaluation sets (sideways and upside-down faces 12-15% of the frame) with
+# three fewer false alarms (a coffee cup, a rocket, a street scene), in ~3/4 of the time;
+# 192 px was quicker still but fired on the coffee cup of tests/sanitizer/data.
+TURNED_SIDE = 224
 SHORT_SIDE = 128  # short-range model (its native input): close-ups
 # Scores, chosen on the evaluation set (docs/sanitizer.md; a second, held-out set checks
 # them). Highest score on any skin photo is in the docs.
@@ -243,16 +249,32 @@ def faces(rgb: np.ndarray, *, rotations: bool | None = None, big: np.ndarray | N
     degrees (it is the model that finds a face lying on its side).
     """
     rgb = fit(rgb)
+    found = _upright_faces(rgb, rgb if big is None else big)
+    if not len(found) and (TURNED_PASSES if rotations is None else rotations):
+        found = np.concatenate([_turned(_turned_copy(rgb), k) for k in (1, 2, 3)])
+    return _clip(_nms(found))
+
+
+def _upright_faces(rgb: np.ndarray, big: np.ndarray) -> np.ndarray:
     full = _whole(rgb, _FULL, FULL_SIDE, FULL_CANDIDATE)
     sure = full[full[:, 4] >= FULL_FACE_SCORE]
     maybe = full[full[:, 4] < FULL_FACE_SCORE]
     if len(maybe):
-        maybe = _confirmed(maybe, rgb if big is None else np.ascontiguousarray(big))
-    found = np.concatenate([_short(rgb), sure, maybe])
-    if not len(found) and (TURNED_PASSES if rotations is None else rotations):
-        found = np.concatenate([_unturn(_whole(np.ascontiguousarray(np.rot90(rgb, k)), _FULL, TURNED_SIDE,
-                                               TURNED_FACE_SCORE), k) for k in (1, 2, 3)])
-    return _clip(_nms(found))
+        maybe = _confirmed(maybe, np.ascontiguousarray(big))
+    return np.concatenate([_short(rgb), sure, maybe])
+
+
+def _turned_copy(rgb: np.ndarray) -> np.ndarray:
+    """The picture at TURNED_SIDE, made once for the three turns (turning the 512 px copy
+    first cost a slow strided copy per turn)."""
+    h, w = rgb.shape[:2]
+    s = TURNED_SIDE / max(h, w)
+    return cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+def _turned(small: np.ndarray, k: int) -> np.ndarray:
+    """The full-range model on ``small`` turned k*90 degrees; boxes in the upright frame."""
+    return _unturn(_whole(np.ascontiguousarray(np.rot90(small, k)), _FULL, TURNED_SIDE, TURNED_FACE_SCORE), k)
 
 
 def _clip(boxes: list[Box]) -> list[Box]:
@@ -274,7 +296,10 @@ def fit(rgb: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ text (PP-OCRv4 DB detector)
 
-_TEXT = "text_detection_ppocrv4_det.onnx"
+# the PP-OCRv4 detector with its per-layer affine steps folded into the convolutions (exact
+# algebra, ~20% quicker: scripts/fold_text_detector.py); the upstream file stays beside it for
+# the test that both compute the same
+_TEXT = "text_detection_ppocrv4_det_folded.onnx"
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 _STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
@@ -349,31 +374,86 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
-def _text_pool():
+def beside(fn, *args):
+    """Run ``fn(*args)`` on the check's second thread (the machine's other core); a future.
+    The bottom half of a two-piece decode runs there, then the second worker of check()."""
     global _pool
     with _pool_lock:
         if _pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="text-check")
-        return _pool
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="identifiability-check")
+    return _pool.submit(fn, *args)
+
+
+class _TwoThreads:
+    """A short list of tasks run in order by two threads (this one and ``beside``'s), each
+    taking the next task when it is free, so neither core waits while work is left. The
+    first error stops the rest and is raised by ``run``."""
+
+    def __init__(self, tasks) -> None:
+        self._tasks, self._next, self._lock, self.error = list(tasks), 0, threading.Lock(), None
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if self.error is not None or self._next >= len(self._tasks):
+                    return
+                task = self._tasks[self._next]
+                self._next += 1
+            try:
+                task()
+            except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
+                with self._lock:
+                    self.error = self.error or exc
+
+    def run(self) -> None:
+        other = beside(self._work)
+        self._work()
+        other.result()
+        if self.error is not None:
+            raise self.error
 
 
 def check(rgb: np.ndarray, *, want_faces: bool, want_text: bool, then=None) -> tuple[list[Box], list[Box]]:
     """The identifiability check on one upright RGB picture (the decode, ~1000 px): (face
-    boxes, text boxes). Both detectors look at a WORK_SIDE copy; the face check confirms
-    its doubtful finds on the decode itself. Both release the GIL, so the text detector
-    runs beside the face passes, which take less time; ``then`` (no arguments) is other
-    work for this thread in that gap."""
+    boxes, text boxes). Both detectors look at a WORK_SIDE copy; the face check confirms its
+    doubtful finds on the decode itself. The model runs release the GIL, so the work is
+    shared by two threads, one per core: the upright face passes and the text detector
+    first, then the three turned face passes (each waits for the upright result and is
+    skipped if a face was found), then ``then`` (no arguments: the thumbnail)."""
     big = np.ascontiguousarray(rgb)
     small = fit(big)
-    if want_faces and want_text:
-        pending = _text_pool().submit(text, small)
-        found = faces(small, big=big)
-        if then is not None:
-            then()
-        return found, pending.result()
-    found = (faces(small, big=big) if want_faces else []), (text(small) if want_text else [])
+    upright: list[np.ndarray] = []
+    upright_done = threading.Event()
+    turned: dict[int, np.ndarray] = {}
+    texts: list[list[Box]] = []
+    turned_small: list[np.ndarray] = []
+
+    def upright_pass() -> None:
+        try:
+            upright.append(_upright_faces(small, big))
+            if not len(upright[0]) and TURNED_PASSES:
+                turned_small.append(_turned_copy(small))
+        finally:
+            upright_done.set()
+
+    def turned_pass(k: int) -> None:
+        upright_done.wait()
+        if turned_small:  # nothing upright (and the pass did not fail)
+            turned[k] = _turned(turned_small[0], k)
+
+    tasks = []
+    if want_faces:
+        tasks.append(upright_pass)
+    if want_text:
+        tasks.append(lambda: texts.append(text(small)))
+    if want_faces and TURNED_PASSES:
+        tasks += [lambda k=k: turned_pass(k) for k in (1, 2, 3)]
     if then is not None:
-        then()
-    return found
+        tasks.append(then)
+    _TwoThreads(tasks).run()
+    face_rows = upright[0] if upright else np.zeros((0, 5), np.float32)
+    if not len(face_rows) and turned:
+        face_rows = np.concatenate([turned[k] for k in sorted(turned)])
+    return (_clip(_nms(face_rows)) if want_faces else []), (texts[0] if texts else [])

@@ -170,3 +170,43 @@ def test_the_onnx_face_models_compute_what_googles_tflite_models_compute(name, s
     np.testing.assert_allclose(cls.reshape(-1), ref_cls, atol=2e-3, rtol=1e-3)
     np.testing.assert_allclose(reg.reshape(-1, 16), ref_reg, atol=2e-2, rtol=1e-3)
     assert ref_cls.max() > 0  # the portrait is found, so the comparison covers a real detection
+
+
+def test_the_folded_text_model_computes_what_the_upstream_one_computes(cases):
+    """The text detector that runs is PP-OCRv4's with its affine steps folded into the
+    convolutions (scripts/fold_text_detector.py): on real pictures its probability map
+    equals the upstream file's to float rounding, and the boxes found are the same."""
+    upstream = "text_detection_ppocrv4_det.onnx"
+    assert _detect._TEXT != upstream
+    for name in ("text-label", "text-wristband", "text-handwriting-small", "text-ruler-numbers", "skin-00"):
+        picture = _detect.fit(np.asarray(displayed(cases[name].make()).convert("RGB")))
+        x = ((picture.astype(np.float32) - _detect._MEAN) / _detect._STD).transpose(2, 0, 1)[None]
+        h, w = x.shape[2:]
+        x = x[:, :, : h // 32 * 32, : w // 32 * 32]
+        folded = _detect._session(_detect._TEXT).run(None, {"x": x})[0]
+        original = _detect._session(upstream).run(None, {"x": x})[0]
+        np.testing.assert_allclose(folded, original, atol=1e-4)  # measured: at most 3e-5 (thresholds are 0.3, 0.6)
+    for name in ("text-label", "text-wristband"):
+        assert _detect.text(_detect.fit(np.asarray(displayed(cases[name].make()).convert("RGB"))))
+
+
+def test_the_check_shares_its_work_between_two_threads_and_gives_what_one_thread_gives(cases):
+    """check() runs the passes on two threads; its answer is the one-thread answer (faces()
+    then text()), turned passes included, and an error in any pass is raised, not lost."""
+    for name in ("hopper-6pct", "astronaut-sideways-no-exif", "text-wristband", "skin-00"):
+        rgb = np.asarray(displayed(cases[name].make()).convert("RGB"))
+        big = np.ascontiguousarray(rgb)
+        small = _detect.fit(big)
+        assert _detect.check(rgb, want_faces=True, want_text=True) == (_detect.faces(small, big=big), _detect.text(small))
+
+
+def test_an_error_in_a_pass_on_the_other_thread_reaches_the_caller(cases, monkeypatch):
+    rgb = np.asarray(displayed(cases["skin-00"].make()).convert("RGB"))
+
+    def broken(_picture):
+        raise DetectorUnavailable("model file text_detection is missing")
+
+    monkeypatch.setattr(_detect, "text", broken)
+    with pytest.raises(DetectorUnavailable):
+        _detect.check(rgb, want_faces=True, want_text=True)
+    assert _detect.check(rgb, want_faces=True, want_text=False) == ([], [])  # the pool still works
