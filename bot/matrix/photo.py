@@ -84,9 +84,16 @@ def make_photo(width: int = 1600, height: int = 1200, seed: int = 7, quality: in
     return buf.getvalue()
 
 
-def make_phone_photo(target_bytes: int = 5_000_000, seed: int = 11) -> bytes:
-    """A ~5 MB 12-megapixel phone-style photo (for the benchmark)."""
+def make_phone_photo(target_bytes: int = 5_000_000, seed: int = 11, *, restart_markers: bool = False) -> bytes:
+    """A ~5 MB 12-megapixel phone-style photo (for the benchmark). ``restart_markers``: with
+    a restart marker at the start of every row of 16x16 blocks, as the iPhone writes its
+    JPEGs (the one in the shared corpus does); Pillow writes none by default."""
     data = make_photo(4032, 3024, seed=seed, quality=97)
+    if restart_markers:
+        img = Image.open(io.BytesIO(data))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=97, exif=img.info.get("exif", b""), restart_marker_rows=1)
+        data = buf.getvalue()
     if len(data) < target_bytes * 0.8:
         # more sensor noise -> bigger file, like a real phone photo
         img = Image.open(io.BytesIO(data))
@@ -94,8 +101,8 @@ def make_phone_photo(target_bytes: int = 5_000_000, seed: int = 11) -> bytes:
         arr = np.asarray(img).astype(np.int16)
         arr += np.random.default_rng(seed).integers(-9, 10, arr.shape, dtype=np.int16)
         buf = io.BytesIO()
-        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=95,
-                                                                    exif=exif)
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(
+            buf, "JPEG", quality=95, exif=exif, **({"restart_marker_rows": 1} if restart_markers else {}))
         data = buf.getvalue()
     return data
 

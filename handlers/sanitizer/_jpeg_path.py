@@ -27,12 +27,14 @@ def sanitize_jpeg_image(data: bytes, limits: Limits, want: Wanted, *, thumbnail:
         from . import _detect
         from ._orient import stored_box, upright, with_orientation
 
-        im = Image.open(BytesIO(clean))
-        # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale: only a fraction of the IDCT work.
-        # The decode also serves as the decode check: what libjpeg cannot decode is refused.
+        from ._jpeg_split import decode_scaled
+
+        # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale: only a fraction of the IDCT work,
+        # and in two pieces at once when restart markers allow (_jpeg_split.py). The decode
+        # also serves as the decode check: what libjpeg cannot decode is refused.
         s = min(1.0, _detect.DETECT_SIDE / max(info.width, info.height))
-        im.draft("RGB", (max(1, int(info.width * s)), max(1, int(info.height * s))))
-        im = upright(im.convert("RGB"), info.orientation)
+        request = (max(1, int(info.width * s)), max(1, int(info.height * s)))
+        im = upright(decode_scaled(clean, request, run_beside=_detect.beside), info.orientation)
         final = _thumb.target_size((w, h)) if thumbnail else None
         made: list = []
         # the thumbnail comes from the same decode (1/4 of a 12 MP photo, 1008 px), made while
