@@ -419,41 +419,61 @@ def check(rgb: np.ndarray, *, want_faces: bool, want_text: bool, then=None) -> t
     """The identifiability check on one upright RGB picture (the decode, ~1000 px): (face
     boxes, text boxes). Both detectors look at a WORK_SIDE copy; the face check confirms its
     doubtful finds on the decode itself. The model runs release the GIL, so the work is
-    shared by two threads, one per core: the upright face passes and the text detector
-    first, then the three turned face passes (each waits for the upright result and is
-    skipped if a face was found), then ``then`` (no arguments: the thumbnail)."""
+    shared by two threads, one per core, in this order: the full-range face pass and the
+    text detector, the short-range pass, the confirmation of doubtful finds, the three
+    turned passes, then ``then`` (no arguments: the thumbnail). A turned pass is skipped
+    once an upright pass has found a face; otherwise it runs without waiting for them (most
+    photos have no face, and waiting would leave a core idle) and its finds count only if
+    the upright passes found none: the answer is the one-thread answer of faces()."""
     big = np.ascontiguousarray(rgb)
     small = fit(big)
-    upright: list[np.ndarray] = []
-    upright_done = threading.Event()
-    turned: dict[int, np.ndarray] = {}
+    found: dict[str, np.ndarray] = {}
+    full_done = threading.Event()
     texts: list[list[Box]] = []
     turned_small: list[np.ndarray] = []
+    turned_lock = threading.Lock()
 
-    def upright_pass() -> None:
+    def full_pass() -> None:
         try:
-            upright.append(_upright_faces(small, big))
-            if not len(upright[0]) and TURNED_PASSES:
-                turned_small.append(_turned_copy(small))
+            rows = _whole(small, _FULL, FULL_SIDE, FULL_CANDIDATE)
+            found["sure"] = rows[rows[:, 4] >= FULL_FACE_SCORE]
+            found["maybe"] = rows[rows[:, 4] < FULL_FACE_SCORE]
         finally:
-            upright_done.set()
+            full_done.set()
+
+    def confirm_pass() -> None:
+        full_done.wait()
+        maybe = found.get("maybe")
+        if maybe is not None and len(maybe):
+            found["confirmed"] = _confirmed(maybe, big)
+
+    def upright_found() -> bool:
+        return any(len(found[k]) for k in ("sure", "short", "confirmed") if k in found)
 
     def turned_pass(k: int) -> None:
-        upright_done.wait()
-        if turned_small:  # nothing upright (and the pass did not fail)
-            turned[k] = _turned(turned_small[0], k)
+        if upright_found():
+            return
+        with turned_lock:
+            if not turned_small:
+                turned_small.append(_turned_copy(small))
+        found[f"turned{k}"] = _turned(turned_small[0], k)
 
     tasks = []
     if want_faces:
-        tasks.append(upright_pass)
+        tasks.append(full_pass)
     if want_text:
         tasks.append(lambda: texts.append(text(small)))
-    if want_faces and TURNED_PASSES:
-        tasks += [lambda k=k: turned_pass(k) for k in (1, 2, 3)]
+    if want_faces:
+        tasks += [lambda: found.__setitem__("short", _short(small)), confirm_pass]
+        if TURNED_PASSES:
+            tasks += [lambda k=k: turned_pass(k) for k in (1, 2, 3)]
     if then is not None:
         tasks.append(then)
     _TwoThreads(tasks).run()
-    face_rows = upright[0] if upright else np.zeros((0, 5), np.float32)
-    if not len(face_rows) and turned:
-        face_rows = np.concatenate([turned[k] for k in sorted(turned)])
-    return (_clip(_nms(face_rows)) if want_faces else []), (texts[0] if texts else [])
+    if not want_faces:
+        return [], texts[0] if texts else []
+    rows = np.concatenate([found[k] for k in ("short", "sure", "confirmed") if k in found])
+    if not len(rows):
+        turned = [found[f"turned{k}"] for k in (1, 2, 3) if f"turned{k}" in found]
+        rows = np.concatenate(turned) if turned else rows
+    return _clip(_nms(rows)), (texts[0] if texts else [])
