@@ -8,20 +8,14 @@ The result is a fresh baseline JPEG with no metadata at all (no EXIF, XMP, ICC o
 comment; the orientation is applied to the pixels). Size rules and encoding are the
 sanitizer's (``handlers/sanitizer/_thumb.py``), which also makes one from the decode its
 face/text check already did; this one decodes the clean bytes and runs in a worker thread
-while the clean image itself is encrypted and uploaded. A JPEG with restart markers (an
-iPhone's) is decoded as two halves at once, like the check's decode
-(``handlers/sanitizer/_jpeg_split.py``): the post waits for this thumbnail.
+while the clean image itself is encrypted and uploaded.
 """
 from __future__ import annotations
 
 import io
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image, ImageOps
 
-from handlers.sanitizer._jpeg_split import decode_scaled
-from handlers.sanitizer._orient import upright
 from handlers.sanitizer._thumb import MAX_SIZE, QUALITY, Thumbnail, encode, target_size
 
 ThumbnailImage = Thumbnail
@@ -39,24 +33,6 @@ def make_thumbnail(clean: bytes, max_size: tuple[int, int] = MAX_SIZE) -> Thumbn
             return None
         # JPEG: libjpeg decodes at 1/2, 1/4 or 1/8 scale (the coarsest that still gives
         # the final size) for a fraction of the work of decoding every pixel
-        request = (final[1], final[0]) if sideways else final
-        if src.format == "JPEG":
-            im = upright(decode_scaled(clean, request, run_beside=_beside), src.getexif().get(0x0112, 1))
-        else:
-            src.draft("RGB", request)
-            im = ImageOps.exif_transpose(src)
+        src.draft("RGB", (final[1], final[0]) if sideways else final)
+        im = ImageOps.exif_transpose(src)
     return encode(im, final)
-
-
-_halves = None
-_halves_lock = threading.Lock()
-
-
-def _beside(fn, *args):
-    """The bottom half of a two-piece decode, on a thread of its own (two: thumbnails of
-    photos sent together are made side by side)."""
-    global _halves
-    with _halves_lock:
-        if _halves is None:
-            _halves = ThreadPoolExecutor(max_workers=2, thread_name_prefix="thumbnail-half")
-    return _halves.submit(fn, *args)

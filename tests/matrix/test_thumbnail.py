@@ -103,25 +103,3 @@ def test_a_blurred_photo_never_gets_a_thumbnail_from_before_the_blur():
     r = sanitize(buf.getvalue(), blur_faces=True, blur_text=True, thumbnail=True)
     assert r.faces_blurred and r.thumbnail is None
     assert sanitize(buf.getvalue(), detect_faces=True, thumbnail=True).thumbnail is not None  # found, not blurred
-
-
-@pytest.mark.parametrize("orientation", [1, 6])
-def test_a_jpeg_with_restart_markers_gets_the_same_thumbnail_from_two_halves(orientation, monkeypatch):
-    """An iPhone-style JPEG (a restart marker per row of blocks) is decoded as two halves at
-    once; the thumbnail is byte for byte the one a whole decode gives."""
-    from handlers.sanitizer import _jpeg_split
-
-    with Image.open(io.BytesIO(make_photo(2000, 1500, seed=7))) as im:
-        exif = im.getexif()
-        exif[0x0112] = orientation
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=92, exif=exif.tobytes(), restart_marker_rows=1)
-    clean = sanitize(buf.getvalue(), detect_faces=False).data
-    cut = []
-    real = _jpeg_split.split
-    monkeypatch.setattr(_jpeg_split, "split", lambda d: cut.append(1) or real(d))
-    two = make_thumbnail(clean)
-    assert cut and real(clean) is not None
-    monkeypatch.setattr(_jpeg_split, "split", lambda d: None)
-    one = make_thumbnail(clean)
-    assert two == one and (two.width, two.height) == ((450, 600) if orientation == 6 else (800, 600))
