@@ -118,9 +118,10 @@ async def main(args) -> dict:
     hs = LocalSynapse(tmp / "synapse")
     hs.start()
     print(f"Synapse at {hs.url}; generating {args.photos} phone photos ...", flush=True)
-    photos = [make_phone_photo(seed=20 + i) for i in range(args.photos)]
+    photos = [make_phone_photo(seed=20 + i, restart_markers=args.restart_markers) for i in range(args.photos)]
     print(f"  photo sizes: {[round(len(p) / 1e6, 2) for p in photos]} MB", flush=True)
-    results: dict = {"referrals": args.referrals, "photo_mb": round(statistics.mean(len(p) for p in photos) / 1e6, 2)}
+    results: dict = {"referrals": args.referrals, "photo_mb": round(statistics.mean(len(p) for p in photos) / 1e6, 2),
+                     "restart_markers": args.restart_markers}
     w = await World.create(hs, tmp, suffix="b", policy={
         "grace_period_seconds": GRACE_SECONDS, "max_lifetime_hours": 72, "reminder_before_hours": 12})
     proc = None
@@ -367,6 +368,9 @@ if __name__ == "__main__":
     ap.add_argument("--referrals", type=int, default=50)
     ap.add_argument("--inflight", type=int, default=20)
     ap.add_argument("--photos", type=int, default=4, help="distinct generated photos to cycle")
+    ap.add_argument("--restart-markers", action="store_true",
+                    help="photos with a restart marker per row of blocks, as an iPhone writes them "
+                         "(the check then decodes each photo in two halves at once)")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="quiet seconds before each timed send in phase 1")
     ap.add_argument("--no-second-image", dest="second_image", action="store_false",
