@@ -1,7 +1,9 @@
-"""`referral-bot status --config FILE`: live images, next expiry, overdue items, and what
-the bot gave up on: actions set aside for good (the dead-letter list: the bot was removed
-from a room, the server refused, too many retries) and referrals the timers skip because
-their row cannot be read.
+"""`referral-bot status --config FILE`: live images, next expiry, overdue items, photos held
+for a GP's decision (a face or text found; the blurred preview is in the GP's direct chat),
+referrals escalated to the specialty lead and still without an opinion, and what the bot
+gave up on: actions set aside for good (the dead-letter list: the bot was removed from a
+room, the server refused, too many retries) and referrals the timers skip because their row
+cannot be read.
 
 Reads the store (and the Matrix transport's media ledger when present); prints no
 patient data: referral ids, states, counts, times and the plain reasons only.
@@ -71,6 +73,15 @@ def run(args: argparse.Namespace) -> int:
                     ledger = len(st.live_media())
                 finally:
                     st.close()
+        from handlers.model import ImageState
+
+        # a held photo waits for the GP's !blur or !discard and is destroyed at held_until
+        held = [{"referral": r.referral_id, "image": i.filename, "preview": i.preview.value,
+                 "destroyed_at": _fmt(i.held_until)}
+                for r in refs for i in r.images if i.state is ImageState.HELD]
+        escalated = [{"referral": r.referral_id, "specialty": r.specialty, "state": r.state.value,
+                      "escalated_at": _fmt(r.escalated_at)}
+                     for r in refs if r.is_open and r.escalated_at is not None]
         filing_failed = [{"referral": r.referral_id, "attempts": r.filing_failures,
                           "sinks_done": list(r.filed_to), "next_try": _fmt(r.filing_retry_at)}
                          for r in refs if r.awaiting_filing and r.filing_failures > 0]
@@ -81,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             "referrals_open": sum(1 for r in refs if r.is_open),
             "referrals_total": len(refs),
             "images_live_in_chat": live,
+            "photos_held_for_gp": held,
+            "escalated_without_opinion": escalated,
             "next_due": _fmt(upcoming),
             "overdue": overdue,
             "outbox_pending": len(pending),
@@ -106,6 +119,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"Images live in chat: {len(info['images_live_in_chat'])}")
     for i in info["images_live_in_chat"]:
         print(f"  {i['referral']}  {i['image']}  {i['state']}  ({i['specialty']})")
+    print(f"Photos held for the GP's decision (!blur or !discard): {len(info['photos_held_for_gp'])}")
+    for i in info["photos_held_for_gp"]:
+        print(f"  {i['referral']}  {i['image']}  preview {i['preview']}  destroyed at {i['destroyed_at']} if undecided")
+    print(f"Escalated to the specialty lead, no opinion yet: {len(info['escalated_without_opinion'])}")
+    for e in info["escalated_without_opinion"]:
+        print(f"  {e['referral']}  {e['state']}  ({e['specialty']})  escalated {e['escalated_at']}")
     print(f"Next expiry or removal due: {info['next_due']}")
     print(f"Overdue: {len(info['overdue'])}")
     for o in info["overdue"]:

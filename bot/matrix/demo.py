@@ -6,8 +6,9 @@ specialist as real matrix-nio clients; an encrypted direct chat and an encrypted
 "Dermatology advice" room. The GP records consent, opens a referral and sends a
 phone photo carrying GPS and device metadata; the specialist sees a thread with the
 clean image, asks the GP a question in the thread (relayed to the GP's direct chat), the
-GP answers with a reply (posted back into the thread), and the specialist gives the
-opinion; after the grace period the images are redacted and their media deleted from
+GP answers with a reply (posted back into the thread); a second photo with the patient's
+name label is held, the GP previews its blurred copy and sends it with ``!blur``; the
+specialist gives the opinion; after the grace period the images are redacted and their media deleted from
 the server (downloads answer 404).
 """
 from __future__ import annotations
@@ -270,6 +271,32 @@ async def _play(out: TextIO, keep_running: bool, workdir: Path | None, pacs) -> 
         print("  (both are m.text with m.mentions: Element alerts the GP for the question and the "
               "specialist for the answer; acknowledgements stay m.notice)", file=out)
 
+        tr.step("The GP sends a second photo with the patient's name label beside the lesion: "
+                "held, and the GP previews the blurred copy before it goes")
+        labelled = make_photo(seed=9, label="Jane Smith  12/04/1971")
+        sent_at = time.monotonic()
+        await world.gp.send_image(world.dm_room, labelled, "IMG_4033.JPG", caption=referral_id)
+        preview = await world.gp.wait_for(
+            lambda s: s.room_id == world.dm_room and s.sender == bot and s.msgtype == "m.image"
+            and s.ts >= sent_at and s.body.startswith("PREVIEW"), timeout=30, what="the PREVIEW")
+        preview_mxc = preview.content["file"]["url"]
+        previewed = await world.gp.download_image(preview)
+        await asyncio.sleep(0.5)
+        tr.flush()
+        await world.gp_says(f"!blur {referral_id}")
+        second = await world.sp.wait_for(
+            lambda s: s.room_id == world.derm_room and s.msgtype == "m.image" and s.sender == bot
+            and s.event_id != img.event_id, timeout=30, what="the blurred photo in the thread")
+        second_mxc = second.content["file"]["url"]
+        shown = await world.sp.download_image(second)
+        if previewed is None or shown != previewed:
+            print("  !! the thread got other bytes than the GP previewed", file=out)
+            return 1
+        await asyncio.sleep(0.5)
+        tr.flush()
+        print("  (the thread got exactly the bytes the GP previewed: the label blurred; the preview "
+              "left the GP's chat once the photo was posted)", file=out)
+
         tr.step("The specialist gives the opinion in the thread")
         await world.sp.say(world.derm_room, "!opinion Features of a benign seborrhoeic "
                            "keratosis; no urgent referral needed. Review if it changes.",
@@ -293,8 +320,11 @@ async def _play(out: TextIO, keep_running: bool, workdir: Path | None, pacs) -> 
                                 timeout=GRACE_SECONDS + 20, what="the image being redacted")
         await asyncio.sleep(1.0)
         tr.flush()
+        await world.sp.wait_for(lambda s: s.event_id == second.event_id and s.redacted,
+                                timeout=20, what="the second image being redacted")
         checks = [("GP's original upload", upload_mxc), ("phone thumbnail", thumb_mxc),
-                  ("clean image in the thread", clean_mxc), ("its thumbnail", own_thumb_mxc)]
+                  ("clean image in the thread", clean_mxc), ("its thumbnail", own_thumb_mxc),
+                  ("the PREVIEW in the GP's chat", preview_mxc), ("the blurred photo in the thread", second_mxc)]
         all_gone = True
         for label, mxc in checks:
             if not mxc:

@@ -36,8 +36,10 @@ def _skin(width: int, height: int, seed: int) -> np.ndarray:
 
 
 def make_photo(width: int = 1600, height: int = 1200, seed: int = 7, quality: int = 92,
-               gps: bool = True, when: datetime | None = None) -> bytes:
-    """JPEG bytes of a skin photo with a lesion, with phone-style EXIF incl. GPS."""
+               gps: bool = True, when: datetime | None = None, label: str | None = None) -> bytes:
+    """JPEG bytes of a skin photo with a lesion, with phone-style EXIF incl. GPS.
+    ``label``: a white patient label with this text, held beside the lesion (the kind of
+    thing the identifiability check looks for)."""
     rnd = random.Random(seed)
     img = Image.fromarray(_skin(width, height, seed), "RGB")
     lesion = Image.new("L", (width, height), 0)
@@ -57,6 +59,16 @@ def make_photo(width: int = 1600, height: int = 1200, seed: int = 7, quality: in
     ImageDraw.Draw(core).ellipse((cx - r * 0.35, cy - r * 0.3, cx + r * 0.4, cy + r * 0.25), fill=170)
     core = core.filter(ImageFilter.GaussianBlur(max(2, r * 0.15)))
     img = Image.composite(Image.new("RGB", (width, height), (60, 34, 26)), img, core)
+    if label:
+        from PIL import ImageFont
+
+        font = ImageFont.load_default(size=max(12, height // 24))
+        d = ImageDraw.Draw(img)
+        x0, y0 = int(width * 0.06), int(height * 0.72)
+        box = d.textbbox((x0, y0), label, font=font)
+        pad = height // 60
+        d.rectangle((box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad), fill=(246, 246, 240))
+        d.text((x0, y0), label, font=font, fill=(25, 25, 35))
 
     when = when or datetime(2026, 3, 14, 10, 42, 7)
     exif = Image.Exif()
