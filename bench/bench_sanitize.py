@@ -158,30 +158,26 @@ def bench_in_process(files: list[Path], reps: int) -> dict[str, float]:
             t0 = time.perf_counter()
             sanitize(d, detect_faces=False)
             fast.append(time.perf_counter() - t0)
-    for _ in range(max(1, reps // 2)):
-        for d in datas[:8]:
-            for fn, out in ((lambda: sanitize(d, detect_faces=True, detect_text=True), check),
-                            (lambda: peer_cascade.detect_bytes(d), peer)):
-                t0 = time.perf_counter()
-                fn()
-                out.append(time.perf_counter() - t0)
-        for d in phone5mb:
-            for fn, out, cpu in ((lambda: sanitize(d, detect_faces=True, detect_text=True), check5, cpu5),
-                                 (lambda: peer_cascade.detect_bytes(d), peer5, peer_cpu5)):
+    def ours(d: bytes) -> None:
+        sanitize(d, detect_faces=True, detect_text=True)
+
+    def peer_too(photos, ours_out, peer_out, cpu_out=None, peer_cpu_out=None) -> None:
+        """Ours and the cascade on each photo in turn: wall time (and CPU time if asked)."""
+        for d in photos:
+            for fn, out, cpu in ((ours, ours_out, cpu_out), (peer_cascade.detect_bytes, peer_out, peer_cpu_out)):
+                if out is None:
+                    continue
                 c0, t0 = time.process_time(), time.perf_counter()
-                fn()
+                fn(d)
                 out.append(time.perf_counter() - t0)
-                cpu.append(time.process_time() - c0)
-        for d in phone5rst:
-            for fn, out in ((lambda: sanitize(d, detect_faces=True, detect_text=True), check5rst),
-                            (lambda: peer_cascade.detect_bytes(d), peer5rst)):
-                t0 = time.perf_counter()
-                fn()
-                out.append(time.perf_counter() - t0)
-        for d in test_rst:
-            t0 = time.perf_counter()
-            sanitize(d, detect_faces=True, detect_text=True)
-            check_rst.append(time.perf_counter() - t0)
+                if cpu is not None:
+                    cpu.append(time.process_time() - c0)
+
+    for _ in range(max(1, reps // 2)):
+        peer_too(datas[:8], check, peer)
+        peer_too(phone5mb, check5, peer5, cpu5, peer_cpu5)
+        peer_too(phone5rst, check5rst, peer5rst)
+        peer_too(test_rst, check_rst, None)
     # what the turned passes (when nothing is found upright) cost, and what the text check costs
     from handlers.sanitizer import _detect
 

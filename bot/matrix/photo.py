@@ -101,22 +101,20 @@ def make_phone_photo(target_bytes: int = 5_000_000, seed: int = 11, *, restart_m
     a restart marker at the start of every row of 16x16 blocks, as the iPhone writes its
     JPEGs (the one in the shared corpus does); Pillow writes none by default."""
     data = make_photo(4032, 3024, seed=seed, quality=97)
-    if restart_markers:
-        img = Image.open(io.BytesIO(data))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=97, exif=img.info.get("exif", b""), restart_marker_rows=1)
-        data = buf.getvalue()
+    img = Image.open(io.BytesIO(data))
+    exif = img.info.get("exif")
     if len(data) < target_bytes * 0.8:
         # more sensor noise -> bigger file, like a real phone photo
-        img = Image.open(io.BytesIO(data))
-        exif = img.info.get("exif")
         arr = np.asarray(img).astype(np.int16)
         arr += np.random.default_rng(seed).integers(-9, 10, arr.shape, dtype=np.int16)
-        buf = io.BytesIO()
-        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(
-            buf, "JPEG", quality=95, exif=exif, **({"restart_marker_rows": 1} if restart_markers else {}))
-        data = buf.getvalue()
-    return data
+        img, quality = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), 95
+    elif not restart_markers:
+        return data
+    else:
+        quality = 97
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality, exif=exif, **({"restart_marker_rows": 1} if restart_markers else {}))
+    return buf.getvalue()
 
 
 def make_pdf() -> bytes:
