@@ -118,42 +118,33 @@ def _local_day(at: datetime, policy: Any) -> date:
 def add_working_time(at: datetime, amount: timedelta, policy: Any) -> datetime:
     """The moment *amount* of working time after *at* (UTC). Time outside working hours
     does not count: Friday 16:00 + 2 h is Monday 10:00 (with 09:00-17:00)."""
-    if amount <= timedelta(0):
-        return at.astimezone(timezone.utc)
-    at = at.astimezone(timezone.utc)
-    remaining = amount
-    day = _local_day(at, policy)
-    for _ in range(_HORIZON_DAYS):
-        span = working_interval(day, policy)
-        if span is not None:
-            start, end = span
-            begin = max(start, at)
-            if begin < end:
-                if remaining <= end - begin:
-                    return begin + remaining
-                remaining -= end - begin
-        day += timedelta(days=1)
-    raise NoWorkingTime("the working calendar has no working time")
+    return _walk_working_time(at, amount, policy, forward=True)
 
 
 def subtract_working_time(at: datetime, amount: timedelta, policy: Any) -> datetime:
     """The moment *amount* of working time before *at* (UTC): Monday 10:00 - 2 h is
     Friday 16:00 (with 09:00-17:00)."""
-    if amount <= timedelta(0):
-        return at.astimezone(timezone.utc)
+    return _walk_working_time(at, amount, policy, forward=False)
+
+
+def _walk_working_time(at: datetime, amount: timedelta, policy: Any, *, forward: bool) -> datetime:
+    """Walk day by day from *at*, forwards or backwards, counting only working time."""
     at = at.astimezone(timezone.utc)
+    if amount <= timedelta(0):
+        return at
     remaining = amount
     day = _local_day(at, policy)
+    step = timedelta(days=1 if forward else -1)
     for _ in range(_HORIZON_DAYS):
         span = working_interval(day, policy)
         if span is not None:
-            start, end = span
-            finish = min(end, at)
-            if start < finish:
-                if remaining <= finish - start:
-                    return finish - remaining
-                remaining -= finish - start
-        day -= timedelta(days=1)
+            # the part of this day's working hours on the walking side of *at*
+            start, end = (max(span[0], at), span[1]) if forward else (span[0], min(span[1], at))
+            if start < end:
+                if remaining <= end - start:
+                    return start + remaining if forward else end - remaining
+                remaining -= end - start
+        day += step
     raise NoWorkingTime("the working calendar has no working time")
 
 
