@@ -19,6 +19,14 @@ def _disk(db_path) -> bytes:
     return b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
 
 
+async def _one_vault_key(store) -> bytes:
+    """Store one image in the vault; its wrapped key, as it lies in the database."""
+    async with store.transaction() as tx:
+        await tx.vault_put("img-1", os.urandom(50_000), "image/jpeg")
+    async with store.read() as tx:
+        return bytes((await tx._tx.fetchone("SELECT wrapped_key FROM vault_keys WHERE image_id = 'img-1'"))[0])
+
+
 async def test_clinical_free_text_is_not_on_disk_in_clear(tmp_path, keys):
     path = tmp_path / "bot.sqlite3"
     c = consent()
@@ -77,11 +85,7 @@ async def test_audit_details_with_patient_data_roll_the_transition_back(tmp_path
 async def test_shred_in_a_transition_truncates_the_wal(tmp_path, keys):
     path = tmp_path / "bot.sqlite3"
     async with await SQLiteStore.open(path, keys) as store:
-        async with store.transaction() as tx:
-            await tx.vault_put("img-1", os.urandom(50_000), "image/jpeg")
-        async with store.read() as tx:
-            row = await tx._tx.fetchone("SELECT wrapped_key FROM vault_keys WHERE image_id = 'img-1'")
-        wrapped = bytes(row[0])
+        wrapped = await _one_vault_key(store)
         assert wrapped in _disk(path)
         async with store.transaction() as tx:
             assert await tx.vault_shred("img-1")
@@ -105,10 +109,7 @@ async def test_a_reader_holding_a_snapshot_only_delays_the_wal_truncation(tmp_pa
     path = tmp_path / "bot.sqlite3"
     async with await SQLiteStore.open(path, keys) as store:
         h = Harness(store=store)
-        async with store.transaction() as tx:
-            await tx.vault_put("img-1", os.urandom(50_000), "image/jpeg")
-        async with store.read() as tx:
-            wrapped = bytes((await tx._tx.fetchone("SELECT wrapped_key FROM vault_keys WHERE image_id = 'img-1'"))[0])
+        wrapped = await _one_vault_key(store)
         reader = sqlite3.connect(path, isolation_level=None)
         reader.execute("BEGIN")
         reader.execute("SELECT COUNT(*) FROM vault_keys").fetchone()  # holds its snapshot from here
@@ -146,10 +147,7 @@ async def test_the_ticks_checkpoint_never_takes_the_write_lock_while_others_work
     path = tmp_path / "bot.sqlite3"
     async with await SQLiteStore.open(path, keys) as store:
         h = Harness(store=store)
-        async with store.transaction() as tx:
-            await tx.vault_put("img-1", os.urandom(50_000), "image/jpeg")
-        async with store.read() as tx:
-            wrapped = bytes((await tx._tx.fetchone("SELECT wrapped_key FROM vault_keys WHERE image_id = 'img-1'"))[0])
+        wrapped = await _one_vault_key(store)
         reader = sqlite3.connect(path, isolation_level=None)
         reader.execute("BEGIN")
         reader.execute("SELECT COUNT(*) FROM vault_keys").fetchone()  # `status`, holding its snapshot
