@@ -100,6 +100,15 @@ async def test_referral_fields_are_sealed_with_the_referral(tmp_path):
         assert word not in files, word
 
 
+async def _two_referrals(h: Harness) -> tuple[str, str, str]:
+    """One consent and two open referrals under it: (consent id, first, second)."""
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    first = referral_id_from(await h.say(GP, f"!refer dermatology {cid} First lesion?"))
+    second = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Second lesion?"))
+    await h.drain()
+    return cid, first, second
+
+
 async def test_one_unreadable_referral_never_stops_the_others_expiring(tmp_path):
     """Reproduced in the review: one unreadable referral row made every tick raise, and a
     healthy referral 8 days past its 7-day lifetime stayed open with its image in the room.
@@ -108,10 +117,7 @@ async def test_one_unreadable_referral_never_stops_the_others_expiring(tmp_path)
     store = await SQLiteStore.open(tmp_path / "bot.sqlite3", _keys())
     h = Harness(store=store)
     try:
-        cid = consent_id_from(await h.say(GP, CONSENT_OK))
-        broken = referral_id_from(await h.say(GP, f"!refer dermatology {cid} First lesion?"))
-        healthy = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Second lesion?"))
-        await h.drain()
+        _cid, broken, healthy = await _two_referrals(h)
         await h.send_image(GP, jpeg_with_metadata(), caption=healthy)
         await h.drain()
         assert len(h.chat) == 1
@@ -140,10 +146,7 @@ async def test_a_rules_bug_sets_one_referral_aside_but_a_store_failure_does_not(
     store = await SQLiteStore.open(tmp_path / "bot.sqlite3", _keys())
     h = Harness(store=store)
     try:
-        cid = consent_id_from(await h.say(GP, CONSENT_OK))
-        odd = referral_id_from(await h.say(GP, f"!refer dermatology {cid} First lesion?"))
-        fine = referral_id_from(await h.say(GP, f"!refer dermatology {cid} Second lesion?"))
-        await h.drain()
+        cid, odd, fine = await _two_referrals(h)
         real_tick = lc.tick
 
         def buggy(ref, **kw):
