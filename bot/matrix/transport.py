@@ -157,6 +157,7 @@ class MatrixTransport(OutboxLoop):
         self.foreign_media_refused = 0    # media not deleted: not uploaded by its event's sender
         self._dm_refused: set[str] = set()  # rooms that refused the bot's messages for good
         self.last_sync_at: float | None = None
+        self._side_batches: list[Any] = []  # synced outside the loop, not handled yet
         # image id -> task encrypting and uploading a cleared image while the workflow
         # saves it and the thread root is posted (see _on_image_cleared)
         self._pre_uploads: dict[str, asyncio.Task] = {}
@@ -176,9 +177,15 @@ class MatrixTransport(OutboxLoop):
 
     # ================================================================= lifecycle
     async def start(self) -> None:
-        """Catch up (first sync, due timers, pending outbox) and start the loops."""
+        """Catch up and start the loops. Actions a crash left unfinished run before
+        anything that arrived meanwhile is handled: a post can reach the room and be
+        answered before the bot recorded it, and the answer must find it recorded (an
+        opinion given on an image the workflow did not know was posted was refused).
+        Then what arrived, then the timers that fell due."""
         await self._drop_orphan_pre_uploads()
-        await self._first_sync()
+        resp, token = await self._first_sync_response()
+        await self.drain()
+        await self._process_first_sync(resp, token)
         await self.tick()
         self.ready.set()
         self._tasks = [asyncio.create_task(self._sync_loop(), name="matrix-sync"),
@@ -195,18 +202,21 @@ class MatrixTransport(OutboxLoop):
         await self._stopping.wait()
 
     # ================================================================= syncing
-    async def _first_sync(self) -> None:
+    async def _first_sync_response(self) -> tuple[Any, str | None]:
+        """The first sync from the saved token (the rooms' state for nio), not yet handled."""
         delay = 0.5
         while True:
             try:
                 token = self.state.sync_token
                 resp = await nioclient.sync_once(self.client, timeout_ms=0, since=token,
                                                  full_state=True)
-                break
+                return resp, token
             except (nioclient.MatrixCallError, OSError, asyncio.TimeoutError) as exc:
                 log.warning("initial sync failed (%s); retrying in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
+
+    async def _process_first_sync(self, resp: Any, token: str | None) -> None:
         while True:
             try:
                 await self._process_sync(resp, replay_timeline=token is not None)
@@ -217,11 +227,25 @@ class MatrixTransport(OutboxLoop):
     async def _wait_for_store(self) -> None:
         await asyncio.sleep(max(0.5, self._store_until - time.monotonic()))
 
+    async def _side_sync(self) -> None:
+        """A sync outside the loop, for nio to learn a room just joined or created, or
+        what it needs to encrypt for one. nio moves its cursor past what this returns,
+        so the loop's next sync starts after it: the batch is queued and the loop handles
+        it before syncing again, so nothing in it is skipped. (A long poll already in
+        flight started from the same cursor, so it wakes for the same events and
+        returns; what both fetched is handled once, as replays are no-ops.)"""
+        self._side_batches.append(await nioclient.sync_once(self.client))
+
+    async def _next_batch(self) -> Any:
+        if self._side_batches:
+            return self._side_batches.pop(0)
+        return await nioclient.sync_once(self.client, timeout_ms=self.s.sync_timeout_ms)
+
     async def _sync_loop(self) -> None:
         delay = 0.5
         while not self._stopping.is_set():
             try:
-                resp = await nioclient.sync_once(self.client, timeout_ms=self.s.sync_timeout_ms)
+                resp = await self._next_batch()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # outage: back off and retry
@@ -323,7 +347,7 @@ class MatrixTransport(OutboxLoop):
                 # checks (encrypted, just the two of them), and it is checked again
                 # before every message sent to them (_dm_room_for).
                 log.info("joined a room on an allowed invite")
-                await nioclient.sync_once(self.client)
+                await self._side_sync()
             else:
                 log.warning("could not join an invited room (%s)", nioclient.err_code(resp))
         else:
@@ -789,7 +813,7 @@ class MatrixTransport(OutboxLoop):
         unknown room) raises PermanentFailure; other errors raise TransientError."""
         if room_id not in self.client.rooms:
             # nio does not know it: just created (a sync fixes that), or left for good
-            await nioclient.sync_once(self.client)
+            await self._side_sync()
             if room_id not in self.client.rooms:
                 raise PermanentFailure(self._not_in_room(room_id))
         try:
@@ -797,7 +821,7 @@ class MatrixTransport(OutboxLoop):
                 return await nioclient.send(self.client, room_id, content, txn_id=_txn(key))
             except LocalProtocolError:
                 # nio knows the room but not yet all it needs to encrypt for it: sync, retry once
-                await nioclient.sync_once(self.client)
+                await self._side_sync()
                 return await nioclient.send(self.client, room_id, content, txn_id=_txn(key))
         except nioclient.MatrixCallError as exc:
             if exc.permanent:
@@ -936,7 +960,7 @@ class MatrixTransport(OutboxLoop):
         if not isinstance(resp, RoomCreateResponse):
             raise TransientError("could not open a direct chat")
         self.state.set_dm_room(user_id, resp.room_id)
-        await nioclient.sync_once(self.client)
+        await self._side_sync()
         if note:
             await self._say(resp.room_id, note, key=f"moved.{resp.room_id}")
         return resp.room_id
