@@ -156,10 +156,13 @@ class Config:
 
 # --------------------------------------------------------------------------- parsing
 def read_secret(section: dict, name: str, section_name: str, base: Path | None,
-                required: bool = False, where: str | None = None) -> Secret | None:
+                required: bool = False, where: str | None = None,
+                what: str | None = None) -> Secret | None:
     """A secret from ``<name>_env``, ``<name>_file``, ``REFERRAL_BOT_<SECTION>_<NAME>`` or
     the value itself, in that order; *where* names the table in messages (default
-    ``[section]``). The one reader of secrets, so every section follows the same rules."""
+    ``[section]``), *what* the secret (default its key). The one reader of secrets, so
+    every section follows the same rules. An empty secret file is an error: it is a
+    mount or a copy gone wrong, never a secret."""
     label = where or f"[{section_name}]"
     env_name = section.get(f"{name}_env")
     if env_name:
@@ -174,16 +177,19 @@ def read_secret(section: dict, name: str, section_name: str, base: Path | None,
         if base and not p.is_absolute():
             p = base / p
         try:
-            return Secret(p.read_text().strip())
+            value = p.read_text().strip()
         except OSError:
             raise ConfigError(f"{label} {name}_file {str(p)!r} cannot be read.") from None
+        if not value:
+            raise ConfigError(f"{label} {name}_file {str(p)!r} is empty.")
+        return Secret(value)
     default_env = f"REFERRAL_BOT_{section_name.upper()}_{name.upper()}"
     if os.environ.get(default_env):
         return Secret(os.environ[default_env].strip())
     if section.get(name):
         return Secret(str(section[name]))
     if required:
-        raise ConfigError(f"{label} needs {name} (set {name}_file, {name}_env or "
+        raise ConfigError(f"{label} needs {what or name} (set {name}_file, {name}_env or "
                           f"the environment variable {default_env}).")
     return None
 

@@ -22,11 +22,12 @@ Every problem raises :class:`TelegramConfigError` with one plain sentence naming
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from bot.config import ConfigError, read_secret
 
 __all__ = [
     "TelegramConfigError",
@@ -47,11 +48,6 @@ _SHORTENED_GRACE = timedelta(hours=12)
 
 class TelegramConfigError(ValueError):
     """The [telegram] section is unusable; str() says which setting and why."""
-
-
-class _Secret(str):
-    def __repr__(self) -> str:
-        return "Secret('***')"
 
 
 @dataclass(frozen=True)
@@ -84,32 +80,12 @@ class TelegramConfig:
         return None
 
 
-def _read_token(section: dict[str, Any], base: Path | None) -> _Secret:
-    env_name = section.get("token_env")
-    if env_name:
-        value = os.environ.get(str(env_name), "").strip()
-        if not value:
-            raise TelegramConfigError(f"[telegram] token_env names {env_name}, which is not set.")
-        return _Secret(value)
-    file_name = section.get("token_file")
-    if file_name:
-        p = Path(str(file_name))
-        if base is not None and not p.is_absolute():
-            p = base / p
-        try:
-            value = p.read_text().strip()
-        except OSError:
-            raise TelegramConfigError(f"[telegram] token_file {str(p)!r} cannot be read.") from None
-        if not value:
-            raise TelegramConfigError(f"[telegram] token_file {str(p)!r} is empty.")
-        return _Secret(value)
-    if os.environ.get("REFERRAL_BOT_TELEGRAM_TOKEN"):
-        return _Secret(os.environ["REFERRAL_BOT_TELEGRAM_TOKEN"].strip())
-    if section.get("token"):
-        return _Secret(str(section["token"]))
-    raise TelegramConfigError(
-        "[telegram] needs the bot token: set token_file, token_env or REFERRAL_BOT_TELEGRAM_TOKEN."
-    )
+def _read_token(section: dict[str, Any], base: Path | None) -> str:
+    """The bot token, read by the one secret reader every section uses (bot/config.py)."""
+    try:
+        return read_secret(section, "token", "telegram", base, required=True, what="the bot token")
+    except ConfigError as exc:
+        raise TelegramConfigError(str(exc)) from None
 
 
 def _number(section: dict[str, Any], key: str, default: float, minimum: float) -> float:

@@ -75,9 +75,11 @@ def test_secret_from_env(tmp_path, monkeypatch):
     ("", "password"),
     ('password_file = "missing"', "cannot be read"),
     ('password_env = "NOPE_NOT_SET"', "not set"),
+    ('password_file = "empty"', "is empty"),  # a mount or copy gone wrong, never a password
 ])
 def test_missing_secret_is_one_clear_sentence(tmp_path, monkeypatch, secret, needle):
     monkeypatch.delenv("REFERRAL_BOT_MATRIX_PASSWORD", raising=False)
+    (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, secret))
     assert needle in str(exc.value) and "\n" not in str(exc.value)

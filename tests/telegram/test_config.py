@@ -48,6 +48,7 @@ def test_token_from_file_and_env(tmp_path, monkeypatch):
     ({"token": TOKEN, "specialties": {"derm": 12345}}, "negative chat id"),
     ({"token": TOKEN, "lifetimes": "ignore"}, "shorten"),
     ({"token_file": "/nonexistent/tok"}, "cannot be read"),
+    ({"token_file": "/dev/null"}, "is empty"),
 ])
 def test_bad_settings_get_one_plain_sentence(section, words):
     with pytest.raises(TelegramConfigError) as info:
