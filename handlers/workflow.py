@@ -1246,12 +1246,20 @@ class Workflow:
 
     # ---- photos the GP has not yet said the referral of
     def _offer(self, refs: list[Referral]) -> tuple[str, str]:
-        """("R-A (gist), R-B (gist) or R-C (gist)", "!photo R-A, !photo R-B or !photo R-C")."""
+        """("R-A (left forearm: gist), R-B (gist) or R-C (gist)", "!photo R-A, !photo R-B or
+        !photo R-C"). The site leads when the GP gave one: two lesions of one patient often
+        share the question's first words but never the site. The specialty is named only
+        when the referrals are not all for the same one."""
         def join(items: list[str]) -> str:
             return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
-        return (join([f"{r.referral_id} ({lc.gist(r.question)})" for r in refs]),
-                join([f"!photo {r.referral_id}" for r in refs]))
+        mixed = len({r.specialty for r in refs}) > 1
+
+        def label(r: Referral) -> str:
+            where = ", ".join(x for x in (r.specialty if mixed else None, r.details.site) if x)
+            return f"{r.referral_id} ({where + ': ' if where else ''}{lc.gist(r.question)})"
+
+        return join([label(r) for r in refs]), join([f"!photo {r.referral_id}" for r in refs])
 
     async def _hold_unassigned(self, ctx: _Ctx, ev: ImageReceived, open_refs: list[Referral]) -> tuple[str, str | None, tuple[str, ...]]:
         """Keep the photo, cleaned of its metadata but not blurred, in the vault (never

@@ -520,3 +520,16 @@ async def test_the_filed_timeline_shows_the_conversation_without_its_words():
     assert f"Another photo asked for by {DERM.user_id}" in lines and f"Addendum by {DERM.user_id}" in lines
     assert not any("bleeding" in line or "whatsoever" in line for line in lines)
     assert [a.text for a in record.addenda] == ["Review in 6 months."]
+
+
+async def test_the_offer_names_each_referrals_site_so_two_lesions_can_be_told_apart():
+    """One patient, two lesions, the same first words in both questions: the site the GP
+    gave is what tells them apart in the "which referral" question."""
+    h = Harness()
+    cid = consent_id_from(await h.say(GP, CONSENT_OK))
+    a = referral_id_from(await h.say(GP, f"!refer dermatology {cid} site=left forearm; Pigmented lesion, changing. Melanoma?"))
+    b = referral_id_from(await h.say(GP, f"!refer dermatology {cid} site=right shoulder; Pigmented lesion, changing. Melanoma?"))
+    await h.drain()
+    text = reply_text(await h.send_image(GP, jpeg_with_metadata()))
+    assert f"{a} (left forearm: Pigmented lesion" in text and f"{b} (right shoulder: Pigmented lesion" in text
+    assert "dermatology" not in text.split("Which referral")[1]  # one specialty: not repeated
