@@ -28,6 +28,9 @@ scrape so they are right even after a restart:
 ``referral_bot_events_rejected_total{transport}``  chat messages ignored because they were
                                            not end-to-end encrypted in an encrypted room,
                                            or their sender key was not the sender's
+``referral_bot_events_failed_total{transport}``  chat events whose handling raised (a bug):
+                                           logged with its traceback and skipped alone,
+                                           the rest of the batch still handled
 ``referral_bot_scrape_errors_total``       refreshes that could not read the store
 ``referral_bot_filing_failed``             referrals whose filing into the record is failing (retrying)
 ``referral_bot_filing_pending``            referrals waiting to be filed (requested, not all sinks done)
@@ -254,6 +257,9 @@ class Metrics:
         self.events_rejected = Gauge("referral_bot_events_rejected_total",
                                      "Messages ignored: not decrypted in an encrypted room, or a foreign "
                                      "sender key", ["transport"], registry=r)
+        self.events_failed = Gauge("referral_bot_events_failed_total",
+                                   "Chat events whose handling raised (a bug); skipped alone, logged",
+                                   ["transport"], registry=r)
         self._transport_refusals: dict[tuple[str, str], int] = {}
         self.last_refresh_ok = False
         self.last_problems: list[str] = []
@@ -347,6 +353,7 @@ class Metrics:
             last = getattr(t, "last_sync_at", None)
             self.store_errors.labels(transport=name).set(getattr(t, "store_errors", 0))
             self.events_rejected.labels(transport=name).set(getattr(t, "rejected_events", 0))
+            self.events_failed.labels(transport=name).set(getattr(t, "failed_events", 0))
             lag = float("inf") if last is None else max(0.0, mono - last)
             self.sync_lag.labels(transport=name).set(lag if lag != float("inf") else -1)
             if lag > self.max_sync_lag:

@@ -154,6 +154,7 @@ class MatrixTransport(OutboxLoop):
         self.sync_failures = 0
         self._batch_retries = 0
         self.rejected_events = 0          # messages ignored: not decrypted, or a foreign sender key
+        self.failed_events = 0            # events whose handling raised (a bug): logged, skipped alone
         self.foreign_media_refused = 0    # media not deleted: not uploaded by its event's sender
         self._dm_refused: set[str] = set()  # rooms that refused the bot's messages for good
         self.last_sync_at: float | None = None
@@ -296,7 +297,7 @@ class MatrixTransport(OutboxLoop):
                 if info.timeline.limited and info.timeline.prev_batch:
                     events = await self._backfill(room_id, info.timeline.prev_batch) + events
                 for ev in events:
-                    await self._on_timeline_event(room_id, ev)
+                    await self._one_timeline_event(room_id, ev)
         else:
             # first start ever: history from before the bot existed is not replayed,
             # but remember who the direct chats belong to
@@ -404,6 +405,19 @@ class MatrixTransport(OutboxLoop):
         if (joined | invited) - {self.client.user_id} != {user_id}:
             return "other people were added to our previous chat"
         return None
+
+    async def _one_timeline_event(self, room_id: str, ev: Any) -> None:
+        """One event of a batch. A bug, or a refusal retrying cannot fix (a notice the
+        server refuses), costs this event only: the events after it in the batch are
+        still handled. A store failure or an outage still stops the batch, which is then
+        fetched again (what was handled is a no-op the second time)."""
+        try:
+            await self._on_timeline_event(room_id, ev)
+        except (asyncio.CancelledError, StoreUnavailable, TransientError):
+            raise
+        except Exception:
+            self.failed_events += 1
+            log.exception("handling one event failed; going on with the rest of its batch")
 
     def _ev_time(self, src: dict) -> datetime:
         # the workflow's clock is ours (server timestamps may drift); use now

@@ -114,6 +114,7 @@ class TelegramTransport(OutboxLoop):
         self._offset: int | None = None
         self.last_sync_at: float | None = None  # monotonic time of the last successful getUpdates
         self.poll_failures = 0
+        self.failed_events = 0  # updates whose handling raised (a bug): logged, skipped alone
         self.delete_failures = 0
 
     # ================================================================= lifecycle
@@ -168,6 +169,7 @@ class TelegramTransport(OutboxLoop):
                 log.warning("an update hit a network problem; it will be retried")
                 return 0
             except Exception as exc:  # one bad update must not block every later one
+                self.failed_events += 1
                 log.error("an update could not be handled (%s); skipped", type(exc).__name__)
             self._offset = update.update_id + 1
         if updates:

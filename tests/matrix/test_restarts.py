@@ -145,3 +145,30 @@ async def test_a_sync_made_outside_the_loop_loses_no_message(make_world):
     await t._side_sync()  # what a send to a room nio does not know yet does
     t._tasks.append(asyncio.create_task(t._sync_loop(), name="matrix-sync"))
     await flow.bot_reply(w, mark, "!consent")
+
+
+async def test_one_event_that_fails_costs_that_event_only_not_the_rest_of_its_batch(make_world):
+    """A bug, or a refusal retrying cannot fix (a notice the server refuses), while handling
+    one event must not drop the events after it in the same sync batch: the GP's command
+    that arrived with it is still answered."""
+    w = await make_world()
+    t = w.app.transport
+    loop = next(task for task in t._tasks if task.get_name() == "matrix-sync")
+    loop.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop
+    real = t._dispatch
+
+    async def fails_on_boom(room_id, event_id, sender, etype, content, src):
+        if content.get("body") == "boom":
+            raise RuntimeError("a bug in handling this one event")
+        return await real(room_id, event_id, sender, etype, content, src)
+
+    t._dispatch = fails_on_boom
+    mark = time.monotonic()
+    await w.gp.say(w.dm_room, "boom")
+    help_ = await w.gp.say(w.dm_room, "!help")  # after it, in the same room and batch
+    await w.gp.wait_for(lambda s: s.event_id == help_, what="its own message")
+    t._tasks.append(asyncio.create_task(t._sync_loop(), name="matrix-sync"))
+    await flow.bot_reply(w, mark, "!consent")
+    assert t.failed_events == 1

@@ -317,3 +317,22 @@ async def test_an_update_the_store_could_not_handle_is_not_confirmed(world):
     assert world.transport.store_errors == 1 and len(world.gp_texts()) == before
     await world.step()  # Telegram sends it again; now it is handled, once
     assert len([t for t in world.gp_texts()[before:] if "Referral bot" in t]) == 1
+
+
+async def test_one_update_that_fails_costs_that_update_only(world):
+    """A bug while handling one update: it is logged and counted, and the updates after
+    it in the same getUpdates batch are still handled (none is fetched again forever)."""
+    real = world.transport._on_private
+
+    async def fails_on_boom(msg):
+        if msg.text == "boom":
+            raise RuntimeError("a bug in handling this one update")
+        return await real(msg)
+
+    world.transport._on_private = fails_on_boom
+    before = len(world.gp_texts())
+    world.api.user_sends_text(GP_TG, "boom")
+    world.api.user_sends_text(GP_TG, "!help")  # the same batch, after it
+    await world.step()
+    assert any("!consent" in t for t in world.gp_texts()[before:])
+    assert world.transport.failed_events == 1
