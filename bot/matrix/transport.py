@@ -290,14 +290,14 @@ class MatrixTransport(OutboxLoop):
         for room_id in resp.rooms.leave:
             self._on_left(room_id)
         for room_id, info in resp.rooms.invite.items():
-            await self._on_invite(room_id, info)
+            await self._alone(self._on_invite(room_id, info))
         if replay_timeline:
             for room_id, info in resp.rooms.join.items():
                 events = list(info.timeline.events)
                 if info.timeline.limited and info.timeline.prev_batch:
                     events = await self._backfill(room_id, info.timeline.prev_batch) + events
                 for ev in events:
-                    await self._one_timeline_event(room_id, ev)
+                    await self._alone(self._on_timeline_event(room_id, ev))
         else:
             # first start ever: history from before the bot existed is not replayed,
             # but remember who the direct chats belong to
@@ -406,13 +406,14 @@ class MatrixTransport(OutboxLoop):
             return "other people were added to our previous chat"
         return None
 
-    async def _one_timeline_event(self, room_id: str, ev: Any) -> None:
-        """One event of a batch. A bug, or a refusal retrying cannot fix (a notice the
-        server refuses), costs this event only: the events after it in the batch are
-        still handled. A store failure or an outage still stops the batch, which is then
-        fetched again (what was handled is a no-op the second time)."""
+    async def _alone(self, step: Awaitable[None]) -> None:
+        """Handle one event of a batch (an invite, a timeline event, a late-decrypted one).
+        A bug, or a refusal retrying cannot fix (a notice the server refuses), costs this
+        event only: the events after it are still handled. A store failure or an outage
+        still stops the batch, which is then fetched again (what was handled is a no-op
+        the second time)."""
         try:
-            await self._on_timeline_event(room_id, ev)
+            await step
         except (asyncio.CancelledError, StoreUnavailable, TransientError):
             raise
         except Exception:
@@ -692,8 +693,8 @@ class MatrixTransport(OutboxLoop):
                     log.warning("ignored a message whose encryption key is not one of its "
                                 "sender's devices")
                     continue
-                await self._dispatch(room_id, event_id, sender, dsrc.get("type", ""),
-                                     dsrc.get("content") or {}, dsrc)
+                await self._alone(self._dispatch(room_id, event_id, sender, dsrc.get("type", ""),
+                                                 dsrc.get("content") or {}, dsrc))
                 continue
             age = time.time() - first_seen
             if not requested and age >= self.s.key_request_after_seconds:
