@@ -60,6 +60,15 @@ async def bot_reply(w: World, after: float, needle: str = "", timeout: float = 2
         timeout, what=f"a bot reply containing {needle!r}")
 
 
+async def server_order(person, room_id: str) -> list[str]:
+    """The room's latest 100 event ids, oldest first, in the server's order (what a
+    client's receive times cannot be relied on for: an event it decrypts late is seen
+    late)."""
+    resp = await person.client.room_messages(room_id, start=None, limit=100)
+    assert hasattr(resp, "chunk"), resp
+    return [e.event_id for e in reversed(resp.chunk)]
+
+
 async def clean_image(w: World, timeout: float = 30.0) -> tuple[Seen, str]:
     img = await w.sp.wait_for(lambda s: s.room_id == w.derm_room and s.msgtype == "m.image"
                               and s.sender == w.bot_user.user_id, timeout,
