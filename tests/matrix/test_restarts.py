@@ -129,21 +129,31 @@ async def test_synapse_restarted_mid_referral(make_world, synapse):
     assert sum("opinion on" in b.lower() for b in gp_bot) == 1, gp_bot
 
 
+async def _pause_sync_loop(t) -> None:
+    """Stop the transport's sync loop, so what is sent meanwhile waits on the server."""
+    loop = next(task for task in t._tasks if task.get_name() == "matrix-sync")
+    loop.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop
+    t._tasks.remove(loop)
+
+
+def _resume_sync_loop(t) -> None:
+    t._tasks.append(asyncio.create_task(t._sync_loop(), name="matrix-sync"))
+
+
 async def test_a_sync_made_outside_the_loop_loses_no_message(make_world):
     """Some steps sync outside the sync loop (a room nio does not know yet, keys missing to
     encrypt, a room just joined). nio moves its cursor past whatever that sync returned,
     so the loop's next sync starts after it: its messages must still be handled."""
     w = await make_world()
     t = w.app.transport
-    loop = next(task for task in t._tasks if task.get_name() == "matrix-sync")
-    loop.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await loop
+    await _pause_sync_loop(t)
     mark = time.monotonic()
     sent = await w.gp.say(w.dm_room, "!help")
     await w.gp.wait_for(lambda s: s.event_id == sent, what="its own message")
     await t._side_sync()  # what a send to a room nio does not know yet does
-    t._tasks.append(asyncio.create_task(t._sync_loop(), name="matrix-sync"))
+    _resume_sync_loop(t)
     await flow.bot_reply(w, mark, "!consent")
 
 
@@ -153,10 +163,7 @@ async def test_one_event_that_fails_costs_that_event_only_not_the_rest_of_its_ba
     that arrived with it is still answered."""
     w = await make_world()
     t = w.app.transport
-    loop = next(task for task in t._tasks if task.get_name() == "matrix-sync")
-    loop.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await loop
+    await _pause_sync_loop(t)
     real = t._dispatch
 
     async def fails_on_boom(room_id, event_id, sender, etype, content, src):
@@ -169,6 +176,6 @@ async def test_one_event_that_fails_costs_that_event_only_not_the_rest_of_its_ba
     await w.gp.say(w.dm_room, "boom")
     help_ = await w.gp.say(w.dm_room, "!help")  # after it, in the same room and batch
     await w.gp.wait_for(lambda s: s.event_id == help_, what="its own message")
-    t._tasks.append(asyncio.create_task(t._sync_loop(), name="matrix-sync"))
+    _resume_sync_loop(t)  # one batch: both messages
     await flow.bot_reply(w, mark, "!consent")
     assert t.failed_events == 1
